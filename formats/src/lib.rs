@@ -1,0 +1,11 @@
+//! File formats quern reads and writes.
+//!
+//! This crate owns bytes on disk: safetensors (memory-mapped, sharded), GGUF v3
+//! (memory-mapped reader, streaming writer), the ggml tensor-type table (sizes only),
+//! Hugging Face `config.json` and tokenizer files, and the architecture table that
+//! maps Hugging Face tensor names and config keys to GGUF ones.
+
+pub mod ggml;
+pub mod gguf;
+
+pub use ggml::GgmlType;

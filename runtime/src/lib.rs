@@ -1,0 +1,1 @@
+//! quern runtime (filled in by the runtime issue).
