@@ -8,3 +8,13 @@ pub use value::{Value, ValueType};
 pub const MAGIC: u32 = 0x4655_4747;
 pub const VERSION: u32 = 3;
 pub const DEFAULT_ALIGNMENT: u64 = 32;
+
+pub mod error;
+pub mod reader;
+pub mod tensor;
+pub mod writer;
+
+pub use error::GgufError;
+pub use reader::GgufFile;
+pub use tensor::{TensorInfo, TensorSpec};
+pub use writer::Writer;
