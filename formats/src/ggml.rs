@@ -151,7 +151,11 @@ mod tests {
             assert_eq!(GgmlType::from_id(t.id()), Some(t));
             assert_eq!(GgmlType::from_name(t.name()), Some(t));
         }
-        assert_eq!(GgmlType::from_id(4), None, "ids 4 and 5 were removed from ggml");
+        assert_eq!(
+            GgmlType::from_id(4),
+            None,
+            "ids 4 and 5 were removed from ggml"
+        );
     }
 
     #[test]
