@@ -33,3 +33,16 @@ pub fn count_bar(total: u64, msg: &str, quiet: bool) -> ProgressBar {
     bar.set_message(msg.to_string());
     bar
 }
+
+/// Feeds a pipeline's progress into a bar.
+pub struct BarProgress<'a>(pub &'a ProgressBar);
+
+impl quern_quant::pipeline::Progress for BarProgress<'_> {
+    fn start(&self, total_bytes: u64) {
+        self.0.set_length(total_bytes);
+    }
+
+    fn advance(&self, bytes: u64) {
+        self.0.inc(bytes);
+    }
+}

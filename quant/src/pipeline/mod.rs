@@ -1,0 +1,25 @@
+//! Streaming pipelines from a tensor source to a GGUF file.
+//!
+//! `convert` turns a Hugging Face folder into GGUF: safetensors (memory map) →
+//! architecture mapping (names, q/k permutation) → per-tensor output type →
+//! parallel conversion → GGUF writer, with the output behind an atomic
+//! temporary name so a failure never leaves a file under the final name.
+
+pub mod convert;
+mod plan;
+mod write;
+
+pub use convert::{convert_hf_folder, ConvertError, ConvertOptions, ConvertReport, OutType};
+pub use plan::TensorPlan;
+
+/// Progress of a long pipeline, in output bytes.
+pub trait Progress: Sync {
+    /// The total is known once the plan is made.
+    fn start(&self, _total_bytes: u64) {}
+    fn advance(&self, _bytes: u64) {}
+}
+
+/// For callers that want no progress reports.
+pub struct NoProgress;
+
+impl Progress for NoProgress {}
