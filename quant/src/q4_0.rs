@@ -1,0 +1,43 @@
+//! Q4_0: 32 values, f16 scale, 4-bit codes with an implicit offset of 8.
+
+use crate::block::{f16_bytes, f16_value, BlockFormat};
+use crate::legacy::{inv_or_zero, pack_nibbles, signed_absmax, trunc_code, unpack_nibbles};
+use quern_formats::GgmlType;
+
+pub const QK: usize = 32;
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct BlockQ4_0 {
+    pub d: [u8; 2],
+    pub qs: [u8; QK / 2],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ4_0>() == 18);
+const _: () = assert!(std::mem::align_of::<BlockQ4_0>() == 1);
+
+pub struct Q4_0;
+
+impl BlockFormat for Q4_0 {
+    const TYPE: GgmlType = GgmlType::Q4_0;
+    type Block = BlockQ4_0;
+
+    fn quantize_row(src: &[f32], _importance: Option<&[f32]>, dst: &mut [BlockQ4_0]) {
+        for (x, b) in src.chunks_exact(QK).zip(dst.iter_mut()) {
+            // The largest magnitude maps to code 0 (-8), using the asymmetric range fully.
+            let d = signed_absmax(x) / -8.0;
+            let id = inv_or_zero(d);
+            let q: [u8; QK] = std::array::from_fn(|i| trunc_code(x[i] * id + 8.5, 15));
+            b.d = f16_bytes(d);
+            b.qs = pack_nibbles(&q);
+        }
+    }
+
+    fn dequantize_row(src: &[BlockQ4_0], dst: &mut [f32]) {
+        for (b, y) in src.iter().zip(dst.chunks_exact_mut(QK)) {
+            let d = f16_value(b.d);
+            for (o, q) in y.iter_mut().zip(unpack_nibbles(&b.qs)) {
+                *o = d * (q as i32 - 8) as f32;
+            }
+        }
+    }
+}

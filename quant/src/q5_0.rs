@@ -1,0 +1,46 @@
+//! Q5_0: 32 values, f16 scale, 5-bit codes (offset 16) split into nibbles and a bit plane.
+
+use crate::block::{f16_bytes, f16_value, BlockFormat};
+use crate::legacy::{
+    inv_or_zero, pack_fifth_bits, pack_nibbles, signed_absmax, trunc_code, unpack_five_bit,
+};
+use quern_formats::GgmlType;
+
+pub const QK: usize = 32;
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct BlockQ5_0 {
+    pub d: [u8; 2],
+    pub qh: [u8; 4],
+    pub qs: [u8; QK / 2],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ5_0>() == 22);
+const _: () = assert!(std::mem::align_of::<BlockQ5_0>() == 1);
+
+pub struct Q5_0;
+
+impl BlockFormat for Q5_0 {
+    const TYPE: GgmlType = GgmlType::Q5_0;
+    type Block = BlockQ5_0;
+
+    fn quantize_row(src: &[f32], _importance: Option<&[f32]>, dst: &mut [BlockQ5_0]) {
+        for (x, b) in src.chunks_exact(QK).zip(dst.iter_mut()) {
+            let d = signed_absmax(x) / -16.0;
+            let id = inv_or_zero(d);
+            let q: [u8; QK] = std::array::from_fn(|i| trunc_code(x[i] * id + 16.5, 31));
+            b.d = f16_bytes(d);
+            b.qh = pack_fifth_bits(&q);
+            b.qs = pack_nibbles(&q);
+        }
+    }
+
+    fn dequantize_row(src: &[BlockQ5_0], dst: &mut [f32]) {
+        for (b, y) in src.iter().zip(dst.chunks_exact_mut(QK)) {
+            let d = f16_value(b.d);
+            for (o, q) in y.iter_mut().zip(unpack_five_bit(b.qh, &b.qs)) {
+                *o = d * (q as i32 - 16) as f32;
+            }
+        }
+    }
+}

@@ -1,0 +1,45 @@
+//! Q8_0: 32 values, one f16 scale, 32 signed bytes. Rounding follows gguf-py / ggml's
+//! reference quantiser exactly (scale = amax / 127, round half away from zero).
+
+use crate::block::{f16_bytes, f16_value, BlockFormat};
+use quern_formats::GgmlType;
+
+pub const QK: usize = 32;
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct BlockQ8_0 {
+    pub d: [u8; 2],
+    pub qs: [i8; QK],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ8_0>() == 34);
+const _: () = assert!(std::mem::align_of::<BlockQ8_0>() == 1);
+
+pub struct Q8_0;
+
+impl BlockFormat for Q8_0 {
+    const TYPE: GgmlType = GgmlType::Q8_0;
+    type Block = BlockQ8_0;
+
+    fn quantize_row(src: &[f32], _importance: Option<&[f32]>, dst: &mut [BlockQ8_0]) {
+        for (x, b) in src.chunks_exact(QK).zip(dst.iter_mut()) {
+            let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let id = if d == 0.0 { 0.0 } else { 1.0 / d };
+            b.d = f16_bytes(d);
+            for (q, v) in b.qs.iter_mut().zip(x) {
+                // f32::round is half away from zero, like C's roundf.
+                *q = (v * id).round() as i8;
+            }
+        }
+    }
+
+    fn dequantize_row(src: &[BlockQ8_0], dst: &mut [f32]) {
+        for (b, y) in src.iter().zip(dst.chunks_exact_mut(QK)) {
+            let d = f16_value(b.d);
+            for (o, &q) in y.iter_mut().zip(&b.qs) {
+                *o = q as f32 * d;
+            }
+        }
+    }
+}
