@@ -99,6 +99,12 @@ else
     "$PY" -m pip install -c "$CONS" "${TODO[@]}"
 fi
 
+# QUERN_MINIMAL_VENV=1 (the README's demo): only what building the reference model needs.
+if [ -n "${QUERN_MINIMAL_VENV:-}" ]; then
+    log "minimal venv: llama-cpp-python skipped"
+    exit 0
+fi
+
 # llama-cpp-python: pinned version and built with our flags (recorded in a stamp in the venv)
 STAMP="$VENV/.quern-llama-cpp-python"
 WANT="$LLAMA_VER $LLAMA_CMAKE_ARGS"

@@ -1,1 +1,11 @@
 //! One module per subcommand.
+pub mod bench;
+pub mod convert;
+pub mod inspect;
+pub mod keygen;
+pub mod pull;
+pub mod push;
+pub mod quantize;
+pub mod registry;
+pub mod run;
+pub mod sign;

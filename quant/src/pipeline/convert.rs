@@ -5,18 +5,16 @@ use std::path::{Path, PathBuf};
 
 use quern_formats::arch::{self, ArchError, ModelSpec};
 use quern_formats::atomic::{AtomicError, AtomicFile};
-use quern_formats::dtype::{self, DtypeError};
 use quern_formats::gguf::{GgufError, Value};
 use quern_formats::hf_config::{ConfigError, HfConfig};
-use quern_formats::safetensors::{Dtype, SafetensorsError, SafetensorsModel, TensorEntry};
+use quern_formats::safetensors::{Dtype, SafetensorsError, SafetensorsModel};
 use quern_formats::tokenizer::{self, TokenizerError};
 use quern_formats::GgmlType;
-use rayon::prelude::*;
 
+use super::encode::{encode, EncodeError};
 use super::plan::{sort_key, TensorPlan, TensorSource};
 use super::write::write_gguf;
 use super::Progress;
-use crate::QuantError;
 
 /// The output type of `quern convert --outtype`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,16 +75,10 @@ pub enum ConvertError {
     #[error(transparent)]
     Output(#[from] AtomicError),
     #[error("{file}: tensor {tensor}: {source}")]
-    Dtype {
+    Encode {
         file: PathBuf,
         tensor: String,
-        source: DtypeError,
-    },
-    #[error("{file}: tensor {tensor}: {source}")]
-    Quant {
-        file: PathBuf,
-        tensor: String,
-        source: QuantError,
+        source: EncodeError,
     },
     #[error("{file}: tensor {tensor} has shape {found:?} but config.json implies {expected:?}")]
     ShapeMismatch {
@@ -114,27 +106,14 @@ pub fn convert_hf_folder(
     options: &ConvertOptions,
     progress: &dyn Progress,
 ) -> Result<ConvertReport, ConvertError> {
-    let config = HfConfig::from_folder(folder)?;
-    let mut spec = ModelSpec::from_config(&config)?;
-    let model = SafetensorsModel::open(folder)?;
-    // A checkpoint without lm_head shares the embeddings, whatever config.json says.
-    spec.set_lm_head_present(model.get("lm_head.weight").is_some());
-    let tokenizer_md = tokenizer::gguf_tokenizer_metadata(folder, &spec)?;
-
-    let plans = plan_tensors(folder, &spec, &model, options.outtype)?;
+    let HfPrepared {
+        spec,
+        model,
+        mut metadata,
+        plans,
+    } = prepare_hf(folder, options.outtype, options.model_name.clone())?;
     let file_type = file_type(options.outtype, &plans);
-
-    let name = options.model_name.clone().unwrap_or_else(|| {
-        folder
-            .canonicalize()
-            .ok()
-            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-            .unwrap_or_else(|| "model".to_string())
-    });
-    let mut metadata = spec.gguf_metadata(&name);
-    metadata.push(("general.file_type".into(), Value::U32(file_type)));
-    metadata.push(("general.quantization_version".into(), Value::U32(2)));
-    metadata.extend(tokenizer_md);
+    set_file_type(&mut metadata, file_type);
 
     // Open the output last: every check that can fail on the input has passed.
     let out = AtomicFile::create(output)?;
@@ -155,6 +134,56 @@ pub fn convert_hf_folder(
         output_bytes,
         tensors: plans,
     })
+}
+
+/// A Hugging Face model read, checked and mapped: everything but the writing.
+pub(crate) struct HfPrepared {
+    pub spec: ModelSpec,
+    pub model: SafetensorsModel,
+    /// Architecture, tokenizer and `general.*` keys; `general.file_type` is set by the caller.
+    pub metadata: Vec<(String, Value)>,
+    pub plans: Vec<TensorPlan>,
+}
+
+pub(crate) fn prepare_hf(
+    folder: &Path,
+    outtype: OutType,
+    model_name: Option<String>,
+) -> Result<HfPrepared, ConvertError> {
+    let config = HfConfig::from_folder(folder)?;
+    let mut spec = ModelSpec::from_config(&config)?;
+    let model = SafetensorsModel::open(folder)?;
+    // A checkpoint without lm_head shares the embeddings, whatever config.json says.
+    spec.set_lm_head_present(model.get("lm_head.weight").is_some());
+    let tokenizer_md = tokenizer::gguf_tokenizer_metadata(folder, &spec)?;
+    let plans = plan_tensors(folder, &spec, &model, outtype)?;
+
+    let name = model_name.unwrap_or_else(|| {
+        folder
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "model".to_string())
+    });
+    let mut metadata = spec.gguf_metadata(&name);
+    metadata.push(("general.quantization_version".into(), Value::U32(2)));
+    metadata.extend(tokenizer_md);
+    Ok(HfPrepared {
+        spec,
+        model,
+        metadata,
+        plans,
+    })
+}
+
+/// Sets (or replaces) `general.file_type`, placed with the other `general.*` keys.
+pub(crate) fn set_file_type(metadata: &mut Vec<(String, Value)>, file_type: u32) {
+    metadata.retain(|(k, _)| k != "general.file_type");
+    let at = metadata
+        .iter()
+        .position(|(k, _)| k == "general.quantization_version")
+        .unwrap_or(metadata.len());
+    metadata.insert(at, ("general.file_type".into(), Value::U32(file_type)));
 }
 
 /// Maps, validates and orders the checkpoint's tensors and picks each one's output type.
@@ -234,7 +263,7 @@ fn plan_tensors(
     Ok(plans)
 }
 
-fn source_type(dtype: Dtype) -> GgmlType {
+pub(crate) fn source_type(dtype: Dtype) -> GgmlType {
     match dtype {
         Dtype::F16 => GgmlType::F16,
         Dtype::BF16 => GgmlType::Bf16,
@@ -287,85 +316,60 @@ fn file_type(outtype: OutType, plans: &[TensorPlan]) -> u32 {
     }
 }
 
-/// Rows converted per parallel task: big enough to amortise, small enough to spread.
-const ROWS_PER_TASK: usize = 64;
-
 /// One tensor's output bytes, borrowed straight from the memory map when no
 /// change is needed.
 fn produce<'a>(
     model: &'a SafetensorsModel,
     plan: &'a TensorPlan,
 ) -> Result<Cow<'a, [u8]>, ConvertError> {
-    let entry = match &plan.source {
+    let (src, src_type) = source_bytes(model, plan);
+    let entry = match plan.source {
+        TensorSource::Input { index, .. } => &model.tensors()[index],
+        TensorSource::Computed(_) => return Ok(src),
+    };
+    encode(src, src_type, plan.out_type, plan.row_len(), None, false).map_err(|source| {
+        ConvertError::Encode {
+            file: model.file_path(entry).to_path_buf(),
+            tensor: entry.name.clone(),
+            source,
+        }
+    })
+}
+
+/// A planned tensor's source bytes in GGUF row order (q/k rows permuted for
+/// llama), and their type.
+pub(crate) fn source_bytes<'a>(
+    model: &'a SafetensorsModel,
+    plan: &'a TensorPlan,
+) -> (Cow<'a, [u8]>, GgmlType) {
+    let (index, permute) = match &plan.source {
         TensorSource::Computed(values) => {
-            return Ok(Cow::Owned(bytemuck::cast_slice(values).to_vec()));
+            return (
+                Cow::Owned(bytemuck::cast_slice(values).to_vec()),
+                GgmlType::F32,
+            )
         }
-        TensorSource::Input { index, .. } => &model.tensors()[*index],
+        TensorSource::Input {
+            index,
+            permute_heads,
+        } => (*index, *permute_heads),
     };
-    let permute = match plan.source {
-        TensorSource::Input { permute_heads, .. } => permute_heads,
-        TensorSource::Computed(_) => None,
-    };
-    let file = || model.file_path(entry).to_path_buf();
-    let row_len = plan.row_len();
-    let n_rows = (plan.n_elements() as usize) / row_len.max(1);
-    let src_elem = entry.dtype.size_in_bytes();
-
-    let mut src: Cow<'a, [u8]> = Cow::Borrowed(model.data(entry));
-    if let Some(n_head) = permute {
-        let mut permuted = vec![0u8; src.len()];
-        // By the HF shape, so 1-D q/k biases permute too.
-        arch::permute_qk_tensor(&src, &entry.shape, src_elem, n_head, &mut permuted);
-        src = Cow::Owned(permuted);
-    }
-    if plan.out_type == source_type(entry.dtype) {
-        return Ok(src);
-    }
-
-    let out_row = plan.out_type.bytes_for(row_len as u64).unwrap_or(0) as usize;
-    let mut out = vec![0u8; out_row * n_rows];
-    let src_row = row_len * src_elem;
-    out.par_chunks_mut(out_row * ROWS_PER_TASK)
-        .zip(src.par_chunks(src_row * ROWS_PER_TASK))
-        .try_for_each(|(dst, s)| convert_rows(entry, plan.out_type, s, dst, row_len, out_row))
-        .map_err(|e| match e {
-            RowError::Dtype(source) => ConvertError::Dtype {
-                file: file(),
-                tensor: entry.name.clone(),
-                source,
-            },
-            RowError::Quant(source) => ConvertError::Quant {
-                file: file(),
-                tensor: entry.name.clone(),
-                source,
-            },
-        })?;
-    Ok(Cow::Owned(out))
-}
-
-enum RowError {
-    Dtype(DtypeError),
-    Quant(QuantError),
-}
-
-fn convert_rows(
-    entry: &TensorEntry,
-    out_type: GgmlType,
-    src: &[u8],
-    dst: &mut [u8],
-    row_len: usize,
-    out_row: usize,
-) -> Result<(), RowError> {
-    let mut row = vec![0f32; row_len];
-    let src_row = src.len() / (dst.len() / out_row).max(1);
-    for (s, d) in src.chunks(src_row).zip(dst.chunks_mut(out_row)) {
-        dtype::to_f32(entry.dtype, s, &mut row).map_err(RowError::Dtype)?;
-        match out_type {
-            GgmlType::F32 => d.copy_from_slice(bytemuck::cast_slice(&row)),
-            GgmlType::F16 => dtype::f32_to_f16_bytes(&row, d),
-            GgmlType::Bf16 => dtype::f32_to_bf16_bytes(&row, d),
-            other => crate::quantize_row(other, &row, None, d).map_err(RowError::Quant)?,
+    let entry = &model.tensors()[index];
+    let src = model.data(entry);
+    let src_type = source_type(entry.dtype);
+    match permute {
+        None => (Cow::Borrowed(src), src_type),
+        Some(n_head) => {
+            let mut permuted = vec![0u8; src.len()];
+            // By the HF shape, so 1-D q/k biases permute too.
+            arch::permute_qk_tensor(
+                src,
+                &entry.shape,
+                entry.dtype.size_in_bytes(),
+                n_head,
+                &mut permuted,
+            );
+            (Cow::Owned(permuted), src_type)
         }
     }
-    Ok(())
 }

@@ -6,11 +6,15 @@
 //! temporary name so a failure never leaves a file under the final name.
 
 pub mod convert;
+mod encode;
 mod plan;
+pub mod quantize;
 mod write;
 
 pub use convert::{convert_hf_folder, ConvertError, ConvertOptions, ConvertReport, OutType};
+pub use encode::EncodeError;
 pub use plan::TensorPlan;
+pub use quantize::{quantize, QuantizeError, QuantizeOptions, QuantizeReport};
 
 /// Progress of a long pipeline, in output bytes.
 pub trait Progress: Sync {
