@@ -14,6 +14,7 @@ pub mod gguf;
 pub mod hf_config;
 pub mod imatrix;
 pub mod safetensors;
+pub mod safetensors_writer;
 #[cfg(test)]
 mod test_python;
 pub mod tokenizer;

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use quern_formats::imatrix::Imatrix;
 use quern_quant::mix::Mix;
-use quern_quant::pipeline::{quantize, QuantizeOptions, QuantizeReport};
+use quern_quant::pipeline::{quantize, quantize_awq, AwqOptions, QuantizeOptions, QuantizeReport};
 
 use crate::progress::{bytes_bar, BarProgress};
 
@@ -24,12 +24,19 @@ use crate::progress::{bytes_bar, BarProgress};
 pub struct QuantizeArgs {
     /// GGUF file (F32/F16/BF16) or Hugging Face model folder / hub id.
     pub input: String,
-    /// Output GGUF file.
+    /// Output GGUF file (for --format awq: output folder).
     #[arg(short, long)]
     pub output: PathBuf,
-    /// Block type or mix (see below), e.g. Q4_K_M, Q8_0, IQ4_XS.
-    #[arg(short, long = "type", value_parser = parse_mix)]
-    pub ty: Mix,
+    /// Block type or mix (see below), e.g. Q4_K_M, Q8_0, IQ4_XS; required for GGUF output.
+    #[arg(short, long = "type", value_parser = parse_mix, required_if_eq("format", "gguf"))]
+    pub ty: Option<Mix>,
+    /// Output format: gguf (llama.cpp, Ollama) or awq (AutoAWQ GEMM 4-bit
+    /// safetensors for vLLM and transformers; input must be a Hugging Face folder).
+    #[arg(long, default_value = "gguf", value_parser = ["gguf", "awq"])]
+    pub format: String,
+    /// AWQ: input columns per quantisation group.
+    #[arg(long, default_value_t = 128)]
+    pub group_size: usize,
     /// Importance matrix (llama.cpp's imatrix GGUF or legacy .dat) weighting the
     /// quantisation error per input column.
     #[arg(long)]
@@ -72,6 +79,12 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         );
     }
     let input = crate::model_source::resolve(&args.input)?;
+    if args.format == "awq" {
+        return run_awq(&args, &input);
+    }
+    let Some(mix) = args.ty else {
+        bail!("--type is required for GGUF output");
+    };
     let imatrix = match &args.imatrix {
         Some(p) => Some(Imatrix::read(p).with_context(|| format!("{}", p.display()))?),
         None => None,
@@ -80,7 +93,7 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
     let started = Instant::now();
     let bar = bytes_bar(0, "quantizing", quiet);
     let options = QuantizeOptions {
-        mix: args.ty,
+        mix,
         allow_requantize: args.allow_requantize,
         model_name: args.name.clone(),
     };
@@ -101,6 +114,55 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         );
     } else if !args.quiet {
         print_report(&report, secs);
+    }
+    Ok(())
+}
+
+fn run_awq(args: &QuantizeArgs, input: &std::path::Path) -> Result<()> {
+    if !input.is_dir() {
+        bail!(
+            "{}: AWQ output needs a Hugging Face folder as input",
+            input.display()
+        );
+    }
+    if args.imatrix.is_some() {
+        bail!("--imatrix applies to GGUF block types, not to --format awq");
+    }
+    let quiet = args.quiet || args.json;
+    let started = Instant::now();
+    let bar = bytes_bar(0, "quantizing", quiet);
+    let report = quantize_awq(
+        input,
+        &args.output,
+        &AwqOptions {
+            group_size: args.group_size,
+        },
+        &BarProgress(&bar),
+    );
+    bar.finish_and_clear();
+    let report = report?;
+    let secs = started.elapsed().as_secs_f64();
+    if args.json {
+        let j = serde_json::json!({
+            "output": report.output,
+            "format": "awq",
+            "group_size": args.group_size,
+            "quantized_linears": report.quantized_linears,
+            "kept_tensors": report.kept_tensors,
+            "weights_bytes": report.weights_bytes,
+            "seconds": secs,
+        });
+        println!("{}", serde_json::to_string_pretty(&j)?);
+    } else if !args.quiet {
+        eprintln!(
+            "wrote {} (AWQ gemm, 4-bit, group {}): {} linears quantised, {} tensors kept in f16, {:.1} MB of weights, {:.2} s",
+            report.output.display(),
+            args.group_size,
+            report.quantized_linears,
+            report.kept_tensors,
+            report.weights_bytes as f64 / 1e6,
+            secs
+        );
     }
     Ok(())
 }

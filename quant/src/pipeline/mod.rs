@@ -5,12 +5,14 @@
 //! parallel conversion → GGUF writer, with the output behind an atomic
 //! temporary name so a failure never leaves a file under the final name.
 
+pub mod awq;
 pub mod convert;
 mod encode;
 mod plan;
 pub mod quantize;
 mod write;
 
+pub use awq::{quantize_awq, AwqOptions, AwqPipelineError, AwqReport};
 pub use convert::{convert_hf_folder, ConvertError, ConvertOptions, ConvertReport, OutType};
 pub use encode::EncodeError;
 pub use plan::TensorPlan;
