@@ -91,6 +91,8 @@ for m in "${MODELS[@]}"; do
     echo "== $name" >&2
     cat "$m"/*.safetensors > /dev/null  # warm the page cache (untimed)
     run cp "$name" - "$RUNDIR/copy" "$REPEATS" -- bash -c 'mkdir -p "$1" && cp "$2"/*.safetensors "$1"/' _ "$RUNDIR/copy" "$m"
+    # quern fsyncs its output before the rename that publishes it; this is the like-for-like copy.
+    run cp+fsync "$name" - "$RUNDIR/copy" "$REPEATS" -- bash -c 'mkdir -p "$1" && cp "$2"/*.safetensors "$1"/ && sync "$1"/*.safetensors' _ "$RUNDIR/copy" "$m"
     for ot in $OUTTYPES; do
         run quern "$name" "$ot" "$RUNDIR/out.gguf" "$REPEATS" -- "$QUERN" convert "$m" -o "$RUNDIR/out.gguf" --outtype "$ot" --quiet
         run llama.cpp "$name" "$ot" "$RUNDIR/out.gguf" "$LLAMA_REPEATS" -- "$BPY" "$CONVERTER" "$m" --outfile "$RUNDIR/out.gguf" --outtype "$ot"
@@ -107,18 +109,20 @@ rows_path, cpu, ncpu, qv, lv, reps, lreps, load = sys.argv[1:]
 rows = [l.rstrip("\n").split("\t") for l in open(rows_path) if l.strip()]
 wall = {(r[0], r[1], r[2]): float(r[3]) for r in rows}
 cp = {r[1]: float(r[3]) for r in rows if r[0] == "cp"}
+cps = {r[1]: float(r[3]) for r in rows if r[0] == "cp+fsync"}
 print(f"## convert: quern vs llama.cpp convert_hf_to_gguf.py vs cp\n")
 print(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; {cpu}, {ncpu} cores; {qv}; "
       f"llama.cpp vendored in llama-cpp-python {lv}; warm page cache; output on the same disk; "
       f"best of {reps} (quern, cp) / {lreps} (llama.cpp) runs; load average at the end {load}.\n")
-print("| tool | model | outtype | wall s | peak RSS MB | peak anon MB | output MB | ratio to llama.cpp | ratio to cp |")
-print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+print("| tool | model | outtype | wall s | peak RSS MB | peak anon MB | output MB | ratio to llama.cpp | ratio to cp | ratio to cp+fsync |")
+print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
 for tool, model, ot, w, rss, size, anon in rows:
     w = float(w)
     ref = wall.get(("llama.cpp", model, ot))
     r_l = f"{w / ref:.3f}" if ref and tool != "cp" else "–"
     r_c = f"{w / cp[model]:.2f}" if model in cp else "–"
-    print(f"| {tool} | {model} | {ot} | {w:.2f} | {int(rss) / 1024:.0f} | {int(anon) / 1024:.0f} | {int(size) / 1e6:.1f} | {r_l} | {r_c} |")
+    r_s = f"{w / cps[model]:.2f}" if model in cps else "–"
+    print(f"| {tool} | {model} | {ot} | {w:.2f} | {int(rss) / 1024:.0f} | {int(anon) / 1024:.0f} | {int(size) / 1e6:.1f} | {r_l} | {r_c} | {r_s} |")
 print("\npeak RSS: /usr/bin/time -v (includes file pages of memory-mapped inputs); peak anon: RssAnon of the "
       "process, sampled every 20 ms; ratios are of wall time.")
 EOF
