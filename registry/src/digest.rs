@@ -1,0 +1,300 @@
+//! `sha256:<hex>` content digests and streaming hashing.
+
+use sha2::{Digest as _, Sha256};
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::path::Path;
+use std::str::FromStr;
+
+/// A sha256 content digest (the only algorithm quern produces or accepts).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Digest {
+    hex: String,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DigestError {
+    #[error("invalid digest {0:?}: expected sha256:<64 lowercase hex digits>")]
+    Invalid(String),
+    #[error("unsupported digest algorithm in {0:?}: only sha256 is supported")]
+    Unsupported(String),
+}
+
+impl Digest {
+    /// From 64 lowercase hex digits.
+    pub fn from_hex(hex: &str) -> Result<Digest, DigestError> {
+        if hex.len() == 64
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            Ok(Digest {
+                hex: hex.to_string(),
+            })
+        } else {
+            Err(DigestError::Invalid(hex.to_string()))
+        }
+    }
+
+    pub fn from_raw(bytes: [u8; 32]) -> Digest {
+        Digest {
+            hex: hex::encode(bytes),
+        }
+    }
+
+    pub fn hex(&self) -> &str {
+        &self.hex
+    }
+
+    pub fn of_bytes(data: &[u8]) -> Digest {
+        Digest::from_raw(Sha256::digest(data).into())
+    }
+
+    /// Digest and length of everything `r` yields.
+    pub fn of_reader(mut r: impl Read) -> io::Result<(Digest, u64)> {
+        let mut w = HashingWriter::new(io::sink());
+        io::copy(&mut r, &mut w)?;
+        Ok(w.finish().1)
+    }
+
+    pub fn of_file(path: &Path) -> io::Result<(Digest, u64)> {
+        let f = std::fs::File::open(path)?;
+        // A large buffer: hashing is faster than 8 KiB reads can feed it.
+        Digest::of_reader(io::BufReader::with_capacity(1 << 20, f))
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sha256:{}", self.hex)
+    }
+}
+
+impl FromStr for Digest {
+    type Err = DigestError;
+    fn from_str(s: &str) -> Result<Digest, DigestError> {
+        match s.split_once(':') {
+            Some(("sha256", hex)) => {
+                Digest::from_hex(hex).map_err(|_| DigestError::Invalid(s.to_string()))
+            }
+            Some((alg, _)) if !alg.is_empty() => Err(DigestError::Unsupported(s.to_string())),
+            _ => Err(DigestError::Invalid(s.to_string())),
+        }
+    }
+}
+
+impl serde::Serialize for Digest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Digest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Digest, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A writer that hashes and counts what passes through it.
+pub struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    len: u64,
+}
+
+impl<W: Write> HashingWriter<W> {
+    pub fn new(inner: W) -> Self {
+        HashingWriter {
+            inner,
+            hasher: Sha256::new(),
+            len: 0,
+        }
+    }
+
+    /// Continue a hash over bytes already seen (`len` of them).
+    pub fn resume(inner: W, hasher: Sha256, len: u64) -> Self {
+        HashingWriter { inner, hasher, len }
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.inner
+    }
+
+    pub fn hasher(&self) -> &Sha256 {
+        &self.hasher
+    }
+
+    /// The inner writer, hash state and count, to continue elsewhere (see [`HashPipe`]).
+    pub fn into_parts(self) -> (W, Sha256, u64) {
+        (self.inner, self.hasher, self.len)
+    }
+
+    pub fn finish(self) -> (W, (Digest, u64)) {
+        let d = Digest::from_raw(self.hasher.finalize().into());
+        (self.inner, (d, self.len))
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Hashing on a second thread: the caller fills buffers (socket reads, file
+/// writes) while the previous ones are hashed, so a transfer costs
+/// max(I/O, hashing) instead of their sum.
+pub struct HashPipe {
+    tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    back: std::sync::mpsc::Receiver<Vec<u8>>,
+    worker: Option<std::thread::JoinHandle<Sha256>>,
+    len: u64,
+}
+
+/// Size of the buffers handed out by [`HashPipe::buffer`].
+pub const PIPE_BUF: usize = 1 << 20;
+
+impl HashPipe {
+    /// Continue `state`, which has already seen `len` bytes.
+    pub fn new(state: Sha256, len: u64) -> HashPipe {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(8);
+        let (back_tx, back) = std::sync::mpsc::channel();
+        let worker = std::thread::spawn(move || {
+            let mut h = state;
+            for buf in rx {
+                h.update(&buf);
+                // The caller may have stopped taking buffers back.
+                let _ = back_tx.send(buf);
+            }
+            h
+        });
+        HashPipe {
+            tx: Some(tx),
+            back,
+            worker: Some(worker),
+            len,
+        }
+    }
+
+    /// A `PIPE_BUF`-byte buffer, recycled when one is free.
+    pub fn buffer(&mut self) -> Vec<u8> {
+        match self.back.try_recv() {
+            Ok(mut b) => {
+                b.resize(PIPE_BUF, 0);
+                b
+            }
+            Err(_) => vec![0u8; PIPE_BUF],
+        }
+    }
+
+    /// Hash `buf` (its length is what was filled).
+    pub fn feed(&mut self, buf: Vec<u8>) {
+        self.len += buf.len() as u64;
+        if let Some(tx) = &self.tx {
+            // Send fails only if the worker died, which `finish` reports.
+            let _ = tx.send(buf);
+        }
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The hash state after everything fed, and the byte count; None if the worker panicked.
+    pub fn finish(mut self) -> Option<(Sha256, u64)> {
+        drop(self.tx.take());
+        let h = self.worker.take()?.join().ok()?;
+        Some((h, self.len))
+    }
+}
+
+impl Drop for HashPipe {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+/// Read until `buf` is full or the reader ends; returns the bytes read.
+/// (Socket reads return a few KiB at a time; the pipe wants whole buffers.)
+pub fn fill(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            // Keep what arrived: the caller writes it, then sees the error on the next call.
+            Err(e) if filled > 0 => {
+                let _ = e;
+                break;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// Finish a hash state into a digest.
+pub fn finalize(h: Sha256) -> Digest {
+    Digest::from_raw(h.finalize().into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pipe_matches_direct_hash() {
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7) as u8).collect();
+        let mut p = HashPipe::new(Sha256::new(), 0);
+        for chunk in data.chunks(700_000) {
+            let mut b = p.buffer();
+            b.truncate(chunk.len());
+            b.copy_from_slice(chunk);
+            p.feed(b);
+        }
+        let (h, n) = p.finish().unwrap();
+        assert_eq!(n, data.len() as u64);
+        assert_eq!(finalize(h), Digest::of_bytes(&data));
+    }
+
+    #[test]
+    fn parses_and_rejects() {
+        let d = Digest::of_bytes(b"{}");
+        assert_eq!(
+            d.to_string(),
+            "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
+        );
+        assert_eq!(d.to_string().parse::<Digest>(), Ok(d.clone()));
+        assert!(matches!(
+            "sha512:00".parse::<Digest>(),
+            Err(DigestError::Unsupported(_))
+        ));
+        assert!("sha256:ABC".parse::<Digest>().is_err());
+        assert!("sha256:../../etc/passwd".parse::<Digest>().is_err());
+        let upper = d.to_string().to_uppercase().replace("SHA256", "sha256");
+        assert!(upper.parse::<Digest>().is_err());
+    }
+}
