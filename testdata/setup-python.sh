@@ -26,6 +26,8 @@ PINS=(
     safetensors==0.8.0
     pytest==9.2.0
     jsonschema==4.26.0
+    model-signing==1.1.1  # verifies our model.sig (registry tests)
+    pyopenssl==26.4.0     # model-signing 1.1.1 imports it without declaring it
     transformers==5.23.0  # AutoConfig reads our AWQ config.json (no torch needed)
     # llama-cpp-python's own dependencies, so its wheel can be installed with --no-deps
     diskcache==5.6.3
