@@ -6,6 +6,7 @@
 mod cmd;
 mod model_source;
 mod progress;
+mod provenance;
 mod threads;
 
 use clap::{Parser, Subcommand};

@@ -19,21 +19,6 @@ pub fn bytes_bar(total: u64, msg: &str, quiet: bool) -> ProgressBar {
     bar
 }
 
-/// A counting bar (items, chunks) with ETA; hidden when `quiet`.
-pub fn count_bar(total: u64, msg: &str, quiet: bool) -> ProgressBar {
-    let bar = ProgressBar::new(total);
-    if quiet {
-        bar.set_draw_target(ProgressDrawTarget::hidden());
-    }
-    bar.set_style(
-        ProgressStyle::with_template("{msg:12} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
-            .expect("static template")
-            .progress_chars("=> "),
-    );
-    bar.set_message(msg.to_string());
-    bar
-}
-
 /// Feeds a pipeline's progress into a bar.
 pub struct BarProgress<'a>(pub &'a ProgressBar);
 

@@ -430,3 +430,32 @@ fn inspect_lists_the_tensors_as_json() {
         TinyModel::llama().tensor_shapes().len()
     );
 }
+
+#[test]
+fn provenance_names_the_sources_and_the_output() {
+    use sha2::{Digest, Sha256};
+    let (dir, folder) = tiny(&TinyModel::llama());
+    let out = dir.path().join("out.gguf");
+    assert!(convert(&folder, &out, "q8_0").status.success());
+    let side = dir.path().join("out.gguf.provenance.json");
+    let p: serde_json::Value = serde_json::from_slice(&std::fs::read(&side).unwrap()).unwrap();
+    let hex = |b: &[u8]| format!("{:x}", Sha256::digest(b));
+    assert_eq!(p["subject"][0]["digest"]["sha256"], hex(&std::fs::read(&out).unwrap()).as_str());
+    let deps = p["predicate"]["buildDefinition"]["resolvedDependencies"].as_array().unwrap();
+    let st = deps.iter().find(|d| d["name"] == "model.safetensors").expect("weights listed");
+    let weights = std::fs::read(folder.join("model.safetensors")).unwrap();
+    assert_eq!(st["digest"]["sha256"], hex(&weights).as_str());
+    assert_eq!(p["predicate"]["buildDefinition"]["externalParameters"]["parameters"]["outtype"], "q8_0");
+
+    let out2 = dir.path().join("bare.gguf");
+    let o = quern()
+        .arg("convert")
+        .arg(&folder)
+        .arg("-o")
+        .arg(&out2)
+        .args(["--quiet", "--no-provenance"])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    assert!(!dir.path().join("bare.gguf.provenance.json").exists());
+}

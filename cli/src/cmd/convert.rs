@@ -39,6 +39,10 @@ pub struct ConvertArgs {
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Skip the provenance statement (OUT.provenance.json: command, parameters,
+    /// sha256 of every source file and of the output), which costs one read of each.
+    #[arg(long)]
+    pub no_provenance: bool,
 }
 
 fn parse_outtype(s: &str) -> Result<OutType, String> {
@@ -66,9 +70,25 @@ pub fn run(args: ConvertArgs) -> Result<()> {
         outtype: args.outtype,
         model_name: args.name.clone(),
     };
+    let provenance = (!args.no_provenance).then(|| {
+        crate::provenance::start(
+            "convert",
+            &args.model,
+            &folder,
+            vec![(
+                "outtype",
+                serde_json::json!(format!("{:?}", args.outtype).to_lowercase()),
+            )],
+            vec![],
+        )
+    });
     let report = convert_hf_folder(&folder, &args.output, &options, &BarProgress(&bar));
     bar.finish_and_clear();
     let report = report?;
+    let provenance = match provenance {
+        Some(p) => Some(p.finish(&report.output)?),
+        None => None,
+    };
     let secs = started.elapsed().as_secs_f64();
 
     let mut by_type = std::collections::BTreeMap::<String, (usize, u64)>::new();
@@ -94,6 +114,7 @@ pub fn run(args: ConvertArgs) -> Result<()> {
             "tensors": report.tensors.len(),
             "input_bytes": report.input_bytes,
             "output_bytes": report.output_bytes,
+            "provenance": provenance,
             "seconds": secs,
             "types": by_type.iter().map(|(k, (n, b))| (k.clone(), serde_json::json!({"tensors": n, "bytes": b}))).collect::<serde_json::Map<_, _>>(),
             "fallbacks": fallbacks.iter().map(|(n, f, t)| serde_json::json!({"tensor": n, "wanted": f.name(), "written": t.name()})).collect::<Vec<_>>(),
@@ -111,6 +132,9 @@ pub fn run(args: ConvertArgs) -> Result<()> {
         );
         for (ty, (n, bytes)) in &by_type {
             eprintln!("  {ty:>6}: {n:4} tensors, {:9.1} MB", *bytes as f64 / 1e6);
+        }
+        if let Some(p) = &provenance {
+            eprintln!("  provenance: {}", p.display());
         }
         for (name, wanted, written) in &fallbacks {
             eprintln!("  note: {name}: row length does not fit {wanted}; written as {written}");

@@ -56,6 +56,41 @@ pub struct QuantizeArgs {
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Skip the provenance statement (OUT.provenance.json, or provenance.json in
+    /// an AWQ folder: command, parameters, sha256 of every input and of the output).
+    #[arg(long)]
+    pub no_provenance: bool,
+}
+
+fn start_provenance(
+    args: &QuantizeArgs,
+    input: &std::path::Path,
+) -> Option<crate::provenance::Pending> {
+    (!args.no_provenance).then(|| {
+        let mut params = vec![("format", serde_json::json!(args.format))];
+        if let Some(t) = args.ty {
+            params.push(("type", serde_json::json!(t.name())));
+        }
+        if args.format == "awq" {
+            params.push(("group_size", serde_json::json!(args.group_size)));
+        }
+        if args.allow_requantize {
+            params.push(("allow_requantize", serde_json::json!(true)));
+        }
+        let inputs = args
+            .imatrix
+            .iter()
+            .map(|p| ("imatrix", p.clone()))
+            .collect();
+        crate::provenance::start("quantize", &args.input, input, params, inputs)
+    })
+}
+
+fn finish_provenance(
+    p: Option<crate::provenance::Pending>,
+    output: &std::path::Path,
+) -> Result<Option<PathBuf>> {
+    p.map(|p| p.finish(output)).transpose()
 }
 
 fn mix_help() -> String {
@@ -97,6 +132,7 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         allow_requantize: args.allow_requantize,
         model_name: args.name.clone(),
     };
+    let provenance = start_provenance(&args, &input);
     let report = quantize(
         &input,
         &args.output,
@@ -106,14 +142,17 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
     );
     bar.finish_and_clear();
     let report = report?;
+    let provenance = finish_provenance(provenance, &report.output)?;
     let secs = started.elapsed().as_secs_f64();
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report_json(&report, secs))?
-        );
+        let mut j = report_json(&report, secs);
+        j["provenance"] = serde_json::json!(provenance);
+        println!("{}", serde_json::to_string_pretty(&j)?);
     } else if !args.quiet {
         print_report(&report, secs);
+        if let Some(p) = provenance {
+            eprintln!("  provenance: {}", p.display());
+        }
     }
     Ok(())
 }
@@ -131,6 +170,7 @@ fn run_awq(args: &QuantizeArgs, input: &std::path::Path) -> Result<()> {
     let quiet = args.quiet || args.json;
     let started = Instant::now();
     let bar = bytes_bar(0, "quantizing", quiet);
+    let provenance = start_provenance(args, input);
     let report = quantize_awq(
         input,
         &args.output,
@@ -141,9 +181,11 @@ fn run_awq(args: &QuantizeArgs, input: &std::path::Path) -> Result<()> {
     );
     bar.finish_and_clear();
     let report = report?;
+    let provenance = finish_provenance(provenance, &report.output)?;
     let secs = started.elapsed().as_secs_f64();
     if args.json {
         let j = serde_json::json!({
+            "provenance": provenance,
             "output": report.output,
             "format": "awq",
             "group_size": args.group_size,
