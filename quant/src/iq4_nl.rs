@@ -1,9 +1,9 @@
 //! IQ4_NL: 32 values, f16 scale, 4-bit indices into a fixed non-linear grid.
 
 use crate::block::{f16_bytes, f16_value, with_importance, BlockFormat};
-use crate::fit::{block_weights, fit_grid, GridLookup};
+use crate::fit::{block_weights, fit_grid, sub, GridLookup};
 use crate::legacy::{pack_nibbles, unpack_nibbles};
-use crate::superblock::round_grid;
+use crate::superblock::grid_codes;
 use quern_formats::GgmlType;
 use std::sync::OnceLock;
 
@@ -40,10 +40,10 @@ impl BlockFormat for Iq4Nl {
         let mut wbuf = [0f32; 256];
         for ((x, imp), b) in with_importance(src, importance, QK).zip(dst.iter_mut()) {
             let w = block_weights(imp, QK, &mut wbuf);
-            let d = f16_bytes(fit_grid(x, w, grid));
+            let d = f16_bytes(fit_grid(sub::<QK>(x, 0), sub::<QK>(w, 0), grid));
             let mut q = [0u8; QK];
             // Codes are chosen for the scale as stored, not the float one.
-            round_grid(x, w, f16_value(d), grid, &mut q);
+            grid_codes(x, f16_value(d), grid, &mut q);
             b.d = d;
             b.qs = pack_nibbles(&q);
         }

@@ -35,7 +35,7 @@ impl BlockFormat for Q2K {
         let mut wbuf = [0f32; 256];
         for ((x, imp), b) in with_importance(src, importance, QK_K).zip(dst.iter_mut()) {
             let w = block_weights(imp, QK_K, &mut wbuf);
-            let s = quantize_affine(x, w, 16, 3, 15);
+            let s = quantize_affine::<16>(x, w, 3, 15);
             b.d = s.d;
             b.dmin = s.dmin;
             b.scales = std::array::from_fn(|j| (s.ls[j] & 0x0F) | ((s.lm[j] & 0x0F) << 4));

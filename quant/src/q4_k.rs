@@ -83,7 +83,7 @@ impl BlockFormat for Q4K {
         let mut wbuf = [0f32; 256];
         for ((x, imp), b) in with_importance(src, importance, QK_K).zip(dst.iter_mut()) {
             let w = block_weights(imp, QK_K, &mut wbuf);
-            let s = quantize_affine(x, w, 8, 15, 63);
+            let s = quantize_affine::<32>(x, w, 15, 63);
             b.d = s.d;
             b.dmin = s.dmin;
             b.scales = pack_scale_min(&s.ls[..8], &s.lm[..8]);

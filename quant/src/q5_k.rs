@@ -40,7 +40,7 @@ impl BlockFormat for Q5K {
         let mut wbuf = [0f32; 256];
         for ((x, imp), b) in with_importance(src, importance, QK_K).zip(dst.iter_mut()) {
             let w = block_weights(imp, QK_K, &mut wbuf);
-            let s = quantize_affine(x, w, 8, 31, 63);
+            let s = quantize_affine::<32>(x, w, 31, 63);
             b.d = s.d;
             b.dmin = s.dmin;
             b.scales = pack_scale_min(&s.ls[..8], &s.lm[..8]);

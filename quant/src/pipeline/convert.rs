@@ -281,7 +281,7 @@ fn out_type_for(outtype: OutType, dtype: Dtype, row_len: u64) -> (GgmlType, Opti
         OutType::Q8_0 => GgmlType::Q8_0,
         OutType::Auto => source_type(dtype),
     };
-    if row_len % wanted.block_size() as u64 != 0 {
+    if !row_len.is_multiple_of(wanted.block_size() as u64) {
         (GgmlType::F16, Some(wanted))
     } else {
         (wanted, None)

@@ -35,7 +35,7 @@ pub(crate) fn encode<'a>(
     }
     let src_row = crate::row_bytes(src_type, row_len)?;
     let out_row = crate::row_bytes(out_type, row_len)?;
-    let n_rows = if src_row == 0 { 0 } else { src.len() / src_row };
+    let n_rows = src.len().checked_div(src_row).unwrap_or(0);
     if src_type == out_type {
         check_rows(&src, src_type, row_len, src_row)?;
         return Ok(src);

@@ -84,6 +84,8 @@ pub enum QuantizeError {
     },
 }
 
+type Metadata = Vec<(String, Value)>;
+
 /// Where the tensors come from.
 enum Input {
     Gguf(GgufFile),
@@ -181,7 +183,7 @@ pub fn quantize(
 fn gguf_plans(
     file: &GgufFile,
     allow_requantize: bool,
-) -> Result<(Vec<(String, Value)>, Vec<TensorPlan>), QuantizeError> {
+) -> Result<(Metadata, Vec<TensorPlan>), QuantizeError> {
     let mut plans = Vec::new();
     for (index, t) in file.tensors().iter().enumerate() {
         if !crate::can_dequantize(t.ggml_type) {
