@@ -94,7 +94,10 @@ for m in "${MODELS[@]}"; do
     # quern fsyncs its output before the rename that publishes it; this is the like-for-like copy.
     run cp+fsync "$name" - "$RUNDIR/copy" "$REPEATS" -- bash -c 'mkdir -p "$1" && cp "$2"/*.safetensors "$1"/ && sync "$1"/*.safetensors' _ "$RUNDIR/copy" "$m"
     for ot in $OUTTYPES; do
-        run quern "$name" "$ot" "$RUNDIR/out.gguf" "$REPEATS" -- "$QUERN" convert "$m" -o "$RUNDIR/out.gguf" --outtype "$ot" --quiet
+        # Like for like with llama.cpp's converter (which records no provenance) ...
+        run quern "$name" "$ot" "$RUNDIR/out.gguf" "$REPEATS" -- "$QUERN" convert "$m" -o "$RUNDIR/out.gguf" --outtype "$ot" --quiet --no-provenance
+        # ... and quern's default, which also hashes every source file and the output.
+        run quern+provenance "$name" "$ot" "$RUNDIR/out.gguf" "$REPEATS" -- "$QUERN" convert "$m" -o "$RUNDIR/out.gguf" --outtype "$ot" --quiet
         run llama.cpp "$name" "$ot" "$RUNDIR/out.gguf" "$LLAMA_REPEATS" -- "$BPY" "$CONVERTER" "$m" --outfile "$RUNDIR/out.gguf" --outtype "$ot"
     done
 done
