@@ -1,1 +1,26 @@
-//! quern runtime (filled in by the runtime issue).
+//! quern runtime: Llama-family inference from GGUF files.
+//!
+//! - [`backend`]: the interface the matrix-heavy operations go through, so that a
+//!   CUDA backend can sit beside [`cpu::CpuBackend`];
+//! - [`cpu`]: fused dequantise-and-dot kernels over quantised blocks (portable and
+//!   runtime-detected AVX2), parallel across output rows with rayon;
+//! - [`model`]: the Llama / Qwen2 / Qwen3 forward pass with a KV cache, reading the
+//!   weights straight from the GGUF memory map;
+//! - [`tokenizer`], [`sampler`], [`chat`]: text in and out;
+//! - [`generate`]: prompt → tokens, and the timing loop `quern bench` uses.
+
+pub mod backend;
+pub mod chat;
+pub mod cpu;
+pub mod error;
+pub mod generate;
+pub mod model;
+pub mod sampler;
+pub mod tokenizer;
+
+pub use backend::{Backend, WeightView};
+pub use cpu::CpuBackend;
+pub use error::RuntimeError;
+pub use model::{Model, Session};
+pub use sampler::{Sampler, SamplerConfig};
+pub use tokenizer::Tokenizer;

@@ -1,0 +1,92 @@
+//! `quern bench`: prefill and decode speed of a GGUF model on the CPU.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use quern_runtime::generate::{bench, Stats};
+use quern_runtime::{CpuBackend, Model};
+use serde_json::json;
+
+/// Measure prompt processing (pp: one batch of -p tokens) and text generation
+/// (tg: -n tokens one at a time) in tokens per second, each from an empty
+/// context, as llama-bench does; mean ± standard deviation over repetitions.
+#[derive(Args)]
+pub struct BenchArgs {
+    /// GGUF file (llama, qwen2 or qwen3 architecture).
+    pub artifact: PathBuf,
+    /// Prompt tokens for the prefill test (0 skips it).
+    #[arg(short = 'p', long = "n-prompt", default_value_t = 128)]
+    pub n_prompt: usize,
+    /// Tokens for the generation test (0 skips it).
+    #[arg(short = 'n', long = "n-gen", default_value_t = 64)]
+    pub n_gen: usize,
+    /// Repetitions of each test (after one warm-up run).
+    #[arg(short = 'r', long, default_value_t = 5)]
+    pub repetitions: usize,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Machine-readable output on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    crate::threads::init(args.threads)?;
+    if args.repetitions == 0 {
+        bail!("--repetitions must be at least 1");
+    }
+    if args.n_prompt == 0 && args.n_gen == 0 {
+        bail!("nothing to measure: -p and -n are both 0");
+    }
+    let backend = CpuBackend::new();
+    let isa = format!("{:?}", backend.isa()).to_lowercase();
+    let model = Model::open(&args.artifact, Box::new(backend))
+        .with_context(|| format!("cannot load {}", args.artifact.display()))?;
+    let report = bench(&model, args.n_prompt, args.n_gen, args.repetitions)?;
+    let threads = rayon::current_num_threads();
+    let size = model.weight_bytes();
+    if args.json {
+        let stat =
+            |s: Option<Stats>| s.map(|s| json!({"mean": s.mean, "sd": s.sd, "samples": s.samples}));
+        let v = json!({
+            "model": args.artifact.display().to_string(),
+            "arch": model.config.arch.name(),
+            "backend": "cpu",
+            "isa": isa,
+            "threads": threads,
+            "weight_bytes_per_token": size,
+            "pp_tokens": report.pp_tokens,
+            "tg_tokens": report.tg_tokens,
+            "pp_tokens_per_s": stat(report.pp),
+            "tg_tokens_per_s": stat(report.tg),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!(
+        "model {} ({}, {:.1} MB of weights per token), cpu/{isa}, {threads} threads",
+        args.artifact.display(),
+        model.config.arch.name(),
+        size as f64 / 1e6
+    );
+    println!("{:>8}  {:>20}", "test", "tokens/s");
+    if let Some(s) = report.pp {
+        println!(
+            "{:>8}  {:>12.2} ± {:<6.2}",
+            format!("pp{}", report.pp_tokens),
+            s.mean,
+            s.sd
+        );
+    }
+    if let Some(s) = report.tg {
+        println!(
+            "{:>8}  {:>12.2} ± {:<6.2}",
+            format!("tg{}", report.tg_tokens),
+            s.mean,
+            s.sd
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,69 @@
+//! Activations quantised to 8 bits so the weight products can run in integers.
+//!
+//! These are our own in-memory layouts (f32 scales, precomputed sums), not ggml's
+//! file blocks: they never leave the process, and f32 scales save a conversion in
+//! the inner loop.
+
+/// 32 activations for the 32-value formats: `x ≈ d * qs`, `s = d * Σ qs` (what the
+/// offset of Q4_1 / Q5_1 weights multiplies).
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct ActQ8 {
+    pub qs: [i8; 32],
+    pub d: f32,
+    pub s: f32,
+}
+
+/// 256 activations for the K-quants: `x ≈ d * qs`, with the sum of each group of 16
+/// codes (what the sub-block minimums multiply).
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct ActQ8K {
+    pub qs: [i8; 256],
+    pub d: f32,
+    pub bsums: [i16; 16],
+}
+
+/// Symmetric 8-bit codes of `x` into `qs`; returns the scale.
+#[inline]
+fn quantize_block(x: &[f32], qs: &mut [i8]) -> f32 {
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+    for (q, &v) in qs.iter_mut().zip(x) {
+        *q = (v * id).round() as i8;
+    }
+    d
+}
+
+/// Quantises `x` (a multiple of 32 values) into `out` (cleared first).
+pub fn quantize_q8(x: &[f32], out: &mut Vec<ActQ8>) {
+    out.clear();
+    out.extend(x.chunks_exact(32).map(|c| {
+        let mut b = ActQ8 {
+            qs: [0; 32],
+            d: 0.0,
+            s: 0.0,
+        };
+        b.d = quantize_block(c, &mut b.qs);
+        b.s = b.d * b.qs.iter().map(|&q| q as i32).sum::<i32>() as f32;
+        b
+    }));
+}
+
+/// Quantises `x` (a multiple of 256 values) into `out` (cleared first).
+pub fn quantize_q8k(x: &[f32], out: &mut Vec<ActQ8K>) {
+    out.clear();
+    out.extend(x.chunks_exact(256).map(|c| {
+        let mut b = ActQ8K {
+            qs: [0; 256],
+            d: 0.0,
+            bsums: [0; 16],
+        };
+        b.d = quantize_block(c, &mut b.qs);
+        for (s, g) in b.bsums.iter_mut().zip(b.qs.chunks_exact(16)) {
+            *s = g.iter().map(|&q| q as i16).sum();
+        }
+        b
+    }));
+}

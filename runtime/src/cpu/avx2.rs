@@ -1,0 +1,263 @@
+//! x86-64 kernels for CPUs with AVX2, FMA and F16C (checked at run time by
+//! `CpuBackend::new`). The hottest formats have hand-written intrinsics; the rest
+//! are the portable bodies recompiled with AVX2 enabled, which lets the compiler
+//! vectorise their integer loops 32 lanes wide.
+
+#![cfg(target_arch = "x86_64")]
+
+use std::arch::x86_64::*;
+
+use quern_quant::block::f16_value;
+use quern_quant::q4_0::BlockQ4_0;
+use quern_quant::q4_1::BlockQ4_1;
+use quern_quant::q4_k::{scale_min, BlockQ4K};
+use quern_quant::q6_k::BlockQ6K;
+use quern_quant::q8_0::BlockQ8_0;
+
+use super::act::{ActQ8, ActQ8K};
+use super::portable;
+
+/// One IEEE half to f32 with the F16C instruction (the `half` crate checks the
+/// CPU on every call, which costs more than the conversion in these loops).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f16(b: [u8; 2]) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(
+        _mm_cvtsi32_si128(u16::from_le_bytes(b) as i32),
+    ))
+}
+
+/// Sum of the eight lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
+    _mm_cvtss_f32(s)
+}
+
+/// Eight i32 sums of products of 32 signed bytes, as floats. `maddubs` wants an
+/// unsigned left operand, so the sign of `w` moves onto `a` first (|w| * sign(w)a).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_i8(w: __m256i, a: __m256i) -> __m256 {
+    let aw = _mm256_sign_epi8(w, w);
+    let sa = _mm256_sign_epi8(a, w);
+    let p16 = _mm256_maddubs_epi16(aw, sa);
+    _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)))
+}
+
+/// Unsigned 4-bit codes of a legacy block, code j in byte j (low nibbles first).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn unpack_nibbles(qs: &[u8; 16]) -> __m256i {
+    let v = _mm_loadu_si128(qs.as_ptr() as *const __m128i);
+    let lo = _mm_and_si128(v, _mm_set1_epi8(15));
+    let hi = _mm_and_si128(_mm_srli_epi16::<4>(v), _mm_set1_epi8(15));
+    _mm256_set_m128i(hi, lo)
+}
+
+/// How far ahead of the current block the weight stream is prefetched: decode
+/// reads each weight once, and one core alone does not keep enough loads in flight
+/// to use the memory bandwidth.
+const PREFETCH_BYTES: usize = 1024;
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q8_0_row(w: &[u8], a: &[ActQ8]) -> f32 {
+    let base = w.as_ptr();
+    let w: &[BlockQ8_0] = bytemuck::cast_slice(w);
+    // Two accumulators halve the dependency chain through the fused multiply-add.
+    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    for (i, (b, a)) in w.chunks_exact(2).zip(a.chunks_exact(2)).enumerate() {
+        _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(i * 68 + PREFETCH_BYTES) as *const i8);
+        let w0 = _mm256_loadu_si256(b[0].qs.as_ptr() as *const __m256i);
+        let a0 = _mm256_loadu_si256(a[0].qs.as_ptr() as *const __m256i);
+        let w1 = _mm256_loadu_si256(b[1].qs.as_ptr() as *const __m256i);
+        let a1 = _mm256_loadu_si256(a[1].qs.as_ptr() as *const __m256i);
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(f16(b[0].d) * a[0].d), dot_i8(w0, a0), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(f16(b[1].d) * a[1].d), dot_i8(w1, a1), acc1);
+    }
+    if w.len() % 2 == 1 {
+        let (b, a) = (&w[w.len() - 1], &a[w.len() - 1]);
+        let w0 = _mm256_loadu_si256(b.qs.as_ptr() as *const __m256i);
+        let a0 = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(f16(b.d) * a.d), dot_i8(w0, a0), acc0);
+    }
+    hsum(_mm256_add_ps(acc0, acc1))
+}
+
+/// One Q8_0 weight row against four activation rows (prefill): each weight block
+/// is loaded and its sign split once, and the four independent accumulators keep
+/// the multiply-add units busy.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q8_0_row_x4(w: &[u8], a: [&[ActQ8]; 4]) -> [f32; 4] {
+    let w: &[BlockQ8_0] = bytemuck::cast_slice(w);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let ones = _mm256_set1_epi16(1);
+    for (i, b) in w.iter().enumerate() {
+        let wq = _mm256_loadu_si256(b.qs.as_ptr() as *const __m256i);
+        let aw = _mm256_sign_epi8(wq, wq);
+        let d = f16(b.d);
+        for t in 0..4 {
+            let at = &a[t][i];
+            let aq = _mm256_loadu_si256(at.qs.as_ptr() as *const __m256i);
+            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(aq, wq)), ones);
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * at.d), _mm256_cvtepi32_ps(p), acc[t]);
+        }
+    }
+    [hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])]
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q4_0_row(w: &[u8], a: &[ActQ8]) -> f32 {
+    let w: &[BlockQ4_0] = bytemuck::cast_slice(w);
+    let mut acc = _mm256_setzero_ps();
+    for (b, a) in w.iter().zip(a) {
+        let wq = _mm256_sub_epi8(unpack_nibbles(&b.qs), _mm256_set1_epi8(8));
+        let aq = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
+        let d = _mm256_set1_ps(f16(b.d) * a.d);
+        acc = _mm256_fmadd_ps(d, dot_i8(wq, aq), acc);
+    }
+    hsum(acc)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q4_1_row(w: &[u8], a: &[ActQ8]) -> f32 {
+    let w: &[BlockQ4_1] = bytemuck::cast_slice(w);
+    let mut acc = _mm256_setzero_ps();
+    let mut offsets = 0f32;
+    for (b, a) in w.iter().zip(a) {
+        // Codes are unsigned already: straight into maddubs.
+        let wq = unpack_nibbles(&b.qs);
+        let aq = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
+        let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wq, aq), _mm256_set1_epi16(1));
+        let d = _mm256_set1_ps(f16(b.d) * a.d);
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
+        offsets += f16(b.m) * a.s;
+    }
+    hsum(acc) + offsets
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn f16_row(w: &[u8], x: &[f32]) -> f32 {
+    let n = x.len().min(w.len() / 2);
+    let mut acc = _mm256_setzero_ps();
+    let mut i = 0;
+    while i + 8 <= n {
+        let h = _mm_loadu_si128(w.as_ptr().add(2 * i) as *const __m128i);
+        let xv = _mm256_loadu_ps(x.as_ptr().add(i));
+        acc = _mm256_fmadd_ps(_mm256_cvtph_ps(h), xv, acc);
+        i += 8;
+    }
+    let mut sum = hsum(acc);
+    while i < n {
+        sum += f16_value([w[2 * i], w[2 * i + 1]]) * x[i];
+        i += 1;
+    }
+    sum
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn f32_row(w: &[u8], x: &[f32]) -> f32 {
+    portable::f32_row(w, x)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn bf16_row(w: &[u8], x: &[f32]) -> f32 {
+    portable::bf16_row(w, x)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q5_0_row(w: &[u8], a: &[ActQ8]) -> f32 {
+    portable::q5_0_row(w, a)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q5_1_row(w: &[u8], a: &[ActQ8]) -> f32 {
+    portable::q5_1_row(w, a)
+}
+
+/// Q4_K: per 64 values, one 32-byte load gives two sub-blocks (low and high
+/// nibbles); `madd` by the broadcast 6-bit scale folds the scale into the pair sums.
+/// The minimums meet the activation group sums outside the vector loop.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q4_k_row(w: &[u8], a: &[ActQ8K]) -> f32 {
+    let w: &[BlockQ4K] = bytemuck::cast_slice(w);
+    let mut acc = _mm256_setzero_ps();
+    let mut mins = 0f32;
+    let low = _mm256_set1_epi8(15);
+    for (b, a) in w.iter().zip(a) {
+        let mut sumi = _mm256_setzero_si256();
+        let mut summ = 0i32;
+        for g in 0..4 {
+            let (sc0, m0) = scale_min(&b.scales, 2 * g);
+            let (sc1, m1) = scale_min(&b.scales, 2 * g + 1);
+            let q = _mm256_loadu_si256(b.qs.as_ptr().add(g * 32) as *const __m256i);
+            let q0 = _mm256_and_si256(q, low);
+            let q1 = _mm256_and_si256(_mm256_srli_epi16::<4>(q), low);
+            let a0 = _mm256_loadu_si256(a.qs.as_ptr().add(g * 64) as *const __m256i);
+            let a1 = _mm256_loadu_si256(a.qs.as_ptr().add(g * 64 + 32) as *const __m256i);
+            let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(q0, a0), _mm256_set1_epi16(sc0 as i16));
+            let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(q1, a1), _mm256_set1_epi16(sc1 as i16));
+            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p0, p1));
+            summ += m0 as i32 * (a.bsums[4 * g] as i32 + a.bsums[4 * g + 1] as i32)
+                + m1 as i32 * (a.bsums[4 * g + 2] as i32 + a.bsums[4 * g + 3] as i32);
+        }
+        acc = _mm256_fmadd_ps(
+            _mm256_set1_ps(f16(b.d) * a.d),
+            _mm256_cvtepi32_ps(sumi),
+            acc,
+        );
+        mins += f16(b.dmin) * a.d * summ as f32;
+    }
+    hsum(acc) - mins
+}
+
+/// Q6_K: unsigned 6-bit codes u go through `maddubs` as they are; the offset of 32
+/// comes back as `32 * scale * Σa` from the activation group sums.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q6_k_row(w: &[u8], a: &[ActQ8K]) -> f32 {
+    let w: &[BlockQ6K] = bytemuck::cast_slice(w);
+    let mut acc = _mm256_setzero_ps();
+    let low = _mm256_set1_epi8(15);
+    let three = _mm256_set1_epi8(3);
+    let mut offsets = 0f32;
+    for (b, a) in w.iter().zip(a) {
+        let mut sumi = _mm256_setzero_si256();
+        for g in 0..2 {
+            let qh = _mm256_loadu_si256(b.qh.as_ptr().add(g * 32) as *const __m256i);
+            for sub in 0..4 {
+                let ql = _mm256_loadu_si256(
+                    b.ql.as_ptr().add(g * 64 + (sub % 2) * 32) as *const __m256i
+                );
+                let lo = _mm256_and_si256(
+                    _mm256_srl_epi16(ql, _mm_cvtsi32_si128(4 * (sub / 2) as i32)),
+                    low,
+                );
+                let hi = _mm256_and_si256(
+                    _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * sub as i32)),
+                    three,
+                );
+                let u = _mm256_or_si256(lo, _mm256_slli_epi16::<4>(hi));
+                let av =
+                    _mm256_loadu_si256(a.qs.as_ptr().add(g * 128 + sub * 32) as *const __m256i);
+                let s = g * 8 + sub * 2;
+                let scales = _mm256_set_m128i(
+                    _mm_set1_epi16(b.scales[s + 1] as i16),
+                    _mm_set1_epi16(b.scales[s] as i16),
+                );
+                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(u, av), scales);
+                sumi = _mm256_add_epi32(sumi, p);
+            }
+        }
+        let offset: i32 = (0..16)
+            .map(|s| b.scales[s] as i32 * a.bsums[s] as i32)
+            .sum::<i32>()
+            * 32;
+        let d = f16(b.d) * a.d;
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+        offsets += d * offset as f32;
+    }
+    hsum(acc) - offsets
+}

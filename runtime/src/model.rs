@@ -1,0 +1,619 @@
+//! Llama-family models (`llama`, `qwen2`, `qwen3`) read from a GGUF file.
+//!
+//! Weights stay in the memory map: each matrix is a [`WeightView`] over the
+//! file's bytes, handed to the backend as it is. Only the small vectors (norms,
+//! biases, rope frequency factors) are expanded to f32 at load.
+//!
+//! Rope: llama.cpp's converter permutes the q/k rows of Llama checkpoints so that
+//! rotated pairs are adjacent ("normal" mode); Qwen2 and Qwen3 are stored as in
+//! Hugging Face and rotate the two halves of each head ("NeoX" mode).
+
+use std::path::{Path, PathBuf};
+
+use quern_formats::gguf::{GgufFile, TensorInfo};
+use quern_formats::GgmlType;
+use rayon::prelude::*;
+
+use crate::backend::{Backend, WeightView};
+use crate::error::RuntimeError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    Llama,
+    Qwen2,
+    Qwen3,
+}
+
+impl Arch {
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Llama => "llama",
+            Arch::Qwen2 => "qwen2",
+            Arch::Qwen3 => "qwen3",
+        }
+    }
+}
+
+/// Which elements of a head rope rotates together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeMode {
+    /// Pairs `(2i, 2i + 1)`.
+    Adjacent,
+    /// Pairs `(i, i + n_rot / 2)`.
+    Neox,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub arch: Arch,
+    pub n_embd: usize,
+    pub n_layer: usize,
+    pub n_ff: usize,
+    pub n_head: usize,
+    pub n_kv_head: usize,
+    pub head_dim: usize,
+    pub n_rot: usize,
+    pub rms_eps: f32,
+    pub rope_base: f32,
+    /// Positions are divided by this (linear rope scaling; 1 when absent).
+    pub rope_scale: f32,
+    pub rope_mode: RopeMode,
+    pub n_ctx_train: usize,
+    pub vocab: usize,
+}
+
+/// A matrix in the file, located by byte range so the model need not borrow the map.
+#[derive(Debug, Clone)]
+struct Matrix {
+    name: String,
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    start: usize,
+    len: usize,
+}
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    wq: Matrix,
+    wk: Matrix,
+    wv: Matrix,
+    wo: Matrix,
+    bq: Option<Vec<f32>>,
+    bk: Option<Vec<f32>>,
+    bv: Option<Vec<f32>>,
+    q_norm: Option<Vec<f32>>,
+    k_norm: Option<Vec<f32>>,
+    ffn_norm: Vec<f32>,
+    gate: Matrix,
+    up: Matrix,
+    down: Matrix,
+}
+
+pub struct Model {
+    file: GgufFile,
+    path: PathBuf,
+    pub config: Config,
+    embd: Matrix,
+    output: Matrix,
+    output_norm: Vec<f32>,
+    /// Per-frequency divisors of the rope angle (Llama 3 scaling).
+    rope_freqs: Option<Vec<f32>>,
+    layers: Vec<Layer>,
+    backend: Box<dyn Backend>,
+}
+
+/// The per-conversation state: the KV cache and how many positions it holds.
+pub struct Session {
+    /// Per layer: keys and values, `n_past * kv_dim` each, grown as tokens arrive.
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    n_past: usize,
+    n_ctx: usize,
+}
+
+impl Session {
+    pub fn n_past(&self) -> usize {
+        self.n_past
+    }
+
+    pub fn n_ctx(&self) -> usize {
+        self.n_ctx
+    }
+
+    /// Forgets every position (the next forward starts at position 0).
+    pub fn clear(&mut self) {
+        self.n_past = 0;
+        for l in self.k.iter_mut().chain(self.v.iter_mut()) {
+            l.clear();
+        }
+    }
+}
+
+fn u(file: &GgufFile, key: &str) -> Result<usize, RuntimeError> {
+    file.get(key)
+        .and_then(|v| v.as_u64())
+        .map(|v| v as usize)
+        .ok_or_else(|| RuntimeError::MissingKey {
+            file: file.path().to_path_buf(),
+            key: key.to_string(),
+        })
+}
+
+fn f(file: &GgufFile, key: &str) -> Option<f32> {
+    file.get(key).and_then(|v| v.as_f64()).map(|v| v as f32)
+}
+
+impl Config {
+    pub fn from_gguf(file: &GgufFile) -> Result<Config, RuntimeError> {
+        let path = file.path().to_path_buf();
+        let arch_name = file
+            .get("general.architecture")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| RuntimeError::MissingKey {
+                file: path.clone(),
+                key: "general.architecture".into(),
+            })?;
+        let (arch, rope_mode) = match arch_name {
+            "llama" => (Arch::Llama, RopeMode::Adjacent),
+            "qwen2" => (Arch::Qwen2, RopeMode::Neox),
+            "qwen3" => (Arch::Qwen3, RopeMode::Neox),
+            other => {
+                return Err(RuntimeError::UnsupportedArch {
+                    file: path,
+                    arch: other.to_string(),
+                })
+            }
+        };
+        let a = arch_name;
+        let n_embd = u(file, &format!("{a}.embedding_length"))?;
+        let n_head = u(file, &format!("{a}.attention.head_count"))?;
+        let n_kv_head = u(file, &format!("{a}.attention.head_count_kv")).unwrap_or(n_head);
+        let head_dim = u(file, &format!("{a}.attention.key_length"))
+            .ok()
+            .unwrap_or(n_embd.checked_div(n_head).unwrap_or(0));
+        let n_rot = u(file, &format!("{a}.rope.dimension_count")).unwrap_or(head_dim);
+        let vocab = file
+            .tensor("token_embd.weight")
+            .and_then(|t| t.shape.get(1).copied())
+            .ok_or_else(|| RuntimeError::MissingTensor {
+                file: path.clone(),
+                tensor: "token_embd.weight".into(),
+            })? as usize;
+        let rope_scale = match file
+            .get(&format!("{a}.rope.scaling.type"))
+            .and_then(|v| v.as_str())
+        {
+            Some("linear") => f(file, &format!("{a}.rope.scaling.factor")).unwrap_or(1.0),
+            _ => 1.0,
+        };
+        let config = Config {
+            arch,
+            n_embd,
+            n_layer: u(file, &format!("{a}.block_count"))?,
+            n_ff: u(file, &format!("{a}.feed_forward_length"))?,
+            n_head,
+            n_kv_head,
+            head_dim,
+            n_rot,
+            rms_eps: f(file, &format!("{a}.attention.layer_norm_rms_epsilon")).unwrap_or(1e-5),
+            rope_base: f(file, &format!("{a}.rope.freq_base")).unwrap_or(10000.0),
+            rope_scale: if rope_scale > 0.0 { rope_scale } else { 1.0 },
+            rope_mode,
+            n_ctx_train: u(file, &format!("{a}.context_length")).unwrap_or(2048),
+            vocab,
+        };
+        let bad = |what: String| RuntimeError::BadModel {
+            file: path.clone(),
+            what,
+        };
+        if n_head == 0 || n_kv_head == 0 || n_head % n_kv_head != 0 {
+            return Err(bad(format!(
+                "{n_head} attention heads cannot share {n_kv_head} KV heads"
+            )));
+        }
+        if head_dim == 0 || n_rot > head_dim || !n_rot.is_multiple_of(2) {
+            return Err(bad(format!(
+                "rope over {n_rot} of {head_dim} head dimensions"
+            )));
+        }
+        Ok(config)
+    }
+}
+
+impl Model {
+    /// Opens `path` and checks every tensor the forward pass reads against the
+    /// metadata and the backend's kernels.
+    pub fn open(path: &Path, backend: Box<dyn Backend>) -> Result<Model, RuntimeError> {
+        let file = GgufFile::open(path)?;
+        let config = Config::from_gguf(&file)?;
+        let path = path.to_path_buf();
+        let c = &config;
+        let (q_dim, kv_dim) = (c.n_head * c.head_dim, c.n_kv_head * c.head_dim);
+        let loader = Loader {
+            file: &file,
+            path: &path,
+            backend: backend.as_ref(),
+        };
+        let embd = loader.matrix("token_embd.weight", c.n_embd, c.vocab, false)?;
+        let output = if file.tensor("output.weight").is_some() {
+            loader.matrix("output.weight", c.n_embd, c.vocab, true)?
+        } else {
+            // Tied embeddings: the output projection is the embedding matrix.
+            loader.matrix("token_embd.weight", c.n_embd, c.vocab, true)?
+        };
+        let output_norm = loader.vector("output_norm.weight", c.n_embd)?;
+        let rope_freqs = match file.tensor("rope_freqs.weight") {
+            Some(_) => Some(loader.vector("rope_freqs.weight", c.n_rot / 2)?),
+            None => None,
+        };
+        let mut layers = Vec::with_capacity(c.n_layer);
+        for i in 0..c.n_layer {
+            let n = |s: &str| format!("blk.{i}.{s}");
+            let opt_vec = |s: &str, len: usize| -> Result<Option<Vec<f32>>, RuntimeError> {
+                let name = n(s);
+                match file.tensor(&name) {
+                    Some(_) => loader.vector(&name, len).map(Some),
+                    None => Ok(None),
+                }
+            };
+            let layer = Layer {
+                attn_norm: loader.vector(&n("attn_norm.weight"), c.n_embd)?,
+                wq: loader.matrix(&n("attn_q.weight"), c.n_embd, q_dim, true)?,
+                wk: loader.matrix(&n("attn_k.weight"), c.n_embd, kv_dim, true)?,
+                wv: loader.matrix(&n("attn_v.weight"), c.n_embd, kv_dim, true)?,
+                wo: loader.matrix(&n("attn_output.weight"), q_dim, c.n_embd, true)?,
+                bq: opt_vec("attn_q.bias", q_dim)?,
+                bk: opt_vec("attn_k.bias", kv_dim)?,
+                bv: opt_vec("attn_v.bias", kv_dim)?,
+                q_norm: opt_vec("attn_q_norm.weight", c.head_dim)?,
+                k_norm: opt_vec("attn_k_norm.weight", c.head_dim)?,
+                ffn_norm: loader.vector(&n("ffn_norm.weight"), c.n_embd)?,
+                gate: loader.matrix(&n("ffn_gate.weight"), c.n_embd, c.n_ff, true)?,
+                up: loader.matrix(&n("ffn_up.weight"), c.n_embd, c.n_ff, true)?,
+                down: loader.matrix(&n("ffn_down.weight"), c.n_ff, c.n_embd, true)?,
+            };
+            if c.arch == Arch::Qwen3 && (layer.q_norm.is_none() || layer.k_norm.is_none()) {
+                return Err(RuntimeError::MissingTensor {
+                    file: path.clone(),
+                    tensor: n("attn_q_norm.weight / attn_k_norm.weight"),
+                });
+            }
+            layers.push(layer);
+        }
+        Ok(Model {
+            file,
+            path,
+            config,
+            embd,
+            output,
+            output_norm,
+            rope_freqs,
+            layers,
+            backend,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn gguf(&self) -> &GgufFile {
+        &self.file
+    }
+
+    pub fn backend(&self) -> &dyn Backend {
+        self.backend.as_ref()
+    }
+
+    /// Bytes of weights one token's forward pass reads (every matrix once).
+    pub fn weight_bytes(&self) -> usize {
+        let mut n = self.output.len;
+        for l in &self.layers {
+            for m in [&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down] {
+                n += m.len;
+            }
+        }
+        n
+    }
+
+    /// A fresh session holding up to `n_ctx` positions (capped at the context the
+    /// model was trained for).
+    pub fn session(&self, n_ctx: usize) -> Session {
+        let n_ctx = n_ctx.min(self.config.n_ctx_train).max(1);
+        Session {
+            k: vec![Vec::new(); self.config.n_layer],
+            v: vec![Vec::new(); self.config.n_layer],
+            n_past: 0,
+            n_ctx,
+        }
+    }
+
+    fn view<'a>(&'a self, m: &'a Matrix) -> WeightView<'a> {
+        WeightView {
+            name: &m.name,
+            ty: m.ty,
+            rows: m.rows,
+            cols: m.cols,
+            data: &self.file.bytes()[m.start..m.start + m.len],
+        }
+    }
+
+    fn matmul(&self, m: &Matrix, x: &[f32], n: usize) -> Result<Vec<f32>, RuntimeError> {
+        let mut out = vec![0f32; n * m.rows];
+        self.backend.matmul(&self.view(m), x, n, &mut out)?;
+        Ok(out)
+    }
+
+    /// Runs `tokens` through the model at the session's next positions and returns
+    /// the logits of the last token, or of every token when `all_logits`
+    /// (`tokens.len() * vocab`, token-major).
+    pub fn forward(
+        &self,
+        session: &mut Session,
+        tokens: &[u32],
+        all_logits: bool,
+    ) -> Result<Vec<f32>, RuntimeError> {
+        let c = &self.config;
+        let n = tokens.len();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        if session.n_past + n > session.n_ctx {
+            return Err(RuntimeError::ContextFull {
+                tokens: session.n_past + n,
+                ctx: session.n_ctx,
+            });
+        }
+        let d = c.n_embd;
+        let q_dim = c.n_head * c.head_dim;
+        let mut x = vec![0f32; n * d];
+        let embd = self.view(&self.embd);
+        for (t, &id) in tokens.iter().enumerate() {
+            if id as usize >= c.vocab {
+                return Err(RuntimeError::BadToken { id, vocab: c.vocab });
+            }
+            quern_quant::dequantize_row(embd.ty, embd.row(id as usize), &mut x[t * d..(t + 1) * d])
+                .map_err(|source| RuntimeError::Quant {
+                    tensor: self.embd.name.clone(),
+                    source,
+                })?;
+        }
+        let pos0 = session.n_past;
+        let rope = self.rope_table(pos0, n);
+        let mut xn = vec![0f32; n * d];
+        for (li, layer) in self.layers.iter().enumerate() {
+            rms_norm(&x, &layer.attn_norm, c.rms_eps, &mut xn);
+            let mut q = self.matmul(&layer.wq, &xn, n)?;
+            let mut k = self.matmul(&layer.wk, &xn, n)?;
+            let mut v = self.matmul(&layer.wv, &xn, n)?;
+            add_bias(&mut q, layer.bq.as_deref());
+            add_bias(&mut k, layer.bk.as_deref());
+            add_bias(&mut v, layer.bv.as_deref());
+            if let Some(w) = &layer.q_norm {
+                head_norm(&mut q, w, c.rms_eps);
+            }
+            if let Some(w) = &layer.k_norm {
+                head_norm(&mut k, w, c.rms_eps);
+            }
+            self.apply_rope(&mut q, &rope, n);
+            self.apply_rope(&mut k, &rope, n);
+            session.k[li].extend_from_slice(&k);
+            session.v[li].extend_from_slice(&v);
+            let attn = attention(c, &q, &session.k[li], &session.v[li], pos0, n);
+            debug_assert_eq!(attn.len(), n * q_dim);
+            let o = self.matmul(&layer.wo, &attn, n)?;
+            for (a, b) in x.iter_mut().zip(&o) {
+                *a += b;
+            }
+            rms_norm(&x, &layer.ffn_norm, c.rms_eps, &mut xn);
+            let g = self.matmul(&layer.gate, &xn, n)?;
+            let mut h = self.matmul(&layer.up, &xn, n)?;
+            for (hv, &gv) in h.iter_mut().zip(&g) {
+                *hv *= gv / (1.0 + (-gv).exp());
+            }
+            let down = self.matmul(&layer.down, &h, n)?;
+            for (a, b) in x.iter_mut().zip(&down) {
+                *a += b;
+            }
+        }
+        session.n_past += n;
+        let (rows, first) = if all_logits { (n, 0) } else { (1, n - 1) };
+        let last = &x[first * d..];
+        let mut normed = vec![0f32; rows * d];
+        rms_norm(last, &self.output_norm, c.rms_eps, &mut normed);
+        self.matmul(&self.output, &normed, rows)
+    }
+
+    /// cos/sin of every rotated pair at positions `pos0..pos0 + n`.
+    fn rope_table(&self, pos0: usize, n: usize) -> Vec<(f32, f32)> {
+        let c = &self.config;
+        let half = c.n_rot / 2;
+        let mut table = Vec::with_capacity(n * half);
+        for t in 0..n {
+            let p = (pos0 + t) as f64 / c.rope_scale as f64;
+            for i in 0..half {
+                let mut freq = (c.rope_base as f64).powf(-2.0 * i as f64 / c.n_rot as f64);
+                if let Some(ff) = &self.rope_freqs {
+                    freq /= ff[i] as f64;
+                }
+                let (s, co) = (p * freq).sin_cos();
+                table.push((co as f32, s as f32));
+            }
+        }
+        table
+    }
+
+    fn apply_rope(&self, x: &mut [f32], table: &[(f32, f32)], n: usize) {
+        let c = &self.config;
+        let (hd, half) = (c.head_dim, c.n_rot / 2);
+        let per_token = x.len() / n;
+        for (t, tok) in x.chunks_exact_mut(per_token).enumerate() {
+            let cs = &table[t * half..(t + 1) * half];
+            for head in tok.chunks_exact_mut(hd) {
+                for (i, &(co, s)) in cs.iter().enumerate() {
+                    let (a, b) = match c.rope_mode {
+                        RopeMode::Adjacent => (2 * i, 2 * i + 1),
+                        RopeMode::Neox => (i, i + half),
+                    };
+                    let (x0, x1) = (head[a], head[b]);
+                    head[a] = x0 * co - x1 * s;
+                    head[b] = x0 * s + x1 * co;
+                }
+            }
+        }
+    }
+}
+
+/// Causal attention of `n` new queries (positions `pos0..`) over the cache.
+fn attention(c: &Config, q: &[f32], k: &[f32], v: &[f32], pos0: usize, n: usize) -> Vec<f32> {
+    let (hd, nh, nkv) = (c.head_dim, c.n_head, c.n_kv_head);
+    let kv_dim = nkv * hd;
+    let group = nh / nkv;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let mut out = vec![0f32; n * nh * hd];
+    out.par_chunks_mut(hd).enumerate().for_each_init(
+        || Vec::with_capacity(pos0 + n),
+        |scores: &mut Vec<f32>, (idx, o)| {
+            let (t, h) = (idx / nh, idx % nh);
+            let kvh = h / group;
+            let qh = &q[t * nh * hd + h * hd..][..hd];
+            let len = pos0 + t + 1;
+            scores.clear();
+            let mut max = f32::NEG_INFINITY;
+            for j in 0..len {
+                let kj = &k[j * kv_dim + kvh * hd..][..hd];
+                let s = qh.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale;
+                max = max.max(s);
+                scores.push(s);
+            }
+            let mut sum = 0f32;
+            for s in scores.iter_mut() {
+                *s = (*s - max).exp();
+                sum += *s;
+            }
+            let inv = 1.0 / sum;
+            for (j, &s) in scores.iter().enumerate() {
+                let vj = &v[j * kv_dim + kvh * hd..][..hd];
+                let w = s * inv;
+                for (a, b) in o.iter_mut().zip(vj) {
+                    *a += w * b;
+                }
+            }
+        },
+    );
+    out
+}
+
+fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let d = w.len();
+    for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+        let ms = xr.iter().map(|v| (v * v) as f64).sum::<f64>() / d as f64;
+        let inv = 1.0 / (ms as f32 + eps).sqrt();
+        for ((o, &a), &g) in or.iter_mut().zip(xr).zip(w) {
+            *o = a * inv * g;
+        }
+    }
+}
+
+/// RMS norm of each head separately (Qwen3's q/k norms).
+fn head_norm(x: &mut [f32], w: &[f32], eps: f32) {
+    let hd = w.len();
+    for head in x.chunks_exact_mut(hd) {
+        let ms = head.iter().map(|v| (v * v) as f64).sum::<f64>() / hd as f64;
+        let inv = 1.0 / (ms as f32 + eps).sqrt();
+        for (a, &g) in head.iter_mut().zip(w) {
+            *a *= inv * g;
+        }
+    }
+}
+
+fn add_bias(x: &mut [f32], b: Option<&[f32]>) {
+    if let Some(b) = b {
+        for row in x.chunks_exact_mut(b.len()) {
+            for (a, c) in row.iter_mut().zip(b) {
+                *a += c;
+            }
+        }
+    }
+}
+
+struct Loader<'a> {
+    file: &'a GgufFile,
+    path: &'a Path,
+    backend: &'a dyn Backend,
+}
+
+impl Loader<'_> {
+    fn info(&self, name: &str) -> Result<&TensorInfo, RuntimeError> {
+        self.file
+            .tensor(name)
+            .ok_or_else(|| RuntimeError::MissingTensor {
+                file: self.path.to_path_buf(),
+                tensor: name.to_string(),
+            })
+    }
+
+    /// A `rows x cols` matrix (ggml shape `[cols, rows]`); `product` when the
+    /// backend multiplies by it (the embedding is only looked up by row).
+    fn matrix(
+        &self,
+        name: &str,
+        cols: usize,
+        rows: usize,
+        product: bool,
+    ) -> Result<Matrix, RuntimeError> {
+        let t = self.info(name)?;
+        if t.shape != [cols as u64, rows as u64] {
+            return Err(RuntimeError::BadShape {
+                file: self.path.to_path_buf(),
+                tensor: name.to_string(),
+                expected: vec![cols as u64, rows as u64],
+                found: t.shape.clone(),
+            });
+        }
+        let supported = if product {
+            self.backend.supports(t.ggml_type)
+        } else {
+            quern_quant::can_dequantize(t.ggml_type)
+        };
+        if !supported {
+            return Err(RuntimeError::UnsupportedType {
+                file: self.path.to_path_buf(),
+                tensor: name.to_string(),
+                ty: t.ggml_type,
+                backend: self.backend.name(),
+            });
+        }
+        let data = self.file.tensor_data(t);
+        let start = data.as_ptr() as usize - self.file.bytes().as_ptr() as usize;
+        Ok(Matrix {
+            name: name.to_string(),
+            ty: t.ggml_type,
+            rows,
+            cols,
+            start,
+            len: data.len(),
+        })
+    }
+
+    fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, RuntimeError> {
+        let t = self.info(name)?;
+        if t.n_elements() != len as u64 {
+            return Err(RuntimeError::BadShape {
+                file: self.path.to_path_buf(),
+                tensor: name.to_string(),
+                expected: vec![len as u64],
+                found: t.shape.clone(),
+            });
+        }
+        let mut out = vec![0f32; len];
+        quern_quant::dequantize_row(t.ggml_type, self.file.tensor_data(t), &mut out).map_err(
+            |source| RuntimeError::Quant {
+                tensor: name.to_string(),
+                source,
+            },
+        )?;
+        Ok(out)
+    }
+}

@@ -1,0 +1,204 @@
+//! Every weight format's matmul against a float64 reference on random rows.
+//!
+//! The reference multiplies the weights as the format stores them (quantised, then
+//! expanded by the quant crate) by the exact activations in f64. Formats whose
+//! kernels quantise the activations to 8 bits get a bound derived from that
+//! rounding: each activation moves by at most half a step (`amax / 254` of its
+//! block), so the dot product moves by at most `Σ|w| · amax / 254` per block.
+
+use quern_formats::GgmlType;
+use quern_runtime::backend::{Backend, WeightView};
+use quern_runtime::cpu::{CpuBackend, Isa};
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> f32 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        // Uniform in [-1, 1), never exactly zero.
+        let u = (z >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
+        if u == 0.0 {
+            0.5
+        } else {
+            u
+        }
+    }
+}
+
+/// Block size of the activations the kernel for `ty` uses (0: float activations).
+fn act_block(ty: GgmlType) -> usize {
+    match ty {
+        GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 => 32,
+        GgmlType::Q4K | GgmlType::Q6K => 256,
+        _ => 0,
+    }
+}
+
+const TYPES: &[GgmlType] = &[
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::Bf16,
+    GgmlType::Q8_0,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q4K,
+    GgmlType::Q6K,
+    GgmlType::Q2K,
+    GgmlType::Q3K,
+    GgmlType::Q5K,
+    GgmlType::Iq4Nl,
+    GgmlType::Iq4Xs,
+];
+
+fn check(ty: GgmlType, backend: &CpuBackend, cols: usize, rows: usize, n_tokens: usize, seed: u64) {
+    let mut rng = Rng(seed);
+    let w: Vec<f32> = (0..rows * cols).map(|_| rng.next()).collect();
+    // Activations with a few large values, as real hidden states have.
+    let x: Vec<f32> = (0..n_tokens * cols)
+        .map(|i| rng.next() * if i % 37 == 0 { 8.0 } else { 1.0 })
+        .collect();
+    let row_bytes = quern_quant::row_bytes(ty, cols).expect("whole blocks");
+    let mut data = vec![0u8; rows * row_bytes];
+    for (src, dst) in w.chunks_exact(cols).zip(data.chunks_exact_mut(row_bytes)) {
+        quern_quant::quantize_row(ty, src, None, dst).expect("quantize");
+    }
+    let mut wq = vec![0f32; rows * cols];
+    for (src, dst) in data.chunks_exact(row_bytes).zip(wq.chunks_exact_mut(cols)) {
+        quern_quant::dequantize_row(ty, src, dst).expect("dequantize");
+    }
+    let view = WeightView {
+        name: "test",
+        ty,
+        rows,
+        cols,
+        data: &data,
+    };
+    let mut out = vec![0f32; n_tokens * rows];
+    backend
+        .matmul(&view, &x, n_tokens, &mut out)
+        .expect("matmul");
+    let ab = act_block(ty);
+    for t in 0..n_tokens {
+        let xt = &x[t * cols..(t + 1) * cols];
+        for r in 0..rows {
+            let wr = &wq[r * cols..(r + 1) * cols];
+            let exact: f64 = wr.iter().zip(xt).map(|(&a, &b)| a as f64 * b as f64).sum();
+            let magnitude: f64 = wr
+                .iter()
+                .zip(xt)
+                .map(|(&a, &b)| (a as f64 * b as f64).abs())
+                .sum();
+            let mut bound = 2e-6 * magnitude;
+            if ab > 0 {
+                for (wb, xb) in wr.chunks(ab).zip(xt.chunks(ab)) {
+                    let amax = xb.iter().fold(0f64, |m, &v| m.max((v as f64).abs()));
+                    let wsum: f64 = wb.iter().map(|&v| (v as f64).abs()).sum();
+                    bound += wsum * amax / 254.0 * 1.001;
+                }
+            }
+            let got = out[t * rows + r] as f64;
+            assert!(
+                (got - exact).abs() <= bound,
+                "{ty} {:?} cols {cols} token {t} row {r}: got {got}, exact {exact}, bound {bound}",
+                backend.isa()
+            );
+            // The bound is meaningful: far below the size of the terms.
+            assert!(
+                bound < 0.1 * magnitude,
+                "{ty}: bound {bound} vs {magnitude}"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_format_matches_float64_reference() {
+    let mut seed = 1;
+    for isa in [Isa::Portable, Isa::Avx2] {
+        let backend = CpuBackend::with_isa(isa);
+        for &ty in TYPES {
+            for cols in [256, 512, 1536] {
+                for (rows, n_tokens) in [(3, 1), (37, 3), (20, 6)] {
+                    seed += 1;
+                    check(ty, &backend, cols, rows, n_tokens, seed);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn short_rows_of_32_value_formats() {
+    let backend = CpuBackend::new();
+    for ty in [
+        GgmlType::Q8_0,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::F16,
+    ] {
+        for cols in [32, 96] {
+            check(ty, &backend, cols, 5, 2, cols as u64);
+        }
+    }
+}
+
+#[test]
+fn avx2_and_portable_agree() {
+    let (p, a) = (
+        CpuBackend::with_isa(Isa::Portable),
+        CpuBackend::with_isa(Isa::Avx2),
+    );
+    if a.isa() != Isa::Avx2 {
+        eprintln!("notice: this CPU lacks AVX2; only the portable path was tested");
+        return;
+    }
+    let mut rng = Rng(99);
+    let cols = 1024;
+    let x: Vec<f32> = (0..cols).map(|_| rng.next()).collect();
+    for &ty in TYPES {
+        let w: Vec<f32> = (0..4 * cols).map(|_| rng.next()).collect();
+        let rb = quern_quant::row_bytes(ty, cols).expect("blocks");
+        let mut data = vec![0u8; 4 * rb];
+        for (s, d) in w.chunks_exact(cols).zip(data.chunks_exact_mut(rb)) {
+            quern_quant::quantize_row(ty, s, None, d).expect("quantize");
+        }
+        let view = WeightView {
+            name: "t",
+            ty,
+            rows: 4,
+            cols,
+            data: &data,
+        };
+        let (mut o1, mut o2) = (vec![0f32; 4], vec![0f32; 4]);
+        p.matmul(&view, &x, 1, &mut o1).expect("portable");
+        a.matmul(&view, &x, 1, &mut o2).expect("avx2");
+        for (u, v) in o1.iter().zip(&o2) {
+            assert!((u - v).abs() <= 1e-4 * u.abs().max(1.0), "{ty}: {u} vs {v}");
+        }
+    }
+}
+
+#[test]
+fn bad_shapes_are_errors() {
+    let backend = CpuBackend::new();
+    let data = vec![0u8; 34];
+    let view = WeightView {
+        name: "blk.0.attn_q.weight",
+        ty: GgmlType::Q8_0,
+        rows: 2,
+        cols: 32,
+        data: &data,
+    };
+    let mut out = vec![0f32; 2];
+    let err = backend
+        .matmul(&view, &[1.0; 32], 1, &mut out)
+        .expect_err("short data");
+    assert!(err.to_string().contains("blk.0.attn_q.weight"), "{err}");
+}
