@@ -32,7 +32,7 @@ bash testdata/reference-model.sh
 export QUERN_PYTHON="$REPO/.venv/bin/python"
 export QUERN_REQUIRE_PYTHON=1
 export QUERN_REQUIRE_EXTERNAL=1
-export QUERN_BIN="$REPO/target/release/quern"
+export QUERN_BIN="${CARGO_TARGET_DIR:-$REPO/target}/release/quern"
 
 log "cargo test"
 cargo build --release --locked -p quern
