@@ -74,7 +74,9 @@ def converted(quern_bin, reference, tmp_path_factory):
             out = out_dir / f"smollm2-{outtype}.gguf"
             run_quern(quern_bin, "convert", reference, "-o", out, "--outtype", outtype, "--quiet")
             assert out.is_file(), f"quern convert reported success but wrote no {out}"
-            leftovers = [p.name for p in out_dir.iterdir() if p.name.startswith(out.name) and p != out]
+            # Temporary outputs are named .NAME.tmp-*; the provenance sidecar NAME.provenance.json is expected.
+            leftovers = [p.name for p in out_dir.iterdir()
+                         if out.name in p.name and p != out and p.name != out.name + ".provenance.json"]
             assert not leftovers, f"temporary files left beside the output: {leftovers}"
             cache[outtype] = out
         return cache[outtype]

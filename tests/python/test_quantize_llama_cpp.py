@@ -90,7 +90,9 @@ def quern_quantize(quern_bin, src, dst, mix):
                            "--json"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"quern quantize {src} --type {mix} exited {proc.returncode}:\n{proc.stderr}"
     assert dst.is_file(), f"quern quantize reported success but wrote no {dst}"
-    leftovers = [p.name for p in dst.parent.iterdir() if p.name.startswith(dst.name) and p != dst]
+    # Temporary outputs are named .NAME.tmp-*; the provenance sidecar NAME.provenance.json is expected.
+    leftovers = [p.name for p in dst.parent.iterdir()
+                 if dst.name in p.name and p != dst and p.name != dst.name + ".provenance.json"]
     assert not leftovers, f"temporary files left beside the output: {leftovers}"
     return json.loads(proc.stdout)
 
