@@ -174,7 +174,7 @@ def main():
                          if s else "no tensors of this type in both") + f" (quern {tq:.1f} s, llama-quantize {tl:.1f} s)",
                       file=sys.stderr)
 
-    cpu = next((l.split(": ", 1)[1] for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    cpu = next((l.split(": ", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     qv = subprocess.run([str(QUERN), "--version"], capture_output=True, text=True).stdout.strip()
     lines = [
         "## quantisation error: quern vs llama.cpp's quantiser (same input, same imatrix)\n",
