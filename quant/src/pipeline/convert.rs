@@ -30,6 +30,17 @@ pub enum OutType {
 impl OutType {
     pub const NAMES: &'static [&'static str] = &["f32", "f16", "bf16", "q8_0", "auto"];
 
+    /// The type every 2-D weight gets; `None` for `Auto` (each keeps its source dtype).
+    pub fn ggml_type(self) -> Option<GgmlType> {
+        Some(match self {
+            OutType::F32 => GgmlType::F32,
+            OutType::F16 => GgmlType::F16,
+            OutType::Bf16 => GgmlType::Bf16,
+            OutType::Q8_0 => GgmlType::Q8_0,
+            OutType::Auto => return None,
+        })
+    }
+
     pub fn parse(s: &str) -> Option<OutType> {
         Some(match s.to_ascii_lowercase().as_str() {
             "f32" => OutType::F32,
@@ -274,13 +285,7 @@ pub(crate) fn source_type(dtype: Dtype) -> GgmlType {
 /// The output type of a 2-D tensor; Q8_0 rows that are not whole blocks fall
 /// back to F16, as llama.cpp's converter does.
 fn out_type_for(outtype: OutType, dtype: Dtype, row_len: u64) -> (GgmlType, Option<GgmlType>) {
-    let wanted = match outtype {
-        OutType::F32 => GgmlType::F32,
-        OutType::F16 => GgmlType::F16,
-        OutType::Bf16 => GgmlType::Bf16,
-        OutType::Q8_0 => GgmlType::Q8_0,
-        OutType::Auto => source_type(dtype),
-    };
+    let wanted = outtype.ggml_type().unwrap_or_else(|| source_type(dtype));
     if !row_len.is_multiple_of(wanted.block_size() as u64) {
         (GgmlType::F16, Some(wanted))
     } else {
@@ -290,12 +295,9 @@ fn out_type_for(outtype: OutType, dtype: Dtype, row_len: u64) -> (GgmlType, Opti
 
 /// `general.file_type` (llama.cpp's `llama_ftype`): the type most 2-D weights have.
 fn file_type(outtype: OutType, plans: &[TensorPlan]) -> u32 {
-    let t = match outtype {
-        OutType::F32 => GgmlType::F32,
-        OutType::F16 => GgmlType::F16,
-        OutType::Bf16 => GgmlType::Bf16,
-        OutType::Q8_0 => GgmlType::Q8_0,
-        OutType::Auto => {
+    let t = match outtype.ggml_type() {
+        Some(t) => t,
+        None => {
             let mut bytes = std::collections::BTreeMap::<GgmlType, u64>::new();
             for p in plans.iter().filter(|p| p.shape.len() >= 2) {
                 *bytes.entry(p.out_type).or_default() += p.out_bytes();
