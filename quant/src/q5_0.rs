@@ -20,6 +20,19 @@ const _: () = assert!(std::mem::align_of::<BlockQ5_0>() == 1);
 
 pub struct Q5_0;
 
+impl BlockQ5_0 {
+    /// The block of 5-bit codes `q` (each 0..=31, value `d * (q - 16)`) with the
+    /// f16 scale `d` given as its bytes: for callers that carry codes from another
+    /// layout (the runtime repacks AWQ groups this way, exactly).
+    pub fn from_codes(d: [u8; 2], q: &[u8; QK]) -> BlockQ5_0 {
+        BlockQ5_0 {
+            d,
+            qh: pack_fifth_bits(q),
+            qs: pack_nibbles(q),
+        }
+    }
+}
+
 impl BlockFormat for Q5_0 {
     const TYPE: GgmlType = GgmlType::Q5_0;
     type Block = BlockQ5_0;

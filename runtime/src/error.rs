@@ -9,6 +9,8 @@ use quern_formats::GgmlType;
 pub enum RuntimeError {
     #[error(transparent)]
     Gguf(#[from] GgufError),
+    #[error(transparent)]
+    HfFolder(#[from] quern_quant::pipeline::ConvertError),
     #[error("{file}: architecture {arch:?} is not supported (supported: llama, qwen2, qwen3)")]
     UnsupportedArch { file: PathBuf, arch: String },
     #[error("{file}: tensor {tensor} has type {ty}, which the {backend} backend cannot multiply")]

@@ -1,9 +1,11 @@
-//! quern runtime: Llama-family inference from GGUF files.
+//! quern runtime: Llama-family inference from GGUF files, Hugging Face
+//! safetensors folders and AutoAWQ folders.
 //!
 //! - [`backend`]: the interface the matrix-heavy operations go through, so that a
 //!   CUDA backend can sit beside [`cpu::CpuBackend`];
 //! - [`cpu`]: fused dequantise-and-dot kernels over quantised blocks (portable and
 //!   runtime-detected AVX2), parallel across output rows with rayon;
+//! - [`source`]: GGUF, safetensors and AWQ weights seen through GGUF names;
 //! - [`model`]: the Llama / Qwen2 / Qwen3 forward pass with a KV cache, reading the
 //!   weights straight from the GGUF memory map;
 //! - [`tokenizer`], [`sampler`], [`chat`]: text in and out;
@@ -16,6 +18,7 @@ pub mod error;
 pub mod generate;
 pub mod model;
 pub mod sampler;
+pub mod source;
 pub mod tokenizer;
 
 pub use backend::{Backend, WeightView};

@@ -1,21 +1,25 @@
-//! Llama-family models (`llama`, `qwen2`, `qwen3`) read from a GGUF file.
+//! Llama-family models (`llama`, `qwen2`, `qwen3`) read from a GGUF file, a
+//! Hugging Face safetensors folder or an AWQ folder (see [`crate::source`]).
 //!
 //! Weights stay in the memory map: each matrix is a [`WeightView`] over the
 //! file's bytes, handed to the backend as it is. Only the small vectors (norms,
 //! biases, rope frequency factors) are expanded to f32 at load.
 //!
 //! Rope: llama.cpp's converter permutes the q/k rows of Llama checkpoints so that
-//! rotated pairs are adjacent ("normal" mode); Qwen2 and Qwen3 are stored as in
-//! Hugging Face and rotate the two halves of each head ("NeoX" mode).
+//! rotated pairs are adjacent ("normal" mode); Qwen2 and Qwen3 GGUFs, and every
+//! Hugging Face folder, keep Hugging Face's order and rotate the two halves of
+//! each head ("NeoX" mode).
 
 use std::path::{Path, PathBuf};
 
-use quern_formats::gguf::{GgufFile, TensorInfo};
+use quern_formats::gguf::{GgufFile, Value};
 use quern_formats::GgmlType;
 use rayon::prelude::*;
 
 use crate::backend::{Backend, WeightView};
 use crate::error::RuntimeError;
+use crate::source::{Loc, Source, TensorRef};
+use crate::tokenizer::Tokenizer;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arch {
@@ -69,7 +73,7 @@ struct Matrix {
     ty: GgmlType,
     rows: usize,
     cols: usize,
-    start: usize,
+    loc: Loc,
     len: usize,
 }
 
@@ -91,7 +95,7 @@ struct Layer {
 }
 
 pub struct Model {
-    file: GgufFile,
+    source: Source,
     path: PathBuf,
     pub config: Config,
     embd: Matrix,
@@ -130,7 +134,7 @@ impl Session {
     }
 }
 
-fn u(file: &GgufFile, key: &str) -> Result<usize, RuntimeError> {
+fn u(file: &Source, key: &str) -> Result<usize, RuntimeError> {
     file.get(key)
         .and_then(|v| v.as_u64())
         .map(|v| v as usize)
@@ -140,12 +144,13 @@ fn u(file: &GgufFile, key: &str) -> Result<usize, RuntimeError> {
         })
 }
 
-fn f(file: &GgufFile, key: &str) -> Option<f32> {
+fn f(file: &Source, key: &str) -> Option<f32> {
     file.get(key).and_then(|v| v.as_f64()).map(|v| v as f32)
 }
 
 impl Config {
-    pub fn from_gguf(file: &GgufFile) -> Result<Config, RuntimeError> {
+    /// The shape and hyper-parameters from the source's (GGUF-named) metadata.
+    pub fn from_source(file: &Source) -> Result<Config, RuntimeError> {
         let path = file.path().to_path_buf();
         let arch_name = file
             .get("general.architecture")
@@ -155,7 +160,8 @@ impl Config {
                 key: "general.architecture".into(),
             })?;
         let (arch, rope_mode) = match arch_name {
-            "llama" => (Arch::Llama, RopeMode::Adjacent),
+            "llama" if file.qk_permuted() => (Arch::Llama, RopeMode::Adjacent),
+            "llama" => (Arch::Llama, RopeMode::Neox),
             "qwen2" => (Arch::Qwen2, RopeMode::Neox),
             "qwen3" => (Arch::Qwen3, RopeMode::Neox),
             other => {
@@ -225,8 +231,8 @@ impl Model {
     /// Opens `path` and checks every tensor the forward pass reads against the
     /// metadata and the backend's kernels.
     pub fn open(path: &Path, backend: Box<dyn Backend>) -> Result<Model, RuntimeError> {
-        let file = GgufFile::open(path)?;
-        let config = Config::from_gguf(&file)?;
+        let file = Source::open(path)?;
+        let config = Config::from_source(&file)?;
         let path = path.to_path_buf();
         let c = &config;
         let (q_dim, kv_dim) = (c.n_head * c.head_dim, c.n_kv_head * c.head_dim);
@@ -282,7 +288,7 @@ impl Model {
             layers.push(layer);
         }
         Ok(Model {
-            file,
+            source: file,
             path,
             config,
             embd,
@@ -298,8 +304,24 @@ impl Model {
         &self.path
     }
 
-    pub fn gguf(&self) -> &GgufFile {
-        &self.file
+    /// The GGUF file, when the model is one.
+    pub fn gguf(&self) -> Option<&GgufFile> {
+        self.source.gguf()
+    }
+
+    /// Where the weights come from.
+    pub fn source(&self) -> &Source {
+        &self.source
+    }
+
+    /// GGUF metadata (for a folder: the keys our converter would write).
+    pub fn metadata(&self) -> &[(String, Value)] {
+        self.source.metadata()
+    }
+
+    /// The tokenizer the model's metadata describes.
+    pub fn tokenizer(&self) -> Result<Tokenizer, RuntimeError> {
+        Tokenizer::from_metadata(self.source.metadata(), self.source.path())
     }
 
     pub fn backend(&self) -> &dyn Backend {
@@ -335,7 +357,7 @@ impl Model {
             ty: m.ty,
             rows: m.rows,
             cols: m.cols,
-            data: &self.file.bytes()[m.start..m.start + m.len],
+            data: self.source.bytes(m.loc),
         }
     }
 
@@ -539,13 +561,13 @@ fn add_bias(x: &mut [f32], b: Option<&[f32]>) {
 }
 
 struct Loader<'a> {
-    file: &'a GgufFile,
+    file: &'a Source,
     path: &'a Path,
     backend: &'a dyn Backend,
 }
 
 impl Loader<'_> {
-    fn info(&self, name: &str) -> Result<&TensorInfo, RuntimeError> {
+    fn info(&self, name: &str) -> Result<TensorRef, RuntimeError> {
         self.file
             .tensor(name)
             .ok_or_else(|| RuntimeError::MissingTensor {
@@ -573,33 +595,32 @@ impl Loader<'_> {
             });
         }
         let supported = if product {
-            self.backend.supports(t.ggml_type)
+            self.backend.supports(t.ty)
         } else {
-            quern_quant::can_dequantize(t.ggml_type)
+            quern_quant::can_dequantize(t.ty)
         };
         if !supported {
             return Err(RuntimeError::UnsupportedType {
                 file: self.path.to_path_buf(),
                 tensor: name.to_string(),
-                ty: t.ggml_type,
+                ty: t.ty,
                 backend: self.backend.name(),
             });
         }
-        let data = self.file.tensor_data(t);
-        let start = data.as_ptr() as usize - self.file.bytes().as_ptr() as usize;
+        let len = self.file.bytes(t.loc).len();
         Ok(Matrix {
             name: name.to_string(),
-            ty: t.ggml_type,
+            ty: t.ty,
             rows,
             cols,
-            start,
-            len: data.len(),
+            loc: t.loc,
+            len,
         })
     }
 
     fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, RuntimeError> {
         let t = self.info(name)?;
-        if t.n_elements() != len as u64 {
+        if t.shape.iter().product::<u64>() != len as u64 {
             return Err(RuntimeError::BadShape {
                 file: self.path.to_path_buf(),
                 tensor: name.to_string(),
@@ -608,12 +629,12 @@ impl Loader<'_> {
             });
         }
         let mut out = vec![0f32; len];
-        quern_quant::dequantize_row(t.ggml_type, self.file.tensor_data(t), &mut out).map_err(
-            |source| RuntimeError::Quant {
+        quern_quant::dequantize_row(t.ty, self.file.bytes(t.loc), &mut out).map_err(|source| {
+            RuntimeError::Quant {
                 tensor: name.to_string(),
                 source,
-            },
-        )?;
+            }
+        })?;
         Ok(out)
     }
 }

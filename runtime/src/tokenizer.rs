@@ -7,9 +7,9 @@
 //! input, as llama.cpp does when it parses special tokens.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use quern_formats::gguf::GgufFile;
+use quern_formats::gguf::{GgufFile, Value};
 use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
@@ -28,6 +28,15 @@ const TOKEN_USER_DEFINED: i64 = 4;
 const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// Qwen2's: as Llama 3's, one digit at a time.
 const QWEN2_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// Metadata by key.
+struct MetadataLookup<'a>(HashMap<&'a str, &'a Value>);
+
+impl<'a> MetadataLookup<'a> {
+    fn get(&self, key: &str) -> Option<&'a Value> {
+        self.0.get(key).copied()
+    }
+}
 
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
@@ -60,7 +69,18 @@ fn byte_chars() -> [char; 256] {
 
 impl Tokenizer {
     pub fn from_gguf(file: &GgufFile) -> Result<Tokenizer, RuntimeError> {
-        let path: PathBuf = file.path().to_path_buf();
+        Self::from_metadata(file.metadata(), file.path())
+    }
+
+    /// From `tokenizer.ggml.*` keys (a GGUF file's, or those our converter makes
+    /// for a Hugging Face folder); `path` names the model in errors.
+    pub fn from_metadata(
+        metadata: &[(String, Value)],
+        path: &Path,
+    ) -> Result<Tokenizer, RuntimeError> {
+        let index: HashMap<&str, &Value> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let file = MetadataLookup(index);
+        let path: PathBuf = path.to_path_buf();
         let err = |what: String| RuntimeError::Tokenizer {
             file: path.clone(),
             what,

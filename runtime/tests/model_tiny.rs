@@ -188,9 +188,28 @@ fn rel_err(got: &[f32], want: &[f64]) -> f64 {
 fn check(m: TinyModel, outtype: OutType, tol: f64) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = convert(&m, dir.path(), outtype);
-    let model = Model::open(&path, Box::new(CpuBackend::new())).expect("open");
+    compare(&m, &path, &Reference::new(&m), &format!("{outtype:?}"), tol);
+}
+
+/// The Hugging Face folder itself, no conversion: Hugging Face's q/k order and
+/// the folder's own dtype.
+fn check_folder(m: TinyModel, tol: f64) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let folder = dir.path().join("hf");
+    m.write(&folder).expect("write tiny model");
+    compare(
+        &m,
+        &folder,
+        &Reference::new(&m),
+        &format!("{} folder", m.dtype),
+        tol,
+    );
+}
+
+fn compare(m: &TinyModel, path: &Path, reference: &Reference, what: &str, tol: f64) {
+    let model = Model::open(path, Box::new(CpuBackend::new())).expect("open");
     let tokens: Vec<u32> = vec![5, 77, 260, 3, 131, 19, 200, 42, 9, 64, 128];
-    let want = Reference::new(&m).forward(&tokens);
+    let want = reference.forward(&tokens);
     let vocab = model.config.vocab;
     assert_eq!(vocab, m.vocab_size());
     let mut session = model.session(64);
@@ -205,7 +224,7 @@ fn check(m: TinyModel, outtype: OutType, tol: f64) {
         let e = rel_err(g, w);
         assert!(
             e < tol,
-            "{} {outtype:?} position {pos}: relative error {e}",
+            "{} {what} position {pos}: relative error {e}",
             m.architecture
         );
     }
@@ -281,6 +300,79 @@ fn bf16_and_q8_0_weights_stay_close() {
     // round to 8 bits, so they get a looser bound.
     check(TinyModel::llama(), OutType::Bf16, 1e-2);
     check(TinyModel::qwen2(), OutType::Q8_0, 5e-2);
+}
+
+#[test]
+fn safetensors_folders_run_as_they_are() {
+    // f32 folders: the same bound as f32 GGUFs. Llama covers the unpermuted
+    // q/k rows (NeoX rope), Qwen2 biases and an untied head, Llama 3 the
+    // generated rope factors.
+    for m in [
+        TinyModel::llama(),
+        TinyModel::qwen2(),
+        TinyModel::qwen3(),
+        TinyModel {
+            llama3_rope: true,
+            ..TinyModel::llama()
+        },
+    ] {
+        check_folder(TinyModel { dtype: "f32", ..m }, 1e-4);
+    }
+    // bf16 folders are used as stored; the reference holds the unrounded
+    // weights, so bf16's rounding of them is what the bound allows for (as for
+    // bf16 GGUFs above).
+    check_folder(TinyModel::llama(), 1e-2);
+}
+
+#[test]
+fn awq_folders_match_their_dequantised_weights() {
+    use quern_quant::pipeline::{quantize_awq, AwqOptions};
+    for m in [TinyModel::llama(), TinyModel::qwen2()] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let folder = dir.path().join("hf");
+        m.write(&folder).expect("write tiny model");
+        let awq = dir.path().join("awq");
+        quantize_awq(&folder, &awq, &AwqOptions { group_size: 32 }, &NoProgress).expect("awq");
+        // The reference runs on the AWQ folder's own weights, dequantised by the
+        // formats crate's reader of the published layout.
+        let st = quern_formats::safetensors::SafetensorsModel::open(&awq).expect("open awq");
+        let mut reference = Reference::new(&m);
+        let mut replaced = 0;
+        for t in st.tensors() {
+            let Some(base) = t.name.strip_suffix(".qweight") else {
+                continue;
+            };
+            let ints = |name: String| -> Vec<i32> {
+                let bytes = st.data(st.get(&name).expect("tensor"));
+                bytes
+                    .chunks_exact(4)
+                    .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect()
+            };
+            let scales = st.get(&format!("{base}.scales")).expect("scales");
+            let linear = quern_formats::awq::AwqTensors {
+                qweight: ints(format!("{base}.qweight")),
+                qzeros: ints(format!("{base}.qzeros")),
+                scales: st
+                    .data(scales)
+                    .chunks_exact(2)
+                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]))
+                    .collect(),
+                in_features: t.shape[0] as usize,
+                out_features: scales.shape[1] as usize,
+                group: 32,
+            };
+            let w = quern_formats::awq::dequantize_linear(&linear).expect("dequantize");
+            reference.w.insert(
+                format!("{base}.weight"),
+                w.into_iter().map(f64::from).collect(),
+            );
+            replaced += 1;
+        }
+        assert_eq!(replaced, 7 * m.layers, "{}", m.architecture);
+        // Only the activations' 8-bit rounding separates the two.
+        compare(&m, &awq, &reference, "awq", 3e-2);
+    }
 }
 
 #[test]

@@ -8,7 +8,7 @@ mod common;
 use common::{python, read_f32, read_u32, reference_folder, run_llama_ref, write_u32};
 use quern_quant::pipeline::{convert_hf_folder, ConvertOptions, NoProgress, OutType};
 use quern_runtime::sampler::argmax;
-use quern_runtime::{CpuBackend, Model, Tokenizer};
+use quern_runtime::{CpuBackend, Model};
 
 fn passage() -> String {
     let p = common::workspace_root().join("../shared/data/wikitext-2-raw/wiki.test.raw");
@@ -41,7 +41,7 @@ fn bf16_reference_matches_llama_cpp() {
 
     // Tokenizer: ours against llama.cpp's on the same text, specials included.
     let model = Model::open(&gguf, Box::new(CpuBackend::new())).expect("open");
-    let tok = Tokenizer::from_gguf(model.gguf()).expect("tokenizer");
+    let tok = model.tokenizer().expect("tokenizer");
     let text = format!("<|im_start|>user\n{}", passage());
     let text_path = dir.path().join("text.txt");
     std::fs::write(&text_path, &text).expect("write text");

@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use quern_runtime::chat::render_user_prompt;
 use quern_runtime::generate::generate;
-use quern_runtime::{CpuBackend, Model, Sampler, SamplerConfig, Tokenizer};
+use quern_runtime::{CpuBackend, Model, Sampler, SamplerConfig};
 
 /// Generate text from a model, printing tokens as they come.
 ///
@@ -60,7 +60,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     }
     let model = Model::open(&args.artifact, Box::new(CpuBackend::new()))
         .with_context(|| format!("cannot load {}", args.artifact.display()))?;
-    let tokenizer = Tokenizer::from_gguf(model.gguf())?;
+    let tokenizer = model.tokenizer()?;
     let text = if args.chat {
         let template = tokenizer.chat_template.as_deref().with_context(|| {
             format!(

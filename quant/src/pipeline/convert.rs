@@ -161,14 +161,39 @@ pub(crate) fn prepare_hf(
     outtype: OutType,
     model_name: Option<String>,
 ) -> Result<HfPrepared, ConvertError> {
+    let HfModel {
+        spec,
+        model,
+        metadata,
+    } = open_hf_model(folder, model_name)?;
+    let plans = plan_tensors(folder, &spec, &model, outtype)?;
+    Ok(HfPrepared {
+        spec,
+        model,
+        metadata,
+        plans,
+    })
+}
+
+/// A Hugging Face folder opened and described the way a GGUF file of it would be.
+pub struct HfModel {
+    pub spec: ModelSpec,
+    pub model: SafetensorsModel,
+    /// Architecture, tokenizer and `general.*` keys as the converter writes them
+    /// (no `general.file_type`).
+    pub metadata: Vec<(String, Value)>,
+}
+
+/// Reads `config.json`, memory-maps the safetensors and builds the GGUF metadata
+/// (architecture and tokenizer keys) the converter would write; the tensors
+/// themselves are not checked here (an AWQ folder has other tensors).
+pub fn open_hf_model(folder: &Path, model_name: Option<String>) -> Result<HfModel, ConvertError> {
     let config = HfConfig::from_folder(folder)?;
     let mut spec = ModelSpec::from_config(&config)?;
     let model = SafetensorsModel::open(folder)?;
     // A checkpoint without lm_head shares the embeddings, whatever config.json says.
     spec.set_lm_head_present(model.get("lm_head.weight").is_some());
     let tokenizer_md = tokenizer::gguf_tokenizer_metadata(folder, &spec)?;
-    let plans = plan_tensors(folder, &spec, &model, outtype)?;
-
     let name = model_name.unwrap_or_else(|| {
         folder
             .canonicalize()
@@ -179,11 +204,10 @@ pub(crate) fn prepare_hf(
     let mut metadata = spec.gguf_metadata(&name);
     metadata.push(("general.quantization_version".into(), Value::U32(2)));
     metadata.extend(tokenizer_md);
-    Ok(HfPrepared {
+    Ok(HfModel {
         spec,
         model,
         metadata,
-        plans,
     })
 }
 

@@ -13,7 +13,9 @@ pub mod quantize;
 mod write;
 
 pub use awq::{quantize_awq, AwqOptions, AwqPipelineError, AwqReport};
-pub use convert::{convert_hf_folder, ConvertError, ConvertOptions, ConvertReport, OutType};
+pub use convert::{
+    convert_hf_folder, open_hf_model, ConvertError, ConvertOptions, ConvertReport, HfModel, OutType,
+};
 pub use encode::EncodeError;
 pub use plan::TensorPlan;
 pub use quantize::{quantize, QuantizeError, QuantizeOptions, QuantizeReport};
