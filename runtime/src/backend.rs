@@ -48,6 +48,29 @@ pub trait Backend: Send + Sync {
         n_tokens: usize,
         out: &mut [f32],
     ) -> Result<(), RuntimeError>;
+
+    /// Several products of the same activations (q/k/v, gate/up): `outs[i]` gets
+    /// `ws[i] · x` as [`Backend::matmul`] would write it. A backend can share the
+    /// activations' preparation and one parallel pass; the default runs them in turn.
+    fn matmul_many(
+        &self,
+        ws: &[WeightView<'_>],
+        x: &[f32],
+        n_tokens: usize,
+        outs: &mut [&mut [f32]],
+    ) -> Result<(), RuntimeError> {
+        for (w, out) in ws.iter().zip(outs.iter_mut()) {
+            self.matmul(w, x, n_tokens, out)?;
+        }
+        Ok(())
+    }
+
+    /// Runs `f(i)` for every `i` in `0..n`, in parallel where the backend has
+    /// host threads (the model's attention uses it); the default uses rayon.
+    fn parallel_for(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
+        use rayon::prelude::*;
+        (0..n).into_par_iter().for_each(f);
+    }
 }
 
 /// Checks the slice lengths a matmul call is given, so backends can index freely.

@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 
 use quern_formats::gguf::{GgufFile, Value};
 use quern_formats::GgmlType;
-use rayon::prelude::*;
 
 use crate::backend::{Backend, WeightView};
 use crate::error::RuntimeError;
@@ -406,9 +405,21 @@ impl Model {
         let mut xn = vec![0f32; n * d];
         for (li, layer) in self.layers.iter().enumerate() {
             rms_norm(&x, &layer.attn_norm, c.rms_eps, &mut xn);
-            let mut q = self.matmul(&layer.wq, &xn, n)?;
-            let mut k = self.matmul(&layer.wk, &xn, n)?;
-            let mut v = self.matmul(&layer.wv, &xn, n)?;
+            let (mut q, mut k, mut v) = (
+                vec![0f32; n * layer.wq.rows],
+                vec![0f32; n * layer.wk.rows],
+                vec![0f32; n * layer.wv.rows],
+            );
+            self.backend.matmul_many(
+                &[
+                    self.view(&layer.wq),
+                    self.view(&layer.wk),
+                    self.view(&layer.wv),
+                ],
+                &xn,
+                n,
+                &mut [&mut q, &mut k, &mut v],
+            )?;
             add_bias(&mut q, layer.bq.as_deref());
             add_bias(&mut k, layer.bk.as_deref());
             add_bias(&mut v, layer.bv.as_deref());
@@ -422,15 +433,28 @@ impl Model {
             self.apply_rope(&mut k, &rope, n);
             session.k[li].extend_from_slice(&k);
             session.v[li].extend_from_slice(&v);
-            let attn = attention(c, &q, &session.k[li], &session.v[li], pos0, n);
+            let attn = attention(
+                self.backend.as_ref(),
+                c,
+                &q,
+                &session.k[li],
+                &session.v[li],
+                pos0,
+                n,
+            );
             debug_assert_eq!(attn.len(), n * q_dim);
             let o = self.matmul(&layer.wo, &attn, n)?;
             for (a, b) in x.iter_mut().zip(&o) {
                 *a += b;
             }
             rms_norm(&x, &layer.ffn_norm, c.rms_eps, &mut xn);
-            let g = self.matmul(&layer.gate, &xn, n)?;
-            let mut h = self.matmul(&layer.up, &xn, n)?;
+            let (mut g, mut h) = (vec![0f32; n * c.n_ff], vec![0f32; n * c.n_ff]);
+            self.backend.matmul_many(
+                &[self.view(&layer.gate), self.view(&layer.up)],
+                &xn,
+                n,
+                &mut [&mut g, &mut h],
+            )?;
             for (hv, &gv) in h.iter_mut().zip(&g) {
                 *hv *= gv / (1.0 + (-gv).exp());
             }
@@ -488,43 +512,83 @@ impl Model {
 }
 
 /// Causal attention of `n` new queries (positions `pos0..`) over the cache.
-fn attention(c: &Config, q: &[f32], k: &[f32], v: &[f32], pos0: usize, n: usize) -> Vec<f32> {
+fn attention(
+    backend: &dyn Backend,
+    c: &Config,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    pos0: usize,
+    n: usize,
+) -> Vec<f32> {
     let (hd, nh, nkv) = (c.head_dim, c.n_head, c.n_kv_head);
     let kv_dim = nkv * hd;
     let group = nh / nkv;
     let scale = 1.0 / (hd as f32).sqrt();
     let mut out = vec![0f32; n * nh * hd];
-    out.par_chunks_mut(hd).enumerate().for_each_init(
-        || Vec::with_capacity(pos0 + n),
-        |scores: &mut Vec<f32>, (idx, o)| {
-            let (t, h) = (idx / nh, idx % nh);
-            let kvh = h / group;
-            let qh = &q[t * nh * hd + h * hd..][..hd];
-            let len = pos0 + t + 1;
-            scores.clear();
-            let mut max = f32::NEG_INFINITY;
-            for j in 0..len {
-                let kj = &k[j * kv_dim + kvh * hd..][..hd];
-                let s = qh.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale;
-                max = max.max(s);
-                scores.push(s);
+    let out_ptr = HeadsOut(out.as_mut_ptr());
+    // One task per (token, head): each writes its own `hd` outputs.
+    backend.parallel_for(n * nh, &|idx| {
+        let (t, h) = (idx / nh, idx % nh);
+        let kvh = h / group;
+        let qh = &q[t * nh * hd + h * hd..][..hd];
+        let len = pos0 + t + 1;
+        let mut scores = Vec::with_capacity(len);
+        let mut max = f32::NEG_INFINITY;
+        for j in 0..len {
+            let kj = &k[j * kv_dim + kvh * hd..][..hd];
+            let s = dot(qh, kj) * scale;
+            max = max.max(s);
+            scores.push(s);
+        }
+        let mut sum = 0f32;
+        for s in scores.iter_mut() {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        let inv = 1.0 / sum;
+        // SAFETY: task `idx` alone writes elements `idx * hd .. (idx + 1) * hd`.
+        let o = unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(idx * hd), hd) };
+        for (j, &s) in scores.iter().enumerate() {
+            let vj = &v[j * kv_dim + kvh * hd..][..hd];
+            let w = s * inv;
+            for (a, b) in o.iter_mut().zip(vj) {
+                *a += w * b;
             }
-            let mut sum = 0f32;
-            for s in scores.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
-            let inv = 1.0 / sum;
-            for (j, &s) in scores.iter().enumerate() {
-                let vj = &v[j * kv_dim + kvh * hd..][..hd];
-                let w = s * inv;
-                for (a, b) in o.iter_mut().zip(vj) {
-                    *a += w * b;
-                }
-            }
-        },
-    );
+        }
+    });
     out
+}
+
+/// The attention output, written one head per task.
+#[derive(Clone, Copy)]
+struct HeadsOut(*mut f32);
+// SAFETY: tasks write disjoint heads (see `attention`).
+unsafe impl Send for HeadsOut {}
+unsafe impl Sync for HeadsOut {}
+
+impl HeadsOut {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// A dot product with eight partial sums, so the loop vectorises.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ac.zip(bc) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {

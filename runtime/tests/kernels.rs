@@ -78,7 +78,8 @@ fn check(ty: GgmlType, backend: &CpuBackend, cols: usize, rows: usize, n_tokens:
         cols,
         data: &data,
     };
-    let mut out = vec![0f32; n_tokens * rows];
+    // Poisoned: an element no work item writes stays NaN and fails below.
+    let mut out = vec![f32::NAN; n_tokens * rows];
     backend
         .matmul(&view, &x, n_tokens, &mut out)
         .expect("matmul");
@@ -128,6 +129,10 @@ fn every_format_matches_float64_reference() {
                     check(ty, &backend, cols, rows, n_tokens, seed);
                 }
             }
+            // Prefill: several token blocks, four-token tiles and a remainder,
+            // more rows than one work item holds.
+            seed += 1;
+            check(ty, &backend, 256, 300, 71, seed);
         }
     }
 }

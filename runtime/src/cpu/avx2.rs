@@ -11,6 +11,8 @@ use quern_quant::block::f16_value;
 use quern_quant::q4_0::BlockQ4_0;
 use quern_quant::q4_1::BlockQ4_1;
 use quern_quant::q4_k::{scale_min, BlockQ4K};
+use quern_quant::q5_0::BlockQ5_0;
+use quern_quant::q5_1::BlockQ5_1;
 use quern_quant::q6_k::BlockQ6K;
 use quern_quant::q8_0::BlockQ8_0;
 
@@ -110,36 +112,6 @@ pub unsafe fn q8_0_row_x4(w: &[u8], a: [&[ActQ8]; 4]) -> [f32; 4] {
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q4_0_row(w: &[u8], a: &[ActQ8]) -> f32 {
-    let w: &[BlockQ4_0] = bytemuck::cast_slice(w);
-    let mut acc = _mm256_setzero_ps();
-    for (b, a) in w.iter().zip(a) {
-        let wq = _mm256_sub_epi8(unpack_nibbles(&b.qs), _mm256_set1_epi8(8));
-        let aq = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
-        let d = _mm256_set1_ps(f16(b.d) * a.d);
-        acc = _mm256_fmadd_ps(d, dot_i8(wq, aq), acc);
-    }
-    hsum(acc)
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q4_1_row(w: &[u8], a: &[ActQ8]) -> f32 {
-    let w: &[BlockQ4_1] = bytemuck::cast_slice(w);
-    let mut acc = _mm256_setzero_ps();
-    let mut offsets = 0f32;
-    for (b, a) in w.iter().zip(a) {
-        // Codes are unsigned already: straight into maddubs.
-        let wq = unpack_nibbles(&b.qs);
-        let aq = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
-        let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wq, aq), _mm256_set1_epi16(1));
-        let d = _mm256_set1_ps(f16(b.d) * a.d);
-        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
-        offsets += f16(b.m) * a.s;
-    }
-    hsum(acc) + offsets
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn f16_row(w: &[u8], x: &[f32]) -> f32 {
     let n = x.len().min(w.len() / 2);
     let mut acc = _mm256_setzero_ps();
@@ -166,16 +138,6 @@ pub unsafe fn f32_row(w: &[u8], x: &[f32]) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn bf16_row(w: &[u8], x: &[f32]) -> f32 {
     portable::bf16_row(w, x)
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q5_0_row(w: &[u8], a: &[ActQ8]) -> f32 {
-    portable::q5_0_row(w, a)
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q5_1_row(w: &[u8], a: &[ActQ8]) -> f32 {
-    portable::q5_1_row(w, a)
 }
 
 /// Q4_K: per 64 values, one 32-byte load gives two sub-blocks (low and high
@@ -260,4 +222,236 @@ pub unsafe fn q6_k_row(w: &[u8], a: &[ActQ8K]) -> f32 {
         offsets += d * offset as f32;
     }
     hsum(acc) - offsets
+}
+
+/// 0xFF in byte j where bit j of `bits` is set, else 0.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn bit_bytes(bits: u32) -> __m256i {
+    let v = _mm256_set1_epi32(bits as i32);
+    // Byte j of the result looks at byte j / 8 of `bits` (lanes are 16 bytes wide,
+    // and every lane holds all four bytes after the broadcast).
+    let pick = _mm256_setr_epi8(
+        0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3,
+        3, 3,
+    );
+    let mask = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    let spread = _mm256_and_si256(_mm256_shuffle_epi8(v, pick), mask);
+    _mm256_cmpeq_epi8(spread, mask)
+}
+
+/// A legacy block as unsigned codes `u` (0..=31) with `w = d * u + c` per value:
+/// the product with [`ActQ8`] activations is `d * a.d * Σ u q + c * a.s`.
+trait Unsigned: bytemuck::Pod {
+    unsafe fn decode(&self) -> (__m256i, f32, f32);
+}
+
+impl Unsigned for BlockQ4_0 {
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn decode(&self) -> (__m256i, f32, f32) {
+        let d = f16(self.d);
+        (unpack_nibbles(&self.qs), d, -8.0 * d)
+    }
+}
+
+impl Unsigned for BlockQ4_1 {
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn decode(&self) -> (__m256i, f32, f32) {
+        (unpack_nibbles(&self.qs), f16(self.d), f16(self.m))
+    }
+}
+
+impl Unsigned for BlockQ5_0 {
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn decode(&self) -> (__m256i, f32, f32) {
+        let hi = _mm256_and_si256(bit_bytes(u32::from_le_bytes(self.qh)), _mm256_set1_epi8(16));
+        let d = f16(self.d);
+        (_mm256_or_si256(unpack_nibbles(&self.qs), hi), d, -16.0 * d)
+    }
+}
+
+impl Unsigned for BlockQ5_1 {
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn decode(&self) -> (__m256i, f32, f32) {
+        let hi = _mm256_and_si256(bit_bytes(u32::from_le_bytes(self.qh)), _mm256_set1_epi8(16));
+        (
+            _mm256_or_si256(unpack_nibbles(&self.qs), hi),
+            f16(self.d),
+            f16(self.m),
+        )
+    }
+}
+
+/// Σ u q of unsigned codes and signed activations as eight i32 lanes (no
+/// saturation: |u q + u' q'| ≤ 2 · 31 · 127).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn udot(u: __m256i, a: &ActQ8) -> __m256 {
+    let q = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
+    _mm256_cvtepi32_ps(_mm256_madd_epi16(
+        _mm256_maddubs_epi16(u, q),
+        _mm256_set1_epi16(1),
+    ))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn unsigned_row<B: Unsigned>(w: &[u8], a: &[ActQ8]) -> f32 {
+    let base = w.as_ptr();
+    let bytes = std::mem::size_of::<B>();
+    let w: &[B] = bytemuck::cast_slice(w);
+    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut off = 0f32;
+    let mut i = 0;
+    while i + 2 <= w.len() {
+        _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(i * bytes + PREFETCH_BYTES) as *const i8);
+        let (u0, d0, c0) = w[i].decode();
+        let (u1, d1, c1) = w[i + 1].decode();
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d0 * a[i].d), udot(u0, &a[i]), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(d1 * a[i + 1].d), udot(u1, &a[i + 1]), acc1);
+        off += c0 * a[i].s + c1 * a[i + 1].s;
+        i += 2;
+    }
+    if i < w.len() {
+        let (u0, d0, c0) = w[i].decode();
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d0 * a[i].d), udot(u0, &a[i]), acc0);
+        off += c0 * a[i].s;
+    }
+    hsum(_mm256_add_ps(acc0, acc1)) + off
+}
+
+/// One weight row against four activation rows: each block decoded once.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn unsigned_row_x4<B: Unsigned>(w: &[u8], a: [&[ActQ8]; 4]) -> [f32; 4] {
+    let w: &[B] = bytemuck::cast_slice(w);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut off = [0f32; 4];
+    for (i, b) in w.iter().enumerate() {
+        let (u, d, c) = b.decode();
+        for t in 0..4 {
+            let at = &a[t][i];
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * at.d), udot(u, at), acc[t]);
+            off[t] += c * at.s;
+        }
+    }
+    std::array::from_fn(|t| hsum(acc[t]) + off[t])
+}
+
+macro_rules! unsigned_kernels {
+    ($($one:ident, $four:ident, $block:ty;)*) => {$(
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub unsafe fn $one(w: &[u8], a: &[ActQ8]) -> f32 {
+            unsigned_row::<$block>(w, a)
+        }
+
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub unsafe fn $four(w: &[u8], a: [&[ActQ8]; 4]) -> [f32; 4] {
+            unsigned_row_x4::<$block>(w, a)
+        }
+    )*};
+}
+
+unsigned_kernels! {
+    q4_0_row, q4_0_row_x4, BlockQ4_0;
+    q4_1_row, q4_1_row_x4, BlockQ4_1;
+    q5_0_row, q5_0_row_x4, BlockQ5_0;
+    q5_1_row, q5_1_row_x4, BlockQ5_1;
+}
+
+/// Q4_K against four activation rows (prefill): the nibbles and scales of each
+/// 64-value group are unpacked once for the four.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q4_k_row_x4(w: &[u8], a: [&[ActQ8K]; 4]) -> [f32; 4] {
+    let w: &[BlockQ4K] = bytemuck::cast_slice(w);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut mins = [0f32; 4];
+    let low = _mm256_set1_epi8(15);
+    for (i, b) in w.iter().enumerate() {
+        let mut sumi = [_mm256_setzero_si256(); 4];
+        let mut summ = [0i32; 4];
+        for g in 0..4 {
+            let (sc0, m0) = scale_min(&b.scales, 2 * g);
+            let (sc1, m1) = scale_min(&b.scales, 2 * g + 1);
+            let q = _mm256_loadu_si256(b.qs.as_ptr().add(g * 32) as *const __m256i);
+            let q0 = _mm256_and_si256(q, low);
+            let q1 = _mm256_and_si256(_mm256_srli_epi16::<4>(q), low);
+            let (s0, s1) = (_mm256_set1_epi16(sc0 as i16), _mm256_set1_epi16(sc1 as i16));
+            for t in 0..4 {
+                let at = &a[t][i];
+                let a0 = _mm256_loadu_si256(at.qs.as_ptr().add(g * 64) as *const __m256i);
+                let a1 = _mm256_loadu_si256(at.qs.as_ptr().add(g * 64 + 32) as *const __m256i);
+                let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(q0, a0), s0);
+                let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(q1, a1), s1);
+                sumi[t] = _mm256_add_epi32(sumi[t], _mm256_add_epi32(p0, p1));
+                summ[t] += m0 as i32 * (at.bsums[4 * g] as i32 + at.bsums[4 * g + 1] as i32)
+                    + m1 as i32 * (at.bsums[4 * g + 2] as i32 + at.bsums[4 * g + 3] as i32);
+            }
+        }
+        let (d, dmin) = (f16(b.d), f16(b.dmin));
+        for t in 0..4 {
+            let ad = a[t][i].d;
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * ad), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+            mins[t] += dmin * ad * summ[t] as f32;
+        }
+    }
+    std::array::from_fn(|t| hsum(acc[t]) - mins[t])
+}
+
+/// Q6_K against four activation rows (prefill).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q6_k_row_x4(w: &[u8], a: [&[ActQ8K]; 4]) -> [f32; 4] {
+    let w: &[BlockQ6K] = bytemuck::cast_slice(w);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut offsets = [0f32; 4];
+    let low = _mm256_set1_epi8(15);
+    let three = _mm256_set1_epi8(3);
+    for (i, b) in w.iter().enumerate() {
+        let mut sumi = [_mm256_setzero_si256(); 4];
+        for g in 0..2 {
+            let qh = _mm256_loadu_si256(b.qh.as_ptr().add(g * 32) as *const __m256i);
+            for sub in 0..4 {
+                let ql = _mm256_loadu_si256(
+                    b.ql.as_ptr().add(g * 64 + (sub % 2) * 32) as *const __m256i
+                );
+                let lo = _mm256_and_si256(
+                    _mm256_srl_epi16(ql, _mm_cvtsi32_si128(4 * (sub / 2) as i32)),
+                    low,
+                );
+                let hi = _mm256_and_si256(
+                    _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * sub as i32)),
+                    three,
+                );
+                let u = _mm256_or_si256(lo, _mm256_slli_epi16::<4>(hi));
+                let s = g * 8 + sub * 2;
+                let scales = _mm256_set_m128i(
+                    _mm_set1_epi16(b.scales[s + 1] as i16),
+                    _mm_set1_epi16(b.scales[s] as i16),
+                );
+                for t in 0..4 {
+                    let av = _mm256_loadu_si256(
+                        a[t][i].qs.as_ptr().add(g * 128 + sub * 32) as *const __m256i
+                    );
+                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(u, av), scales);
+                    sumi[t] = _mm256_add_epi32(sumi[t], p);
+                }
+            }
+        }
+        let d = f16(b.d);
+        for t in 0..4 {
+            let at = &a[t][i];
+            let offset: i32 = (0..16)
+                .map(|s| b.scales[s] as i32 * at.bsums[s] as i32)
+                .sum::<i32>()
+                * 32;
+            let dd = d * at.d;
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+            offsets[t] += dd * offset as f32;
+        }
+    }
+    std::array::from_fn(|t| hsum(acc[t]) - offsets[t])
 }

@@ -1,23 +1,33 @@
 //! The CPU backend: fused dequantise-and-dot kernels over the file's blocks,
-//! activations quantised to 8 bits for the integer formats, rayon across rows.
+//! activations quantised to 8 bits for the integer formats, and a spinning
+//! worker pool ([`pool::Pool`]) that splits each product into chunks of rows
+//! (and, for prefill, blocks of tokens) taken dynamically, so a thread that the
+//! OS descheduled does not hold the others back.
 
 pub mod act;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+pub mod pool;
 pub mod portable;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use quern_formats::GgmlType;
-use rayon::prelude::*;
 
 use crate::backend::{check_matmul, Backend, WeightView};
 use crate::error::RuntimeError;
 use act::{quantize_q8, quantize_q8k, ActQ8, ActQ8K};
+use pool::Pool;
 
 type FloatDot = unsafe fn(&[u8], &[f32]) -> f32;
-type Q8Dot = unsafe fn(&[u8], &[ActQ8]) -> f32;
-type Q8KDot = unsafe fn(&[u8], &[ActQ8K]) -> f32;
+type Q8Dot = Dot<ActQ8>;
+type Q8KDot = Dot<ActQ8K>;
 /// One weight row against four activation rows at once (prefill).
-type Q8Dot4 = unsafe fn(&[u8], [&[ActQ8]; 4]) -> [f32; 4];
+type Q8Dot4 = Dot4<ActQ8>;
+type Q8KDot4 = Dot4<ActQ8K>;
+/// Either width of kernel over activations of block type `A`.
+type Dot<A> = unsafe fn(&[u8], &[A]) -> f32;
+type Dot4<A> = unsafe fn(&[u8], [&[A]; 4]) -> [f32; 4];
 
 /// How one weight format meets the activations.
 #[derive(Clone, Copy)]
@@ -25,9 +35,9 @@ enum Kernel {
     /// Float weights against float activations.
     Float(FloatDot),
     /// 32-value integer formats against [`ActQ8`] activations.
-    Q8(Q8Dot),
+    Q8(Q8Dot, Option<Q8Dot4>),
     /// 256-value K-quants against [`ActQ8K`] activations.
-    Q8K(Q8KDot),
+    Q8K(Q8KDot, Option<Q8KDot4>),
     /// Rarer formats: one block expanded at a time, float dot.
     Fallback(GgmlType),
 }
@@ -41,6 +51,7 @@ pub enum Isa {
 
 pub struct CpuBackend {
     isa: Isa,
+    pool: Pool,
 }
 
 impl Default for CpuBackend {
@@ -50,9 +61,10 @@ impl Default for CpuBackend {
 }
 
 impl CpuBackend {
-    /// The fastest kernels this CPU runs.
+    /// The fastest kernels this CPU runs, on as many threads as rayon's global
+    /// pool has (which `--threads` sets).
     pub fn new() -> Self {
-        CpuBackend { isa: detect() }
+        Self::with_isa(detect())
     }
 
     /// A backend restricted to `isa` (tests compare the paths); falls back to
@@ -63,11 +75,19 @@ impl CpuBackend {
         } else {
             isa
         };
-        CpuBackend { isa }
+        CpuBackend {
+            isa,
+            pool: Pool::new(rayon::current_num_threads()),
+        }
     }
 
     pub fn isa(&self) -> Isa {
         self.isa
+    }
+
+    /// Threads that share each product (the caller's included).
+    pub fn threads(&self) -> usize {
+        self.pool.threads()
     }
 
     fn kernel(&self, ty: GgmlType) -> Option<Kernel> {
@@ -77,28 +97,24 @@ impl CpuBackend {
                 GgmlType::F32 => Kernel::Float(avx2::f32_row),
                 GgmlType::F16 => Kernel::Float(avx2::f16_row),
                 GgmlType::Bf16 => Kernel::Float(avx2::bf16_row),
-                GgmlType::Q8_0 => Kernel::Q8(avx2::q8_0_row),
-                GgmlType::Q4_0 => Kernel::Q8(avx2::q4_0_row),
-                GgmlType::Q4_1 => Kernel::Q8(avx2::q4_1_row),
-                GgmlType::Q5_0 => Kernel::Q8(avx2::q5_0_row),
-                GgmlType::Q5_1 => Kernel::Q8(avx2::q5_1_row),
-                GgmlType::Q4K => Kernel::Q8K(avx2::q4_k_row),
-                GgmlType::Q6K => Kernel::Q8K(avx2::q6_k_row),
+                GgmlType::Q8_0 => Kernel::Q8(avx2::q8_0_row, Some(avx2::q8_0_row_x4)),
+                GgmlType::Q4_0 => Kernel::Q8(avx2::q4_0_row, Some(avx2::q4_0_row_x4)),
+                GgmlType::Q4_1 => Kernel::Q8(avx2::q4_1_row, Some(avx2::q4_1_row_x4)),
+                GgmlType::Q5_0 => Kernel::Q8(avx2::q5_0_row, Some(avx2::q5_0_row_x4)),
+                GgmlType::Q5_1 => Kernel::Q8(avx2::q5_1_row, Some(avx2::q5_1_row_x4)),
+                GgmlType::Q4K => Kernel::Q8K(avx2::q4_k_row, Some(avx2::q4_k_row_x4)),
+                GgmlType::Q6K => Kernel::Q8K(avx2::q6_k_row, Some(avx2::q6_k_row_x4)),
                 other => return portable_kernel(other),
             });
         }
         portable_kernel(ty)
     }
-}
 
-impl CpuBackend {
-    fn kernel_x4(&self, ty: GgmlType) -> Option<Q8Dot4> {
-        #[cfg(target_arch = "x86_64")]
-        if self.isa == Isa::Avx2 && ty == GgmlType::Q8_0 {
-            return Some(avx2::q8_0_row_x4);
-        }
-        let _ = ty;
-        None
+    fn kernel_for(&self, w: &WeightView<'_>) -> Result<Kernel, RuntimeError> {
+        self.kernel(w.ty).ok_or_else(|| RuntimeError::Shape {
+            tensor: w.name.to_string(),
+            what: format!("the cpu backend has no kernel for {}", w.ty),
+        })
     }
 }
 
@@ -107,13 +123,13 @@ fn portable_kernel(ty: GgmlType) -> Option<Kernel> {
         GgmlType::F32 => Kernel::Float(portable::f32_row),
         GgmlType::F16 => Kernel::Float(portable::f16_row),
         GgmlType::Bf16 => Kernel::Float(portable::bf16_row),
-        GgmlType::Q8_0 => Kernel::Q8(portable::q8_0_row),
-        GgmlType::Q4_0 => Kernel::Q8(portable::q4_0_row),
-        GgmlType::Q4_1 => Kernel::Q8(portable::q4_1_row),
-        GgmlType::Q5_0 => Kernel::Q8(portable::q5_0_row),
-        GgmlType::Q5_1 => Kernel::Q8(portable::q5_1_row),
-        GgmlType::Q4K => Kernel::Q8K(portable::q4_k_row),
-        GgmlType::Q6K => Kernel::Q8K(portable::q6_k_row),
+        GgmlType::Q8_0 => Kernel::Q8(portable::q8_0_row, None),
+        GgmlType::Q4_0 => Kernel::Q8(portable::q4_0_row, None),
+        GgmlType::Q4_1 => Kernel::Q8(portable::q4_1_row, None),
+        GgmlType::Q5_0 => Kernel::Q8(portable::q5_0_row, None),
+        GgmlType::Q5_1 => Kernel::Q8(portable::q5_1_row, None),
+        GgmlType::Q4K => Kernel::Q8K(portable::q4_k_row, None),
+        GgmlType::Q6K => Kernel::Q8K(portable::q6_k_row, None),
         GgmlType::Q2K | GgmlType::Q3K | GgmlType::Q5K | GgmlType::Iq4Nl | GgmlType::Iq4Xs => {
             Kernel::Fallback(ty)
         }
@@ -132,16 +148,182 @@ fn detect() -> Isa {
     Isa::Portable
 }
 
-/// Activations in the form a kernel reads.
+/// Activations in the form a kernel reads, token-major.
 enum Acts<'a> {
     Float(&'a [f32]),
     Q8(Vec<ActQ8>),
     Q8K(Vec<ActQ8K>),
 }
 
-/// Output rows one rayon task computes: enough work to amortise the task, few
-/// enough that two threads share a 576-row matrix evenly.
-const ROWS_PER_TASK: usize = 16;
+/// The activations every kernel in `kernels` needs, each prepared once.
+struct Prepared<'a> {
+    float: Acts<'a>,
+    q8: Option<Acts<'a>>,
+    q8k: Option<Acts<'a>>,
+}
+
+impl<'a> Prepared<'a> {
+    fn new(kernels: &[Kernel], x: &'a [f32]) -> Prepared<'a> {
+        let need_q8 = kernels.iter().any(|k| matches!(k, Kernel::Q8(..)));
+        let need_q8k = kernels.iter().any(|k| matches!(k, Kernel::Q8K(..)));
+        Prepared {
+            float: Acts::Float(x),
+            q8: need_q8.then(|| {
+                let mut v = Vec::new();
+                quantize_q8(x, &mut v);
+                Acts::Q8(v)
+            }),
+            q8k: need_q8k.then(|| {
+                let mut v = Vec::new();
+                quantize_q8k(x, &mut v);
+                Acts::Q8K(v)
+            }),
+        }
+    }
+
+    fn for_kernel(&self, k: Kernel) -> &Acts<'a> {
+        match k {
+            Kernel::Q8(..) => self.q8.as_ref().unwrap_or(&self.float),
+            Kernel::Q8K(..) => self.q8k.as_ref().unwrap_or(&self.float),
+            _ => &self.float,
+        }
+    }
+}
+
+/// Tokens one work item covers in prefill: their 8-bit activations stay in the
+/// L2 cache while a chunk of weight rows streams past.
+const TOKEN_BLOCK: usize = 64;
+
+/// The output slice as a pointer that work items write disjoint elements of.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: every (row, token) element is written by exactly one work item.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+/// One product split into work items of `rows_per_item` rows × `TOKEN_BLOCK`
+/// tokens.
+struct Task<'a> {
+    w: WeightView<'a>,
+    kernel: Kernel,
+    acts: &'a Acts<'a>,
+    out: OutPtr,
+    n_tokens: usize,
+    rows_per_item: usize,
+    items: usize,
+}
+
+impl Task<'_> {
+    /// Computes work item `item`.
+    ///
+    /// # Safety
+    /// The kernel's instruction set is present; lengths were checked by
+    /// `check_matmul`; `out` has `n_tokens * w.rows` elements.
+    unsafe fn run(&self, item: usize) {
+        let row_chunks = self.w.rows.div_ceil(self.rows_per_item);
+        let (rc, tb) = (item % row_chunks, item / row_chunks);
+        let r0 = rc * self.rows_per_item;
+        let r1 = (r0 + self.rows_per_item).min(self.w.rows);
+        let t0 = tb * TOKEN_BLOCK;
+        let t1 = (t0 + TOKEN_BLOCK).min(self.n_tokens);
+        let cols = self.w.cols;
+        let rows = self.w.rows;
+        let put = |r: usize, t: usize, v: f32| *self.out.0.add(t * rows + r) = v;
+        for r in r0..r1 {
+            let row = self.w.row(r);
+            match (self.kernel, self.acts) {
+                (Kernel::Float(f), Acts::Float(x)) => {
+                    for t in t0..t1 {
+                        put(r, t, f(row, &x[t * cols..(t + 1) * cols]));
+                    }
+                }
+                (Kernel::Fallback(ty), Acts::Float(x)) => {
+                    for t in t0..t1 {
+                        put(
+                            r,
+                            t,
+                            portable::fallback_row(ty, row, &x[t * cols..(t + 1) * cols]),
+                        );
+                    }
+                }
+                (Kernel::Q8(one, four), Acts::Q8(a)) => {
+                    tiled(row, a, cols / 32, t0, t1, one, four, |t, v| put(r, t, v))
+                }
+                (Kernel::Q8K(one, four), Acts::Q8K(a)) => {
+                    tiled(row, a, cols / 256, t0, t1, one, four, |t, v| put(r, t, v))
+                }
+                _ => {
+                    for t in t0..t1 {
+                        put(r, t, f32::NAN);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Tokens `t0..t1` against one weight row: four at a time where the format has a
+/// four-row kernel, the rest one by one.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn tiled<A>(
+    row: &[u8],
+    a: &[A],
+    nb: usize,
+    t0: usize,
+    t1: usize,
+    one: Dot<A>,
+    four: Option<Dot4<A>>,
+    mut put: impl FnMut(usize, f32),
+) {
+    let act = |t: usize| &a[t * nb..(t + 1) * nb];
+    let mut t = t0;
+    if let Some(f) = four {
+        while t + 4 <= t1 {
+            let v = f(row, [act(t), act(t + 1), act(t + 2), act(t + 3)]);
+            for (k, v) in v.into_iter().enumerate() {
+                put(t + k, v);
+            }
+            t += 4;
+        }
+    }
+    while t < t1 {
+        put(t, one(row, act(t)));
+        t += 1;
+    }
+}
+
+impl CpuBackend {
+    /// Rows per work item: about sixteen items per thread for balance, at least
+    /// a few rows so an item outweighs fetching it.
+    fn rows_per_item(&self, rows: usize, n_tokens: usize) -> usize {
+        let token_blocks = n_tokens.div_ceil(TOKEN_BLOCK);
+        let want_items = self.pool.threads() * 16;
+        let per = rows * token_blocks / want_items.max(1);
+        per.clamp(4, 256)
+    }
+
+    fn run_tasks(&self, tasks: &[Task<'_>]) {
+        let total: usize = tasks.iter().map(|t| t.items).sum();
+        let next = AtomicUsize::new(0);
+        let work = |_member: usize| loop {
+            let mut i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= total {
+                break;
+            }
+            for t in tasks {
+                if i < t.items {
+                    // SAFETY: see `Task::run`; kernels come from `kernel`, which
+                    // picks AVX2 ones only when `detect` found the features.
+                    unsafe { t.run(i) };
+                    break;
+                }
+                i -= t.items;
+            }
+        };
+        self.pool.run(&work);
+    }
+}
 
 impl Backend for CpuBackend {
     fn name(&self) -> &'static str {
@@ -159,88 +341,60 @@ impl Backend for CpuBackend {
         n_tokens: usize,
         out: &mut [f32],
     ) -> Result<(), RuntimeError> {
-        check_matmul(w, x, n_tokens, out)?;
-        let kernel = self.kernel(w.ty).ok_or_else(|| RuntimeError::Shape {
-            tensor: w.name.to_string(),
-            what: format!("the cpu backend has no kernel for {}", w.ty),
-        })?;
-        let acts = match kernel {
-            Kernel::Float(_) | Kernel::Fallback(_) => Acts::Float(x),
-            Kernel::Q8(_) => {
-                let mut v = Vec::new();
-                quantize_q8(x, &mut v);
-                Acts::Q8(v)
-            }
-            Kernel::Q8K(_) => {
-                let mut v = Vec::new();
-                quantize_q8k(x, &mut v);
-                Acts::Q8K(v)
-            }
-        };
-        let cols = w.cols;
-        let dot = |r: usize, t: usize| -> f32 {
-            let row = w.row(r);
-            // SAFETY: an AVX2 kernel is only chosen when `detect` found AVX2, FMA and
-            // F16C; lengths were checked by `check_matmul`.
-            unsafe {
-                match (kernel, &acts) {
-                    (Kernel::Float(f), Acts::Float(x)) => f(row, &x[t * cols..(t + 1) * cols]),
-                    (Kernel::Fallback(ty), Acts::Float(x)) => {
-                        portable::fallback_row(ty, row, &x[t * cols..(t + 1) * cols])
-                    }
-                    (Kernel::Q8(f), Acts::Q8(a)) => {
-                        let nb = cols / 32;
-                        f(row, &a[t * nb..(t + 1) * nb])
-                    }
-                    (Kernel::Q8K(f), Acts::Q8K(a)) => {
-                        let nb = cols / 256;
-                        f(row, &a[t * nb..(t + 1) * nb])
-                    }
-                    _ => f32::NAN,
-                }
-            }
-        };
-        if n_tokens == 1 {
-            out.par_chunks_mut(ROWS_PER_TASK)
-                .enumerate()
-                .for_each(|(c, o)| {
-                    for (i, v) in o.iter_mut().enumerate() {
-                        *v = dot(c * ROWS_PER_TASK + i, 0);
-                    }
-                });
+        self.matmul_many(std::slice::from_ref(w), x, n_tokens, &mut [out])
+    }
+
+    fn matmul_many(
+        &self,
+        ws: &[WeightView<'_>],
+        x: &[f32],
+        n_tokens: usize,
+        outs: &mut [&mut [f32]],
+    ) -> Result<(), RuntimeError> {
+        if ws.len() != outs.len() {
+            return Err(RuntimeError::Shape {
+                tensor: ws.first().map_or("", |w| w.name).to_string(),
+                what: format!("{} weights but {} outputs", ws.len(), outs.len()),
+            });
+        }
+        let mut kernels = Vec::with_capacity(ws.len());
+        for (w, out) in ws.iter().zip(outs.iter()) {
+            check_matmul(w, x, n_tokens, out)?;
+            kernels.push(self.kernel_for(w)?);
+        }
+        if n_tokens == 0 {
             return Ok(());
         }
-        // Row-major per weight row so each row is read once for every token while it
-        // is still in cache; then transposed into token-major `out`.
-        let x4 = self.kernel_x4(w.ty);
-        let mut tmp = vec![0f32; w.rows * n_tokens];
-        tmp.par_chunks_mut(ROWS_PER_TASK * n_tokens)
-            .enumerate()
-            .for_each(|(c, o)| {
-                for (i, orow) in o.chunks_exact_mut(n_tokens).enumerate() {
-                    let r = c * ROWS_PER_TASK + i;
-                    let mut t = 0;
-                    if let (Some(f), Acts::Q8(a)) = (x4, &acts) {
-                        let nb = cols / 32;
-                        let row = w.row(r);
-                        while t + 4 <= n_tokens {
-                            let s = |k: usize| &a[(t + k) * nb..(t + k + 1) * nb];
-                            // SAFETY: only chosen on CPUs with AVX2, FMA and F16C.
-                            let v = unsafe { f(row, [s(0), s(1), s(2), s(3)]) };
-                            orow[t..t + 4].copy_from_slice(&v);
-                            t += 4;
-                        }
-                    }
-                    for (t, v) in orow.iter_mut().enumerate().skip(t) {
-                        *v = dot(r, t);
-                    }
+        let prepared = Prepared::new(&kernels, x);
+        let tasks: Vec<Task<'_>> = ws
+            .iter()
+            .zip(outs.iter_mut())
+            .zip(&kernels)
+            .map(|((w, out), &kernel)| {
+                let rows_per_item = self.rows_per_item(w.rows, n_tokens);
+                Task {
+                    w: *w,
+                    kernel,
+                    acts: prepared.for_kernel(kernel),
+                    out: OutPtr(out.as_mut_ptr()),
+                    n_tokens,
+                    rows_per_item,
+                    items: w.rows.div_ceil(rows_per_item) * n_tokens.div_ceil(TOKEN_BLOCK),
                 }
-            });
-        for (r, trow) in tmp.chunks_exact(n_tokens).enumerate() {
-            for (t, &v) in trow.iter().enumerate() {
-                out[t * w.rows + r] = v;
-            }
-        }
+            })
+            .collect();
+        self.run_tasks(&tasks);
         Ok(())
+    }
+
+    fn parallel_for(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
+        let next = AtomicUsize::new(0);
+        self.pool.run(&|_| loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= n {
+                break;
+            }
+            f(i);
+        });
     }
 }

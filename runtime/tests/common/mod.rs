@@ -50,7 +50,14 @@ pub fn reference_folder() -> Option<PathBuf> {
 }
 
 pub fn run_llama_ref(py: &Path, args: &[&str]) {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/scripts/llama_ref.py");
+    run_script(py, "llama_ref.py", args)
+}
+
+/// Runs `tests/scripts/NAME` with `args`; panics with its stderr on failure.
+pub fn run_script(py: &Path, name: &str, args: &[&str]) {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/scripts")
+        .join(name);
     let out = Command::new(py)
         .arg(script)
         .args(args)
@@ -58,7 +65,7 @@ pub fn run_llama_ref(py: &Path, args: &[&str]) {
         .expect("run python");
     assert!(
         out.status.success(),
-        "llama_ref.py {args:?} failed: {}",
+        "{name} {args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
 }
@@ -82,4 +89,57 @@ pub fn read_f32(path: &Path) -> Vec<f32> {
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect()
+}
+
+pub fn read_f64(path: &Path) -> Vec<f64> {
+    std::fs::read(path)
+        .expect("read f64 file")
+        .chunks_exact(8)
+        .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .collect()
+}
+
+/// `ln softmax(logits)` in float64.
+pub fn log_softmax(logits: &[f32]) -> Vec<f64> {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+    let lse = logits
+        .iter()
+        .map(|&v| (v as f64 - max).exp())
+        .sum::<f64>()
+        .ln()
+        + max;
+    logits.iter().map(|&v| v as f64 - lse).collect()
+}
+
+/// KL(p || q) of two distributions given as log-probabilities.
+pub fn kl(log_p: &[f64], log_q: &[f64]) -> f64 {
+    log_p
+        .iter()
+        .zip(log_q)
+        .map(|(&a, &b)| a.exp() * (a - b))
+        .sum()
+}
+
+/// The first `n` tokens of WikiText-2's test text (after its heading), tokenised
+/// by `model`'s tokenizer.
+pub fn wiki_tokens(model: &quern_runtime::Model, n: usize) -> Option<Vec<u32>> {
+    let p = workspace_root().join("../shared/data/wikitext-2-raw/wiki.test.raw");
+    let Ok(text) = std::fs::read_to_string(&p) else {
+        let require = std::env::var("QUERN_REQUIRE_PYTHON").is_ok_and(|v| v == "1");
+        assert!(
+            !require,
+            "QUERN_REQUIRE_PYTHON=1 but {} is missing",
+            p.display()
+        );
+        eprintln!("notice: skipping: {} is missing", p.display());
+        return None;
+    };
+    let text: String = text.chars().take(n * 8).collect();
+    let ids = model
+        .tokenizer()
+        .expect("tokenizer")
+        .encode(&text, false)
+        .expect("encode");
+    assert!(ids.len() >= n, "{} tokens of text, wanted {n}", ids.len());
+    Some(ids[..n].to_vec())
 }
