@@ -28,11 +28,18 @@ impl Rng {
     }
 }
 
-/// Block size of the activations the kernel for `ty` uses (0: float activations).
+/// Block size of the activations the AVX2 kernel for `ty` uses (0: float
+/// activations); the portable path rounds no more than that.
 fn act_block(ty: GgmlType) -> usize {
     match ty {
-        GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 => 32,
-        GgmlType::Q4K | GgmlType::Q6K => 256,
+        GgmlType::Q8_0
+        | GgmlType::Q4_0
+        | GgmlType::Q4_1
+        | GgmlType::Q5_0
+        | GgmlType::Q5_1
+        | GgmlType::Iq4Nl
+        | GgmlType::Iq4Xs => 32,
+        GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K => 256,
         _ => 0,
     }
 }

@@ -30,6 +30,9 @@ pub struct BenchArgs {
     /// Machine-readable output on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Skip measuring the memory read bandwidth (the decode floor).
+    #[arg(long)]
+    pub no_floor: bool,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -42,11 +45,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     let backend = CpuBackend::new();
     let isa = format!("{:?}", backend.isa()).to_lowercase();
+    let backend_bw = CpuBackend::with_isa(backend.isa());
     let model = Model::open(&args.artifact, Box::new(backend))
         .with_context(|| format!("cannot load {}", args.artifact.display()))?;
     let report = bench(&model, args.n_prompt, args.n_gen, args.repetitions)?;
     let threads = rayon::current_num_threads();
     let size = model.weight_bytes();
+    // The decode floor: every weight read once per token at the memory's read
+    // bandwidth (measured after the runs, so it does not warm or cool them).
+    let bandwidth = (!args.no_floor && args.n_gen > 0).then(|| backend_bw.read_bandwidth(3));
+    let floor = bandwidth.map(|bw| bw / size as f64);
     if args.json {
         let stat =
             |s: Option<Stats>| s.map(|s| json!({"mean": s.mean, "sd": s.sd, "samples": s.samples}));
@@ -61,6 +69,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "tg_tokens": report.tg_tokens,
             "pp_tokens_per_s": stat(report.pp),
             "tg_tokens_per_s": stat(report.tg),
+            "read_bandwidth_bytes_per_s": bandwidth,
+            "tg_floor_tokens_per_s": floor,
+            "tg_share_of_floor": floor.zip(report.tg).map(|(f, s)| s.mean / f),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -86,6 +97,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
             format!("tg{}", report.tg_tokens),
             s.mean,
             s.sd
+        );
+    }
+    if let (Some(bw), Some(floor)) = (bandwidth, floor) {
+        let share = report
+            .tg
+            .map(|s| format!(", tg at {:.0}% of it", 100.0 * s.mean / floor))
+            .unwrap_or_default();
+        println!(
+            "floor: {:.1} GB/s memory read with {threads} threads / {:.1} MB per token = {floor:.1} tokens/s{share}",
+            bw / 1e9,
+            size as f64 / 1e6
         );
     }
     Ok(())

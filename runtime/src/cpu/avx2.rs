@@ -8,11 +8,14 @@
 use std::arch::x86_64::*;
 
 use quern_quant::block::f16_value;
+use quern_quant::iq4_nl::{BlockIq4Nl, GRID as IQ4_GRID};
+use quern_quant::iq4_xs::BlockIq4Xs;
 use quern_quant::q4_0::BlockQ4_0;
 use quern_quant::q4_1::BlockQ4_1;
 use quern_quant::q4_k::{scale_min, BlockQ4K};
 use quern_quant::q5_0::BlockQ5_0;
 use quern_quant::q5_1::BlockQ5_1;
+use quern_quant::q5_k::BlockQ5K;
 use quern_quant::q6_k::BlockQ6K;
 use quern_quant::q8_0::BlockQ8_0;
 
@@ -454,4 +457,150 @@ pub unsafe fn q6_k_row_x4(w: &[u8], a: [&[ActQ8K]; 4]) -> [f32; 4] {
         }
     }
     std::array::from_fn(|t| hsum(acc[t]) - offsets[t])
+}
+
+/// IQ4's 16 signed levels as bytes, in both lanes (for `shuffle_epi8`).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn iq4_grid() -> __m256i {
+    let g = _mm_loadu_si128(IQ4_GRID.as_ptr() as *const __m128i);
+    _mm256_set_m128i(g, g)
+}
+
+/// The 32 signed levels of a block of IQ4 nibbles (legacy order).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn iq4_levels(grid: __m256i, qs: &[u8; 16]) -> __m256i {
+    _mm256_shuffle_epi8(grid, unpack_nibbles(qs))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn iq4_nl_row(w: &[u8], a: &[ActQ8]) -> f32 {
+    let w: &[BlockIq4Nl] = bytemuck::cast_slice(w);
+    let grid = iq4_grid();
+    let mut acc = _mm256_setzero_ps();
+    for (b, a) in w.iter().zip(a) {
+        let wq = iq4_levels(grid, &b.qs);
+        let aq = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(b.d) * a.d), dot_i8(wq, aq), acc);
+    }
+    hsum(acc)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn iq4_nl_row_x4(w: &[u8], a: [&[ActQ8]; 4]) -> [f32; 4] {
+    let w: &[BlockIq4Nl] = bytemuck::cast_slice(w);
+    let grid = iq4_grid();
+    let mut acc = [_mm256_setzero_ps(); 4];
+    for (i, b) in w.iter().enumerate() {
+        let wq = iq4_levels(grid, &b.qs);
+        let d = f16(b.d);
+        for t in 0..4 {
+            let at = &a[t][i];
+            let aq = _mm256_loadu_si256(at.qs.as_ptr() as *const __m256i);
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * at.d), dot_i8(wq, aq), acc[t]);
+        }
+    }
+    std::array::from_fn(|t| hsum(acc[t]))
+}
+
+/// IQ4_XS against 32-value activation blocks: each of a super-block's eight
+/// sub-blocks is an IQ4_NL block with scale `d * scale(j)`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn iq4_xs_row(w: &[u8], a: &[ActQ8]) -> f32 {
+    let w: &[BlockIq4Xs] = bytemuck::cast_slice(w);
+    let grid = iq4_grid();
+    let mut acc = _mm256_setzero_ps();
+    for (b, a) in w.iter().zip(a.chunks_exact(8)) {
+        let d = f16(b.d);
+        for (j, aj) in a.iter().enumerate() {
+            let qs: &[u8; 16] = b.qs[j * 16..j * 16 + 16].try_into().unwrap_unchecked();
+            let wq = iq4_levels(grid, qs);
+            let aq = _mm256_loadu_si256(aj.qs.as_ptr() as *const __m256i);
+            let s = d * b.scale(j) as f32 * aj.d;
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(s), dot_i8(wq, aq), acc);
+        }
+    }
+    hsum(acc)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn iq4_xs_row_x4(w: &[u8], a: [&[ActQ8]; 4]) -> [f32; 4] {
+    let w: &[BlockIq4Xs] = bytemuck::cast_slice(w);
+    let grid = iq4_grid();
+    let mut acc = [_mm256_setzero_ps(); 4];
+    for (i, b) in w.iter().enumerate() {
+        let d = f16(b.d);
+        for j in 0..8 {
+            let qs: &[u8; 16] = b.qs[j * 16..j * 16 + 16].try_into().unwrap_unchecked();
+            let wq = iq4_levels(grid, qs);
+            let dj = d * b.scale(j) as f32;
+            for t in 0..4 {
+                let at = &a[t][i * 8 + j];
+                let aq = _mm256_loadu_si256(at.qs.as_ptr() as *const __m256i);
+                acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dj * at.d), dot_i8(wq, aq), acc[t]);
+            }
+        }
+    }
+    std::array::from_fn(|t| hsum(acc[t]))
+}
+
+/// Q5_K: Q4_K's layout plus a bit plane `qh` (bit j of byte l: the fifth bit of
+/// value l of sub-block j).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q5_k_row(w: &[u8], a: &[ActQ8K]) -> f32 {
+    q5_k_rows::<1>(w, [a])[0]
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q5_k_row_x4(w: &[u8], a: [&[ActQ8K]; 4]) -> [f32; 4] {
+    q5_k_rows::<4>(w, a)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q5_k_rows<const T: usize>(w: &[u8], a: [&[ActQ8K]; T]) -> [f32; T] {
+    let w: &[BlockQ5K] = bytemuck::cast_slice(w);
+    let mut acc = [_mm256_setzero_ps(); T];
+    let mut mins = [0f32; T];
+    let low = _mm256_set1_epi8(15);
+    let one = _mm256_set1_epi8(1);
+    for (i, b) in w.iter().enumerate() {
+        let qh = _mm256_loadu_si256(b.qh.as_ptr() as *const __m256i);
+        let mut sumi = [_mm256_setzero_si256(); T];
+        let mut summ = [0i32; T];
+        for g in 0..4 {
+            let (sc0, m0) = scale_min(&b.scales, 2 * g);
+            let (sc1, m1) = scale_min(&b.scales, 2 * g + 1);
+            let q = _mm256_loadu_si256(b.qs.as_ptr().add(g * 32) as *const __m256i);
+            let h0 = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * g as i32)), one);
+            let h1 = _mm256_and_si256(
+                _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * g as i32 + 1)),
+                one,
+            );
+            let q0 = _mm256_or_si256(_mm256_and_si256(q, low), _mm256_slli_epi16::<4>(h0));
+            let q1 = _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16::<4>(q), low),
+                _mm256_slli_epi16::<4>(h1),
+            );
+            let (s0, s1) = (_mm256_set1_epi16(sc0 as i16), _mm256_set1_epi16(sc1 as i16));
+            for t in 0..T {
+                let at = &a[t][i];
+                let a0 = _mm256_loadu_si256(at.qs.as_ptr().add(g * 64) as *const __m256i);
+                let a1 = _mm256_loadu_si256(at.qs.as_ptr().add(g * 64 + 32) as *const __m256i);
+                let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(q0, a0), s0);
+                let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(q1, a1), s1);
+                sumi[t] = _mm256_add_epi32(sumi[t], _mm256_add_epi32(p0, p1));
+                summ[t] += m0 as i32 * (at.bsums[4 * g] as i32 + at.bsums[4 * g + 1] as i32)
+                    + m1 as i32 * (at.bsums[4 * g + 2] as i32 + at.bsums[4 * g + 3] as i32);
+            }
+        }
+        let (d, dmin) = (f16(b.d), f16(b.dmin));
+        for t in 0..T {
+            let ad = a[t][i].d;
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * ad), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+            mins[t] += dmin * ad * summ[t] as f32;
+        }
+    }
+    std::array::from_fn(|t| hsum(acc[t]) - mins[t])
 }

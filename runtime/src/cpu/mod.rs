@@ -104,6 +104,9 @@ impl CpuBackend {
                 GgmlType::Q5_1 => Kernel::Q8(avx2::q5_1_row, Some(avx2::q5_1_row_x4)),
                 GgmlType::Q4K => Kernel::Q8K(avx2::q4_k_row, Some(avx2::q4_k_row_x4)),
                 GgmlType::Q6K => Kernel::Q8K(avx2::q6_k_row, Some(avx2::q6_k_row_x4)),
+                GgmlType::Q5K => Kernel::Q8K(avx2::q5_k_row, Some(avx2::q5_k_row_x4)),
+                GgmlType::Iq4Nl => Kernel::Q8(avx2::iq4_nl_row, Some(avx2::iq4_nl_row_x4)),
+                GgmlType::Iq4Xs => Kernel::Q8(avx2::iq4_xs_row, Some(avx2::iq4_xs_row_x4)),
                 other => return portable_kernel(other),
             });
         }
@@ -130,9 +133,10 @@ fn portable_kernel(ty: GgmlType) -> Option<Kernel> {
         GgmlType::Q5_1 => Kernel::Q8(portable::q5_1_row, None),
         GgmlType::Q4K => Kernel::Q8K(portable::q4_k_row, None),
         GgmlType::Q6K => Kernel::Q8K(portable::q6_k_row, None),
-        GgmlType::Q2K | GgmlType::Q3K | GgmlType::Q5K | GgmlType::Iq4Nl | GgmlType::Iq4Xs => {
-            Kernel::Fallback(ty)
-        }
+        GgmlType::Q5K => Kernel::Q8K(portable::q5_k_row, None),
+        GgmlType::Iq4Nl => Kernel::Q8(portable::iq4_nl_row, None),
+        GgmlType::Iq4Xs => Kernel::Q8(portable::iq4_xs_row, None),
+        GgmlType::Q2K | GgmlType::Q3K => Kernel::Fallback(ty),
         _ => return None,
     })
 }
@@ -396,5 +400,42 @@ impl Backend for CpuBackend {
             }
             f(i);
         });
+    }
+}
+
+impl CpuBackend {
+    /// Read bandwidth of main memory in bytes per second with this backend's
+    /// threads: the best of `reps` passes summing a 512 MiB buffer (far larger
+    /// than any cache), each thread reading its own contiguous share. Decode
+    /// reads every weight once per token, so weight bytes over this figure is
+    /// its floor.
+    pub fn read_bandwidth(&self, reps: usize) -> f64 {
+        const BYTES: usize = 512 << 20;
+        let words = BYTES / 8;
+        // Non-zero contents: a page of zeros can be shared and never read.
+        let buf: Vec<u64> = (0..words as u64)
+            .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+            .collect();
+        let threads = self.pool.threads();
+        let share = words.div_ceil(threads);
+        let sink = AtomicUsize::new(0);
+        let mut best = 0f64;
+        for _ in 0..reps.max(1) {
+            let t = std::time::Instant::now();
+            self.pool.run(&|m| {
+                let part = &buf[(m * share).min(words)..((m + 1) * share).min(words)];
+                let mut acc = [0u64; 8];
+                for c in part.chunks_exact(8) {
+                    for i in 0..8 {
+                        acc[i] = acc[i].wrapping_add(c[i]);
+                    }
+                }
+                let s = acc.iter().fold(0u64, |a, &b| a.wrapping_add(b));
+                sink.fetch_add(s as usize, Ordering::Relaxed);
+            });
+            best = best.max(BYTES as f64 / t.elapsed().as_secs_f64());
+        }
+        std::hint::black_box(sink.load(Ordering::Relaxed));
+        best
     }
 }

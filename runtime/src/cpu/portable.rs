@@ -7,11 +7,14 @@
 //! row has the same length (checked once per matmul in `backend::check_matmul`).
 
 use quern_quant::block::f16_value;
+use quern_quant::iq4_nl::{BlockIq4Nl, GRID as IQ4_GRID};
+use quern_quant::iq4_xs::BlockIq4Xs;
 use quern_quant::q4_0::BlockQ4_0;
 use quern_quant::q4_1::BlockQ4_1;
 use quern_quant::q4_k::{scale_min, BlockQ4K};
 use quern_quant::q5_0::BlockQ5_0;
 use quern_quant::q5_1::BlockQ5_1;
+use quern_quant::q5_k::BlockQ5K;
 use quern_quant::q6_k::BlockQ6K;
 use quern_quant::q8_0::BlockQ8_0;
 use quern_quant::GgmlType;
@@ -211,6 +214,66 @@ pub fn q6_k_row(w: &[u8], a: &[ActQ8K]) -> f32 {
             sumi += b.scales[s] as i32 * dot;
         }
         acc += a.d * f16_value(b.d) * sumi as f32;
+    }
+    acc
+}
+
+#[inline(always)]
+pub fn q5_k_row(w: &[u8], a: &[ActQ8K]) -> f32 {
+    let w: &[BlockQ5K] = bytemuck::cast_slice(w);
+    let mut acc = 0f32;
+    for (b, a) in w.iter().zip(a) {
+        let (d, dmin) = (f16_value(b.d), f16_value(b.dmin));
+        let (mut sumi, mut summ) = (0i32, 0i32);
+        for j in 0..8 {
+            let (sc, m) = scale_min(&b.scales, j);
+            let (g, shift) = (j / 2, 4 * (j % 2));
+            let qs = &b.qs[g * 32..g * 32 + 32];
+            let aq = &a.qs[j * 32..j * 32 + 32];
+            let s: i32 = qs
+                .iter()
+                .zip(&b.qh)
+                .zip(aq)
+                .map(|((&q, &h), &y)| {
+                    (((q >> shift) & 15) | (((h >> j) & 1) << 4)) as i32 * y as i32
+                })
+                .sum();
+            sumi += sc as i32 * s;
+            summ += m as i32 * (a.bsums[2 * j] as i32 + a.bsums[2 * j + 1] as i32);
+        }
+        acc += a.d * (d * sumi as f32 - dmin * summ as f32);
+    }
+    acc
+}
+
+/// The 32 grid levels of a block of IQ4 nibbles (legacy order).
+#[inline(always)]
+fn iq4_levels(qs: &[u8; 16]) -> [i8; 32] {
+    nibbles(qs).map(|c| IQ4_GRID[c as usize])
+}
+
+#[inline(always)]
+pub fn iq4_nl_row(w: &[u8], a: &[ActQ8]) -> f32 {
+    let w: &[BlockIq4Nl] = bytemuck::cast_slice(w);
+    w.iter()
+        .zip(a)
+        .map(|(b, a)| f16_value(b.d) * a.d * idot32(&iq4_levels(&b.qs), &a.qs) as f32)
+        .sum()
+}
+
+/// IQ4_XS against 32-value activation blocks (eight per super-block).
+#[inline(always)]
+pub fn iq4_xs_row(w: &[u8], a: &[ActQ8]) -> f32 {
+    let w: &[BlockIq4Xs] = bytemuck::cast_slice(w);
+    let mut acc = 0f32;
+    for (b, a) in w.iter().zip(a.chunks_exact(8)) {
+        let d = f16_value(b.d);
+        for (j, aj) in a.iter().enumerate() {
+            let mut qs = [0u8; 16];
+            qs.copy_from_slice(&b.qs[j * 16..j * 16 + 16]);
+            let dot = idot32(&iq4_levels(&qs), &aj.qs);
+            acc += d * b.scale(j) as f32 * aj.d * dot as f32;
+        }
     }
     acc
 }
