@@ -1,5 +1,8 @@
 //! The tokenizer a GGUF file describes in its `tokenizer.ggml.*` metadata.
 //!
+//! SentencePiece vocabularies (`tokenizer.ggml.model = "llama"`: tokens and
+//! scores) are tokenised by [`spm`].
+//!
 //! Byte-level BPE (`tokenizer.ggml.model = "gpt2"`) is rebuilt with the
 //! `tokenizers` library from the stored tokens and merges; the pre-tokenizer is
 //! chosen from `tokenizer.ggml.pre`, which names how the original tokenizer split
@@ -38,8 +41,22 @@ impl<'a> MetadataLookup<'a> {
     }
 }
 
+pub mod spm;
+
+/// How text becomes token ids.
+enum Engine {
+    /// Byte-level BPE through the `tokenizers` library (special tokens added).
+    Bpe(tokenizers::Tokenizer),
+    /// SentencePiece BPE; `specials` are matched whole in the text first,
+    /// longest first.
+    Spm {
+        spm: spm::Spm,
+        specials: Vec<(String, u32)>,
+    },
+}
+
 pub struct Tokenizer {
-    inner: tokenizers::Tokenizer,
+    engine: Engine,
     /// The bytes each token stands for (special tokens: their text).
     pieces: Vec<Vec<u8>>,
     special: Vec<bool>,
@@ -89,9 +106,9 @@ impl Tokenizer {
             .get("tokenizer.ggml.model")
             .and_then(|v| v.as_str())
             .ok_or_else(|| err("tokenizer.ggml.model is missing".into()))?;
-        if model != "gpt2" {
+        if model != "gpt2" && model != "llama" {
             return Err(err(format!(
-                "vocabulary type {model:?} is not supported (supported: gpt2, byte-level BPE)"
+                "vocabulary type {model:?} is not supported (supported: gpt2 byte-level BPE, llama SentencePiece)"
             )));
         }
         let strings = |key: &str| -> Result<Vec<String>, RuntimeError> {
@@ -108,7 +125,6 @@ impl Tokenizer {
                 .collect()
         };
         let tokens = strings("tokenizer.ggml.tokens")?;
-        let merges_raw = strings("tokenizer.ggml.merges")?;
         let types: Vec<i64> = match file
             .get("tokenizer.ggml.token_type")
             .and_then(|v| v.as_array())
@@ -127,6 +143,110 @@ impl Tokenizer {
                 )
             })
             .collect();
+        let id = |key: &str| {
+            file.get(key)
+                .and_then(|v| v.as_u64())
+                .map(|v| v as u32)
+                .filter(|&v| (v as usize) < tokens.len())
+        };
+        let engine = if model == "llama" {
+            let scores: Vec<f32> =
+                match file.get("tokenizer.ggml.scores").and_then(|v| v.as_array()) {
+                    Some(a) => a.iter().map(|v| v.as_f64().unwrap_or(0.0) as f32).collect(),
+                    None => return Err(err("tokenizer.ggml.scores is missing".into())),
+                };
+            let add_space_prefix = file
+                .get("tokenizer.ggml.add_space_prefix")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(true);
+            let mut specials: Vec<(String, u32)> = tokens
+                .iter()
+                .zip(&special)
+                .enumerate()
+                .filter(|(_, (t, &s))| s && !t.is_empty())
+                .map(|(i, (t, _))| (t.clone(), i as u32))
+                .collect();
+            specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+            Engine::Spm {
+                spm: spm::Spm::new(
+                    &tokens,
+                    scores,
+                    id("tokenizer.ggml.unknown_token_id"),
+                    add_space_prefix,
+                ),
+                specials,
+            }
+        } else {
+            Engine::Bpe(Self::bpe(&file, &tokens, &special, &err)?)
+        };
+
+        let chars = byte_chars();
+        let is_spm = matches!(engine, Engine::Spm { .. });
+        let byte_of: HashMap<char, u8> = chars
+            .iter()
+            .enumerate()
+            .map(|(b, &c)| (c, b as u8))
+            .collect();
+        let pieces = tokens
+            .iter()
+            .zip(&special)
+            .map(|(t, &s)| {
+                if s {
+                    t.as_bytes().to_vec()
+                } else if is_spm {
+                    spm::piece_bytes(t)
+                } else {
+                    // A character outside the byte alphabet stands for itself.
+                    let mut out = Vec::with_capacity(t.len());
+                    for ch in t.chars() {
+                        match byte_of.get(&ch) {
+                            Some(&b) => out.push(b),
+                            None => out.extend_from_slice(ch.to_string().as_bytes()),
+                        }
+                    }
+                    out
+                }
+            })
+            .collect();
+        Ok(Tokenizer {
+            engine,
+            pieces,
+            special,
+            bos: id("tokenizer.ggml.bos_token_id"),
+            eos: id("tokenizer.ggml.eos_token_id"),
+            eot: id("tokenizer.ggml.eot_token_id"),
+            add_bos: file
+                .get("tokenizer.ggml.add_bos_token")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false),
+            chat_template: file
+                .get("tokenizer.chat_template")
+                .and_then(|v| v.as_str())
+                .map(str::to_string),
+        })
+    }
+
+    /// The byte-level BPE model for a `gpt2` vocabulary.
+    fn bpe(
+        file: &MetadataLookup<'_>,
+        tokens: &[String],
+        special: &[bool],
+        err: &dyn Fn(String) -> RuntimeError,
+    ) -> Result<tokenizers::Tokenizer, RuntimeError> {
+        let strings = |key: &str| -> Result<Vec<String>, RuntimeError> {
+            let arr = file
+                .get(key)
+                .and_then(|v| v.as_array())
+                .ok_or_else(|| err(format!("{key} is missing")))?;
+            arr.iter()
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| err(format!("{key} holds a non-string")))
+                })
+                .collect()
+        };
+        let merges_raw = strings("tokenizer.ggml.merges")?;
         let vocab: Vocab = tokens
             .iter()
             .enumerate()
@@ -173,59 +293,12 @@ impl Tokenizer {
         inner.with_pre_tokenizer(Some(Sequence::new(steps)));
         let added: Vec<AddedToken> = tokens
             .iter()
-            .zip(&special)
+            .zip(special)
             .filter(|(_, &s)| s)
             .map(|(t, _)| AddedToken::from(t.clone(), true))
             .collect();
         inner.add_special_tokens(&added);
-
-        let chars = byte_chars();
-        let byte_of: HashMap<char, u8> = chars
-            .iter()
-            .enumerate()
-            .map(|(b, &c)| (c, b as u8))
-            .collect();
-        let pieces = tokens
-            .iter()
-            .zip(&special)
-            .map(|(t, &s)| {
-                if s {
-                    t.as_bytes().to_vec()
-                } else {
-                    // A character outside the byte alphabet stands for itself.
-                    let mut out = Vec::with_capacity(t.len());
-                    for ch in t.chars() {
-                        match byte_of.get(&ch) {
-                            Some(&b) => out.push(b),
-                            None => out.extend_from_slice(ch.to_string().as_bytes()),
-                        }
-                    }
-                    out
-                }
-            })
-            .collect();
-        let id = |key: &str| {
-            file.get(key)
-                .and_then(|v| v.as_u64())
-                .map(|v| v as u32)
-                .filter(|&v| (v as usize) < tokens.len())
-        };
-        Ok(Tokenizer {
-            inner,
-            pieces,
-            special,
-            bos: id("tokenizer.ggml.bos_token_id"),
-            eos: id("tokenizer.ggml.eos_token_id"),
-            eot: id("tokenizer.ggml.eot_token_id"),
-            add_bos: file
-                .get("tokenizer.ggml.add_bos_token")
-                .and_then(|v| v.as_bool())
-                .unwrap_or(false),
-            chat_template: file
-                .get("tokenizer.chat_template")
-                .and_then(|v| v.as_str())
-                .map(str::to_string),
-        })
+        Ok(inner)
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -234,18 +307,47 @@ impl Tokenizer {
 
     /// Token ids of `text`, with BOS first when the model asks for it and `add_bos`.
     pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>, RuntimeError> {
-        let enc = self
-            .inner
-            .encode_fast(text, false)
-            .map_err(|e| RuntimeError::Tokenizer {
-                file: PathBuf::new(),
-                what: format!("cannot encode: {e}"),
-            })?;
-        let mut ids = Vec::with_capacity(enc.get_ids().len() + 1);
+        let mut ids = Vec::with_capacity(text.len() / 3 + 2);
         if add_bos && self.add_bos {
             ids.extend(self.bos);
         }
-        ids.extend_from_slice(enc.get_ids());
+        match &self.engine {
+            Engine::Bpe(inner) => {
+                let enc = inner
+                    .encode_fast(text, false)
+                    .map_err(|e| RuntimeError::Tokenizer {
+                        file: PathBuf::new(),
+                        what: format!("cannot encode: {e}"),
+                    })?;
+                ids.extend_from_slice(enc.get_ids());
+            }
+            Engine::Spm { spm, specials } => {
+                // Text comes in fragments between special tokens; like llama.cpp,
+                // each fragment is tokenised on its own (with its "▁" prefix).
+                let mut rest = text;
+                while !rest.is_empty() {
+                    // The earliest special token in the rest (longest at a tie).
+                    let found = specials
+                        .iter()
+                        .filter_map(|(t, id)| rest.find(t.as_str()).map(|at| (at, t.len(), *id)))
+                        .min_by_key(|&(at, len, _)| (at, std::cmp::Reverse(len)));
+                    let (plain, next) = match found {
+                        Some((at, len, id)) => (&rest[..at], Some((id, &rest[at + len..]))),
+                        None => (rest, None),
+                    };
+                    if !plain.is_empty() {
+                        spm.encode_into(plain, &mut ids);
+                    }
+                    match next {
+                        Some((id, tail)) => {
+                            ids.push(id);
+                            rest = tail;
+                        }
+                        None => break,
+                    }
+                }
+            }
+        }
         Ok(ids)
     }
 
