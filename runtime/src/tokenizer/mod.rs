@@ -46,7 +46,7 @@ pub mod spm;
 /// How text becomes token ids.
 enum Engine {
     /// Byte-level BPE through the `tokenizers` library (special tokens added).
-    Bpe(tokenizers::Tokenizer),
+    Bpe(Box<tokenizers::Tokenizer>),
     /// SentencePiece BPE; `specials` are matched whole in the text first,
     /// longest first.
     Spm {
@@ -166,7 +166,7 @@ impl Tokenizer {
                 .filter(|(_, (t, &s))| s && !t.is_empty())
                 .map(|(i, (t, _))| (t.clone(), i as u32))
                 .collect();
-            specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+            specials.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
             Engine::Spm {
                 spm: spm::Spm::new(
                     &tokens,
@@ -177,7 +177,7 @@ impl Tokenizer {
                 specials,
             }
         } else {
-            Engine::Bpe(Self::bpe(&file, &tokens, &special, &err)?)
+            Engine::Bpe(Box::new(Self::bpe(&file, &tokens, &special, &err)?))
         };
 
         let chars = byte_chars();
