@@ -168,12 +168,12 @@ impl Tokenizer {
                 .collect();
             specials.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
             Engine::Spm {
-                spm: spm::Spm::new(
+                spm: Box::new(spm::Spm::new(
                     &tokens,
                     scores,
                     id("tokenizer.ggml.unknown_token_id"),
                     add_space_prefix,
-                ),
+                )),
                 specials,
             }
         } else {
