@@ -50,7 +50,7 @@ enum Engine {
     /// SentencePiece BPE; `specials` are matched whole in the text first,
     /// longest first.
     Spm {
-        spm: spm::Spm,
+        spm: Box<spm::Spm>,
         specials: Vec<(String, u32)>,
     },
 }
