@@ -476,15 +476,22 @@ impl Model {
         let c = &self.config;
         let half = c.n_rot / 2;
         let mut table = Vec::with_capacity(n * half);
+        // Angles in f32, each frequency the previous one times the same ratio, as
+        // llama.cpp computes them: the two runtimes then rotate by the very same
+        // angles, so comparisons with llama.cpp's logits see only the weights'
+        // and activations' rounding (the angle's own error at position 500 is
+        // ~1e-4 rad, far below the quantisation's effect).
+        let ratio = c.rope_base.powf(-2.0 / c.n_rot as f32);
         for t in 0..n {
-            let p = (pos0 + t) as f64 / c.rope_scale as f64;
+            let p = (pos0 + t) as f32 / c.rope_scale;
+            let mut theta = p;
             for i in 0..half {
-                let mut freq = (c.rope_base as f64).powf(-2.0 * i as f64 / c.n_rot as f64);
-                if let Some(ff) = &self.rope_freqs {
-                    freq /= ff[i] as f64;
-                }
-                let (s, co) = (p * freq).sin_cos();
-                table.push((co as f32, s as f32));
+                let angle = match &self.rope_freqs {
+                    Some(ff) => theta / ff[i],
+                    None => theta,
+                };
+                table.push((angle.cos(), angle.sin()));
+                theta *= ratio;
             }
         }
         table
@@ -536,8 +543,7 @@ fn attention(
         let mut scores = Vec::with_capacity(len);
         let mut max = f32::NEG_INFINITY;
         for j in 0..len {
-            let kj = &k[j * kv_dim + kvh * hd..][..hd];
-            let s = dot(qh, kj) * scale;
+            let s = dot(qh, &k[j * kv_dim + kvh * hd..][..hd]) * scale;
             max = max.max(s);
             scores.push(s);
         }

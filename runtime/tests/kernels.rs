@@ -32,8 +32,8 @@ impl Rng {
 /// activations); the portable path rounds no more than that.
 fn act_block(ty: GgmlType) -> usize {
     match ty {
-        GgmlType::Q8_0
-        | GgmlType::Q4_0
+        GgmlType::Q8_0 => 32,
+        GgmlType::Q4_0
         | GgmlType::Q4_1
         | GgmlType::Q5_0
         | GgmlType::Q5_1
@@ -103,10 +103,12 @@ fn check(ty: GgmlType, backend: &CpuBackend, cols: usize, rows: usize, n_tokens:
                 .sum();
             let mut bound = 2e-6 * magnitude;
             if ab > 0 {
+                // Half a step of the activation codes: 8-bit, or 16-bit for Q8_0.
+                let steps = if ty == GgmlType::Q8_0 { 65534.0 } else { 254.0 };
                 for (wb, xb) in wr.chunks(ab).zip(xt.chunks(ab)) {
                     let amax = xb.iter().fold(0f64, |m, &v| m.max((v as f64).abs()));
                     let wsum: f64 = wb.iter().map(|&v| (v as f64).abs()).sum();
-                    bound += wsum * amax / 254.0 * 1.001;
+                    bound += wsum * amax / steps * 1.001;
                 }
             }
             let got = out[t * rows + r] as f64;

@@ -19,7 +19,7 @@ use quern_quant::q5_k::BlockQ5K;
 use quern_quant::q6_k::BlockQ6K;
 use quern_quant::q8_0::BlockQ8_0;
 
-use super::act::{ActQ8, ActQ8K};
+use super::act::{ActQ16, ActQ8, ActQ8K};
 use super::portable;
 
 /// One IEEE half to f32 with the F16C instruction (the `half` crate checks the
@@ -68,46 +68,54 @@ unsafe fn unpack_nibbles(qs: &[u8; 16]) -> __m256i {
 /// to use the memory bandwidth.
 const PREFETCH_BYTES: usize = 1024;
 
+/// Σ w a of a Q8_0 block and 16-bit activation codes as eight i32 lanes (no
+/// overflow: |w a + w' a'| ≤ 2 · 127 · 32767).
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q8_0_row(w: &[u8], a: &[ActQ8]) -> f32 {
+unsafe fn q8_q16_dot(wq: &[i8; 32], a: &ActQ16) -> __m256i {
+    let w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(wq.as_ptr() as *const __m128i));
+    let w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(wq.as_ptr().add(16) as *const __m128i));
+    let a0 = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
+    let a1 = _mm256_loadu_si256(a.qs.as_ptr().add(16) as *const __m256i);
+    _mm256_add_epi32(_mm256_madd_epi16(w0, a0), _mm256_madd_epi16(w1, a1))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q8_0_row(w: &[u8], a: &[ActQ16]) -> f32 {
     let base = w.as_ptr();
     let w: &[BlockQ8_0] = bytemuck::cast_slice(w);
     // Two accumulators halve the dependency chain through the fused multiply-add.
     let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
     for (i, (b, a)) in w.chunks_exact(2).zip(a.chunks_exact(2)).enumerate() {
         _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(i * 68 + PREFETCH_BYTES) as *const i8);
-        let w0 = _mm256_loadu_si256(b[0].qs.as_ptr() as *const __m256i);
-        let a0 = _mm256_loadu_si256(a[0].qs.as_ptr() as *const __m256i);
-        let w1 = _mm256_loadu_si256(b[1].qs.as_ptr() as *const __m256i);
-        let a1 = _mm256_loadu_si256(a[1].qs.as_ptr() as *const __m256i);
-        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(f16(b[0].d) * a[0].d), dot_i8(w0, a0), acc0);
-        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(f16(b[1].d) * a[1].d), dot_i8(w1, a1), acc1);
+        let p0 = _mm256_cvtepi32_ps(q8_q16_dot(&b[0].qs, &a[0]));
+        let p1 = _mm256_cvtepi32_ps(q8_q16_dot(&b[1].qs, &a[1]));
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(f16(b[0].d) * a[0].d), p0, acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(f16(b[1].d) * a[1].d), p1, acc1);
     }
     if w.len() % 2 == 1 {
         let (b, a) = (&w[w.len() - 1], &a[w.len() - 1]);
-        let w0 = _mm256_loadu_si256(b.qs.as_ptr() as *const __m256i);
-        let a0 = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
-        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(f16(b.d) * a.d), dot_i8(w0, a0), acc0);
+        let p = _mm256_cvtepi32_ps(q8_q16_dot(&b.qs, a));
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(f16(b.d) * a.d), p, acc0);
     }
     hsum(_mm256_add_ps(acc0, acc1))
 }
 
 /// One Q8_0 weight row against four activation rows (prefill): each weight block
-/// is loaded and its sign split once, and the four independent accumulators keep
-/// the multiply-add units busy.
+/// is widened to 16 bits once for the four.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q8_0_row_x4(w: &[u8], a: [&[ActQ8]; 4]) -> [f32; 4] {
+pub unsafe fn q8_0_row_x4(w: &[u8], a: [&[ActQ16]; 4]) -> [f32; 4] {
     let w: &[BlockQ8_0] = bytemuck::cast_slice(w);
     let mut acc = [_mm256_setzero_ps(); 4];
-    let ones = _mm256_set1_epi16(1);
     for (i, b) in w.iter().enumerate() {
-        let wq = _mm256_loadu_si256(b.qs.as_ptr() as *const __m256i);
-        let aw = _mm256_sign_epi8(wq, wq);
+        let w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(b.qs.as_ptr() as *const __m128i));
+        let w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(b.qs.as_ptr().add(16) as *const __m128i));
         let d = f16(b.d);
         for t in 0..4 {
             let at = &a[t][i];
-            let aq = _mm256_loadu_si256(at.qs.as_ptr() as *const __m256i);
-            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(aq, wq)), ones);
+            let a0 = _mm256_loadu_si256(at.qs.as_ptr() as *const __m256i);
+            let a1 = _mm256_loadu_si256(at.qs.as_ptr().add(16) as *const __m256i);
+            let p = _mm256_add_epi32(_mm256_madd_epi16(w0, a0), _mm256_madd_epi16(w1, a1));
             acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * at.d), _mm256_cvtepi32_ps(p), acc[t]);
         }
     }

@@ -16,7 +16,7 @@ use quern_formats::GgmlType;
 
 use crate::backend::{check_matmul, Backend, WeightView};
 use crate::error::RuntimeError;
-use act::{quantize_q8, quantize_q8k, ActQ8, ActQ8K};
+use act::{quantize_q16, quantize_q8, quantize_q8k, ActQ16, ActQ8, ActQ8K};
 use pool::Pool;
 
 type FloatDot = unsafe fn(&[u8], &[f32]) -> f32;
@@ -36,6 +36,8 @@ enum Kernel {
     Float(FloatDot),
     /// 32-value integer formats against [`ActQ8`] activations.
     Q8(Q8Dot, Option<Q8Dot4>),
+    /// Q8_0 against [`ActQ16`] activations.
+    Q16(Dot<ActQ16>, Option<Dot4<ActQ16>>),
     /// 256-value K-quants against [`ActQ8K`] activations.
     Q8K(Q8KDot, Option<Q8KDot4>),
     /// Rarer formats: one block expanded at a time, float dot.
@@ -97,7 +99,7 @@ impl CpuBackend {
                 GgmlType::F32 => Kernel::Float(avx2::f32_row),
                 GgmlType::F16 => Kernel::Float(avx2::f16_row),
                 GgmlType::Bf16 => Kernel::Float(avx2::bf16_row),
-                GgmlType::Q8_0 => Kernel::Q8(avx2::q8_0_row, Some(avx2::q8_0_row_x4)),
+                GgmlType::Q8_0 => Kernel::Q16(avx2::q8_0_row, Some(avx2::q8_0_row_x4)),
                 GgmlType::Q4_0 => Kernel::Q8(avx2::q4_0_row, Some(avx2::q4_0_row_x4)),
                 GgmlType::Q4_1 => Kernel::Q8(avx2::q4_1_row, Some(avx2::q4_1_row_x4)),
                 GgmlType::Q5_0 => Kernel::Q8(avx2::q5_0_row, Some(avx2::q5_0_row_x4)),
@@ -126,7 +128,7 @@ fn portable_kernel(ty: GgmlType) -> Option<Kernel> {
         GgmlType::F32 => Kernel::Float(portable::f32_row),
         GgmlType::F16 => Kernel::Float(portable::f16_row),
         GgmlType::Bf16 => Kernel::Float(portable::bf16_row),
-        GgmlType::Q8_0 => Kernel::Q8(portable::q8_0_row, None),
+        GgmlType::Q8_0 => Kernel::Q16(portable::q8_0_row, None),
         GgmlType::Q4_0 => Kernel::Q8(portable::q4_0_row, None),
         GgmlType::Q4_1 => Kernel::Q8(portable::q4_1_row, None),
         GgmlType::Q5_0 => Kernel::Q8(portable::q5_0_row, None),
@@ -156,6 +158,7 @@ fn detect() -> Isa {
 enum Acts<'a> {
     Float(&'a [f32]),
     Q8(Vec<ActQ8>),
+    Q16(Vec<ActQ16>),
     Q8K(Vec<ActQ8K>),
 }
 
@@ -163,6 +166,7 @@ enum Acts<'a> {
 struct Prepared<'a> {
     float: Acts<'a>,
     q8: Option<Acts<'a>>,
+    q16: Option<Acts<'a>>,
     q8k: Option<Acts<'a>>,
 }
 
@@ -170,12 +174,18 @@ impl<'a> Prepared<'a> {
     fn new(kernels: &[Kernel], x: &'a [f32]) -> Prepared<'a> {
         let need_q8 = kernels.iter().any(|k| matches!(k, Kernel::Q8(..)));
         let need_q8k = kernels.iter().any(|k| matches!(k, Kernel::Q8K(..)));
+        let need_q16 = kernels.iter().any(|k| matches!(k, Kernel::Q16(..)));
         Prepared {
             float: Acts::Float(x),
             q8: need_q8.then(|| {
                 let mut v = Vec::new();
                 quantize_q8(x, &mut v);
                 Acts::Q8(v)
+            }),
+            q16: need_q16.then(|| {
+                let mut v = Vec::new();
+                quantize_q16(x, &mut v);
+                Acts::Q16(v)
             }),
             q8k: need_q8k.then(|| {
                 let mut v = Vec::new();
@@ -189,6 +199,7 @@ impl<'a> Prepared<'a> {
         match k {
             Kernel::Q8(..) => self.q8.as_ref().unwrap_or(&self.float),
             Kernel::Q8K(..) => self.q8k.as_ref().unwrap_or(&self.float),
+            Kernel::Q16(..) => self.q16.as_ref().unwrap_or(&self.float),
             _ => &self.float,
         }
     }
@@ -251,6 +262,9 @@ impl Task<'_> {
                     }
                 }
                 (Kernel::Q8(one, four), Acts::Q8(a)) => {
+                    tiled(row, a, cols / 32, t0, t1, one, four, |t, v| put(r, t, v))
+                }
+                (Kernel::Q16(one, four), Acts::Q16(a)) => {
                     tiled(row, a, cols / 32, t0, t1, one, four, |t, v| put(r, t, v))
                 }
                 (Kernel::Q8K(one, four), Acts::Q8K(a)) => {

@@ -19,7 +19,7 @@ use quern_quant::q6_k::BlockQ6K;
 use quern_quant::q8_0::BlockQ8_0;
 use quern_quant::GgmlType;
 
-use super::act::{ActQ8, ActQ8K};
+use super::act::{ActQ16, ActQ8, ActQ8K};
 
 #[inline(always)]
 pub fn f32_row(w: &[u8], x: &[f32]) -> f32 {
@@ -79,11 +79,18 @@ fn idot32(a: &[i8; 32], b: &[i8; 32]) -> i32 {
 }
 
 #[inline(always)]
-pub fn q8_0_row(w: &[u8], a: &[ActQ8]) -> f32 {
+pub fn q8_0_row(w: &[u8], a: &[ActQ16]) -> f32 {
     let w: &[BlockQ8_0] = bytemuck::cast_slice(w);
     w.iter()
         .zip(a)
-        .map(|(b, a)| f16_value(b.d) * a.d * idot32(&b.qs, &a.qs) as f32)
+        .map(|(b, a)| {
+            let dot: i32 =
+                b.qs.iter()
+                    .zip(&a.qs)
+                    .map(|(&x, &y)| x as i32 * y as i32)
+                    .sum();
+            f16_value(b.d) * a.d * dot as f32
+        })
         .sum()
 }
 
