@@ -1,4 +1,4 @@
-//! `quern bench`: prefill and decode speed of a GGUF model on the CPU.
+//! `quern bench`: prefill and decode speed of a model on the CPU.
 
 use std::path::PathBuf;
 
@@ -13,7 +13,8 @@ use serde_json::json;
 /// context, as llama-bench does; mean ± standard deviation over repetitions.
 #[derive(Args)]
 pub struct BenchArgs {
-    /// GGUF file (llama, qwen2 or qwen3 architecture).
+    /// A GGUF file, a Hugging Face safetensors folder (bf16/f16/f32) or an AutoAWQ
+    /// folder, of the llama, mistral, qwen2 or qwen3 architecture.
     pub artifact: PathBuf,
     /// Prompt tokens for the prefill test (0 skips it).
     #[arg(short = 'p', long = "n-prompt", default_value_t = 128)]

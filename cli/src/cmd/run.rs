@@ -16,7 +16,8 @@ use quern_runtime::{CpuBackend, Model, Sampler, SamplerConfig};
 /// prompt in the model's chat template as a single user message.
 #[derive(Args)]
 pub struct RunArgs {
-    /// GGUF file (llama, qwen2 or qwen3 architecture).
+    /// A GGUF file, a Hugging Face safetensors folder (bf16/f16/f32) or an AutoAWQ
+    /// folder, of the llama, mistral, qwen2 or qwen3 architecture.
     pub artifact: PathBuf,
     /// The prompt.
     #[arg(short, long)]
