@@ -39,7 +39,7 @@ fn act_block(ty: GgmlType) -> usize {
         | GgmlType::Q5_1
         | GgmlType::Iq4Nl
         | GgmlType::Iq4Xs => 32,
-        GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K => 256,
+        GgmlType::Q2K | GgmlType::Q3K | GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K => 256,
         _ => 0,
     }
 }

@@ -10,6 +10,8 @@ use std::arch::x86_64::*;
 use quern_quant::block::f16_value;
 use quern_quant::iq4_nl::{BlockIq4Nl, GRID as IQ4_GRID};
 use quern_quant::iq4_xs::BlockIq4Xs;
+use quern_quant::q2_k::BlockQ2K;
+use quern_quant::q3_k::BlockQ3K;
 use quern_quant::q4_0::BlockQ4_0;
 use quern_quant::q4_1::BlockQ4_1;
 use quern_quant::q4_k::{scale_min, BlockQ4K};
@@ -611,4 +613,122 @@ unsafe fn q5_k_rows<const T: usize>(w: &[u8], a: [&[ActQ8K]; T]) -> [f32; T] {
         }
     }
     std::array::from_fn(|t| hsum(acc[t]) - mins[t])
+}
+
+/// Q2_K: 2-bit codes u with a 4-bit scale and a 4-bit minimum per 16 values:
+/// `Σ (d·sc·u − dmin·m) a = d Σ sc Σ u a − dmin Σ m·bsum`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q2_k_row(w: &[u8], a: &[ActQ8K]) -> f32 {
+    q2_k_rows::<1>(w, [a])[0]
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q2_k_row_x4(w: &[u8], a: [&[ActQ8K]; 4]) -> [f32; 4] {
+    q2_k_rows::<4>(w, a)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q2_k_rows<const T: usize>(w: &[u8], a: [&[ActQ8K]; T]) -> [f32; T] {
+    let w: &[BlockQ2K] = bytemuck::cast_slice(w);
+    let mut acc = [_mm256_setzero_ps(); T];
+    let mut mins = [0f32; T];
+    let three = _mm256_set1_epi8(3);
+    for (i, b) in w.iter().enumerate() {
+        let mut sumi = [_mm256_setzero_si256(); T];
+        for g in 0..2 {
+            let q = _mm256_loadu_si256(b.qs.as_ptr().add(g * 32) as *const __m256i);
+            for s in 0..4 {
+                let u =
+                    _mm256_and_si256(_mm256_srl_epi16(q, _mm_cvtsi32_si128(2 * s as i32)), three);
+                let j = g * 8 + 2 * s;
+                let scales = _mm256_set_m128i(
+                    _mm_set1_epi16((b.scales[j + 1] & 15) as i16),
+                    _mm_set1_epi16((b.scales[j] & 15) as i16),
+                );
+                for t in 0..T {
+                    let av = _mm256_loadu_si256(
+                        a[t][i].qs.as_ptr().add(g * 128 + s * 32) as *const __m256i
+                    );
+                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(u, av), scales);
+                    sumi[t] = _mm256_add_epi32(sumi[t], p);
+                }
+            }
+        }
+        let (d, dmin) = (f16(b.d), f16(b.dmin));
+        for t in 0..T {
+            let at = &a[t][i];
+            let m: i32 = (0..16)
+                .map(|j| (b.scales[j] >> 4) as i32 * at.bsums[j] as i32)
+                .sum();
+            acc[t] = _mm256_fmadd_ps(
+                _mm256_set1_ps(d * at.d),
+                _mm256_cvtepi32_ps(sumi[t]),
+                acc[t],
+            );
+            mins[t] += dmin * at.d * m as f32;
+        }
+    }
+    std::array::from_fn(|t| hsum(acc[t]) - mins[t])
+}
+
+/// Q3_K: unsigned 3-bit codes u (two low bits in `qs`, the third in `hmask`)
+/// with value `sc · (u − 4)` and a signed 6-bit scale per 16 values:
+/// `d Σ sc Σ u a − 4 d Σ sc·bsum`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q3_k_row(w: &[u8], a: &[ActQ8K]) -> f32 {
+    q3_k_rows::<1>(w, [a])[0]
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q3_k_row_x4(w: &[u8], a: [&[ActQ8K]; 4]) -> [f32; 4] {
+    q3_k_rows::<4>(w, a)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q3_k_rows<const T: usize>(w: &[u8], a: [&[ActQ8K]; T]) -> [f32; T] {
+    let w: &[BlockQ3K] = bytemuck::cast_slice(w);
+    let mut acc = [_mm256_setzero_ps(); T];
+    let mut offsets = [0f32; T];
+    let three = _mm256_set1_epi8(3);
+    let one = _mm256_set1_epi8(1);
+    for (i, b) in w.iter().enumerate() {
+        let hm = _mm256_loadu_si256(b.hmask.as_ptr() as *const __m256i);
+        let sc: [i32; 16] = std::array::from_fn(|j| b.scale(j));
+        let mut sumi = [_mm256_setzero_si256(); T];
+        for g in 0..2 {
+            let q = _mm256_loadu_si256(b.qs.as_ptr().add(g * 32) as *const __m256i);
+            for s in 0..4 {
+                let low =
+                    _mm256_and_si256(_mm256_srl_epi16(q, _mm_cvtsi32_si128(2 * s as i32)), three);
+                let high = _mm256_and_si256(
+                    _mm256_srl_epi16(hm, _mm_cvtsi32_si128((g * 4 + s) as i32)),
+                    one,
+                );
+                let u = _mm256_or_si256(low, _mm256_slli_epi16::<2>(high));
+                let j = g * 8 + 2 * s;
+                let scales = _mm256_set_m128i(
+                    _mm_set1_epi16(sc[j + 1] as i16),
+                    _mm_set1_epi16(sc[j] as i16),
+                );
+                for t in 0..T {
+                    let av = _mm256_loadu_si256(
+                        a[t][i].qs.as_ptr().add(g * 128 + s * 32) as *const __m256i
+                    );
+                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(u, av), scales);
+                    sumi[t] = _mm256_add_epi32(sumi[t], p);
+                }
+            }
+        }
+        let d = f16(b.d);
+        for t in 0..T {
+            let at = &a[t][i];
+            let off: i32 = (0..16).map(|j| sc[j] * at.bsums[j] as i32).sum::<i32>() * 4;
+            let dd = d * at.d;
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+            offsets[t] += dd * off as f32;
+        }
+    }
+    std::array::from_fn(|t| hsum(acc[t]) - offsets[t])
 }

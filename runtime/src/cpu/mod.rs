@@ -40,8 +40,6 @@ enum Kernel {
     Q16(Dot<ActQ16>, Option<Dot4<ActQ16>>),
     /// 256-value K-quants against [`ActQ8K`] activations.
     Q8K(Q8KDot, Option<Q8KDot4>),
-    /// Rarer formats: one block expanded at a time, float dot.
-    Fallback(GgmlType),
 }
 
 /// Which instruction set the kernels use.
@@ -107,6 +105,8 @@ impl CpuBackend {
                 GgmlType::Q4K => Kernel::Q8K(avx2::q4_k_row, Some(avx2::q4_k_row_x4)),
                 GgmlType::Q6K => Kernel::Q8K(avx2::q6_k_row, Some(avx2::q6_k_row_x4)),
                 GgmlType::Q5K => Kernel::Q8K(avx2::q5_k_row, Some(avx2::q5_k_row_x4)),
+                GgmlType::Q2K => Kernel::Q8K(avx2::q2_k_row, Some(avx2::q2_k_row_x4)),
+                GgmlType::Q3K => Kernel::Q8K(avx2::q3_k_row, Some(avx2::q3_k_row_x4)),
                 GgmlType::Iq4Nl => Kernel::Q8(avx2::iq4_nl_row, Some(avx2::iq4_nl_row_x4)),
                 GgmlType::Iq4Xs => Kernel::Q8(avx2::iq4_xs_row, Some(avx2::iq4_xs_row_x4)),
                 other => return portable_kernel(other),
@@ -138,7 +138,8 @@ fn portable_kernel(ty: GgmlType) -> Option<Kernel> {
         GgmlType::Q5K => Kernel::Q8K(portable::q5_k_row, None),
         GgmlType::Iq4Nl => Kernel::Q8(portable::iq4_nl_row, None),
         GgmlType::Iq4Xs => Kernel::Q8(portable::iq4_xs_row, None),
-        GgmlType::Q2K | GgmlType::Q3K => Kernel::Fallback(ty),
+        GgmlType::Q2K => Kernel::Q8K(portable::q2_k_row, None),
+        GgmlType::Q3K => Kernel::Q8K(portable::q3_k_row, None),
         _ => return None,
     })
 }
@@ -250,15 +251,6 @@ impl Task<'_> {
                 (Kernel::Float(f), Acts::Float(x)) => {
                     for t in t0..t1 {
                         put(r, t, f(row, &x[t * cols..(t + 1) * cols]));
-                    }
-                }
-                (Kernel::Fallback(ty), Acts::Float(x)) => {
-                    for t in t0..t1 {
-                        put(
-                            r,
-                            t,
-                            portable::fallback_row(ty, row, &x[t * cols..(t + 1) * cols]),
-                        );
                     }
                 }
                 (Kernel::Q8(one, four), Acts::Q8(a)) => {

@@ -9,6 +9,8 @@
 use quern_quant::block::f16_value;
 use quern_quant::iq4_nl::{BlockIq4Nl, GRID as IQ4_GRID};
 use quern_quant::iq4_xs::BlockIq4Xs;
+use quern_quant::q2_k::BlockQ2K;
+use quern_quant::q3_k::BlockQ3K;
 use quern_quant::q4_0::BlockQ4_0;
 use quern_quant::q4_1::BlockQ4_1;
 use quern_quant::q4_k::{scale_min, BlockQ4K};
@@ -17,7 +19,6 @@ use quern_quant::q5_1::BlockQ5_1;
 use quern_quant::q5_k::BlockQ5K;
 use quern_quant::q6_k::BlockQ6K;
 use quern_quant::q8_0::BlockQ8_0;
-use quern_quant::GgmlType;
 
 use super::act::{ActQ16, ActQ8, ActQ8K};
 
@@ -285,20 +286,47 @@ pub fn iq4_xs_row(w: &[u8], a: &[ActQ8]) -> f32 {
     acc
 }
 
-/// Any other format the quant crate can expand: one block at a time into a stack
-/// buffer, then a float dot product. Never expands more than one block.
+/// Element `e` of a 256-value 2-bit plane: byte `e / 128 * 32 + e % 32`, bits
+/// `2 * (e / 32 % 4)`.
 #[inline(always)]
-pub fn fallback_row(ty: GgmlType, w: &[u8], x: &[f32]) -> f32 {
-    let (bs, ts) = (ty.block_size(), ty.type_size());
-    let mut buf = [0f32; 256];
+fn two_bits(qs: &[u8; 64], e: usize) -> i32 {
+    ((qs[e / 128 * 32 + e % 32] >> (2 * (e / 32 % 4))) & 3) as i32
+}
+
+#[inline(always)]
+pub fn q2_k_row(w: &[u8], a: &[ActQ8K]) -> f32 {
+    let w: &[BlockQ2K] = bytemuck::cast_slice(w);
     let mut acc = 0f32;
-    for (wb, xb) in w.chunks_exact(ts).zip(x.chunks_exact(bs)) {
-        let vals = &mut buf[..bs];
-        // Both sides are a whole block of a type the caller checked is supported.
-        if quern_quant::dequantize_row(ty, wb, vals).is_err() {
-            return f32::NAN;
+    for (b, a) in w.iter().zip(a) {
+        let (mut sumi, mut summ) = (0i32, 0i32);
+        for j in 0..16 {
+            let s: i32 = (j * 16..j * 16 + 16)
+                .map(|e| two_bits(&b.qs, e) * a.qs[e] as i32)
+                .sum();
+            sumi += (b.scales[j] & 15) as i32 * s;
+            summ += (b.scales[j] >> 4) as i32 * a.bsums[j] as i32;
         }
-        acc += vals.iter().zip(xb).map(|(a, b)| a * b).sum::<f32>();
+        acc += a.d * (f16_value(b.d) * sumi as f32 - f16_value(b.dmin) * summ as f32);
+    }
+    acc
+}
+
+#[inline(always)]
+pub fn q3_k_row(w: &[u8], a: &[ActQ8K]) -> f32 {
+    let w: &[BlockQ3K] = bytemuck::cast_slice(w);
+    let mut acc = 0f32;
+    for (b, a) in w.iter().zip(a) {
+        let mut sumi = 0i32;
+        for j in 0..16 {
+            let s: i32 = (j * 16..j * 16 + 16)
+                .map(|e| {
+                    let high = ((b.hmask[e % 32] >> (e / 32)) & 1) as i32;
+                    (two_bits(&b.qs, e) + 4 * high - 4) * a.qs[e] as i32
+                })
+                .sum();
+            sumi += b.scale(j) * s;
+        }
+        acc += a.d * f16_value(b.d) * sumi as f32;
     }
     acc
 }
