@@ -4,6 +4,7 @@
 //!   CUDA backend can sit beside [`cpu::CpuBackend`];
 //! - [`cpu`]: fused dequantise-and-dot kernels over quantised blocks (portable and
 //!   runtime-detected AVX2), parallel across output rows with rayon;
+//! - [`cuda`]: the same products on an NVIDIA GPU (cudarc, NVRTC-compiled kernels);
 //! - [`model`]: the Llama / Qwen2 / Qwen3 forward pass with a KV cache, reading the
 //!   weights straight from the GGUF memory map;
 //! - [`tokenizer`], [`sampler`], [`chat`]: text in and out;
@@ -12,6 +13,7 @@
 pub mod backend;
 pub mod chat;
 pub mod cpu;
+pub mod cuda;
 pub mod error;
 pub mod generate;
 pub mod model;
