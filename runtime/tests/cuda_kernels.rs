@@ -11,7 +11,7 @@ use quern_formats::GgmlType;
 use quern_runtime::backend::{Backend, WeightView};
 use quern_runtime::cpu::CpuBackend;
 use quern_runtime::cuda::bench::Rng;
-use quern_runtime::cuda::{supported_types, CudaBackend};
+use quern_runtime::cuda::{quantises_activations, supported_types, CudaBackend};
 
 fn backend() -> Option<CudaBackend> {
     match CudaBackend::new(0) {
@@ -90,41 +90,64 @@ fn check(be: &CudaBackend, ty: GgmlType, rows: usize, cols: usize, batches: &[us
     let mut rng = Rng(seed ^ 0xabcdef);
     for &n in batches {
         let x: Vec<f32> = (0..n * cols).map(|_| rng.next_f32()).collect();
+        let q8 = quantises_activations(ty);
         let mut reference = vec![0f64; n * rows];
         let mut abs = vec![0f64; n * rows];
+        // How far 8-bit activations may move each output: every activation moves
+        // by at most half a step, amax / 254 of its block of 32.
+        let mut act_bound = vec![0f64; n * rows];
         for t in 0..n {
+            let xt = &x[t * cols..(t + 1) * cols];
+            let half_step: Vec<f64> = xt
+                .chunks(32)
+                .map(|b| b.iter().fold(0f32, |m, v| m.max(v.abs())) as f64 / 254.0)
+                .collect();
             for r in 0..rows {
-                let (mut s, mut a) = (0f64, 0f64);
+                let (mut s, mut a, mut q) = (0f64, 0f64, 0f64);
                 for c in 0..cols {
-                    let p = case.dequant[r * cols + c] as f64 * x[t * cols + c] as f64;
+                    let w = case.dequant[r * cols + c] as f64;
+                    let p = w * xt[c] as f64;
                     s += p;
                     a += p.abs();
+                    q += w.abs() * half_step[c / 32];
                 }
                 reference[t * rows + r] = s;
                 abs[t * rows + r] = a;
+                act_bound[t * rows + r] = if q8 { q * 1.0001 } else { 0.0 };
             }
         }
         let mut out = vec![f32::NAN; n * rows];
         be.matmul(&w, &x, n, &mut out)
             .unwrap_or_else(|e| panic!("{ty} {rows}x{cols} batch {n}: {e}"));
         let what = format!("{ty} {rows}x{cols} batch {n}");
-        for (i, (&o, (&r, &a))) in out.iter().zip(reference.iter().zip(&abs)).enumerate() {
+        for (i, &o) in out.iter().enumerate() {
+            let (r, a, q) = (reference[i], abs[i], act_bound[i]);
             assert!(o.is_finite(), "{what}: output {i} is {o} (not written?)");
-            // f32 accumulation of `cols` products: far inside this bound.
+            // f32 accumulation of `cols` products stays far inside 1e-5 · Σ|w x|.
             assert!(
-                (o as f64 - r).abs() <= 1e-5 * a + 1e-30,
-                "{what}: output {i} = {o}, reference {r} (sum |w x| {a})"
+                (o as f64 - r).abs() <= 1e-5 * a + q + 1e-30,
+                "{what}: output {i} = {o}, reference {r} (sum |w x| {a}, activation bound {q})"
             );
         }
         let e = rel_err(&out, &reference);
-        assert!(e < 1e-5, "{what}: ‖out − ref‖/‖ref‖ = {e:e}");
+        let bound = if q8 { 1e-2 } else { 1e-5 };
+        assert!(e < bound, "{what}: ‖out − ref‖/‖ref‖ = {e:e}");
 
         let mut cpu_out = vec![f32::NAN; n * rows];
         cpu.matmul(&w, &x, n, &mut cpu_out).expect("cpu matmul");
         let cpu_ref: Vec<f64> = cpu_out.iter().map(|&v| v as f64).collect();
         let e_cpu = rel_err(&out, &cpu_ref);
-        // The CPU's 8-bit activations move its result by a fraction of a percent.
-        let bound = if cpu_quantises_acts(ty) { 2e-2 } else { 1e-5 };
+        // Where both quantise the activations the same way (blocks of 32, the same
+        // rounding), only the order of the float sums differs; where one of them
+        // does (or the CPU uses blocks of 256), by a fraction of a percent.
+        let same_acts = q8 && cpu_quantises_acts(ty) && ty.block_size() == 32;
+        let bound = if same_acts {
+            1e-5
+        } else if q8 || cpu_quantises_acts(ty) {
+            2e-2
+        } else {
+            1e-5
+        };
         assert!(
             e_cpu < bound,
             "{what}: vs the CPU backend {e_cpu:e} (bound {bound:e})"
@@ -139,6 +162,8 @@ fn every_format_matches_the_f64_reference_and_the_cpu() {
     let Some(be) = backend() else { return };
     let types: Vec<GgmlType> = supported_types().collect();
     assert_eq!(types.len(), 15);
+    // Compile every module at once (one thread each) rather than one by one.
+    be.prepare_types(&types).expect("compile the kernels");
     for (i, &ty) in types.iter().enumerate() {
         // A short row, a row of one chunk and a bit, a row of several chunks and a
         // partial one (chunks are 512..2048 elements), odd row counts so the last
@@ -189,9 +214,10 @@ fn a_changed_matrix_is_uploaded_again() {
     };
     let a = run(&case.data);
     assert_eq!(a, run(&case.data), "the cached copy gives the same result");
-    // Flip the sign of the last block's scale, in place (same pointer and length).
-    let last = case.data.len() - 34;
-    case.data[last + 1] ^= 0x80;
+    // Change the last code of the last row in place (same pointer and length;
+    // the key samples the first and last bytes and 30 evenly spread between).
+    let last = case.data.len() - 1;
+    case.data[last] = case.data[last].wrapping_add(100);
     let b = run(&case.data);
     assert_ne!(a[rows - 1], b[rows - 1], "the change was not seen");
     assert_eq!(a[..rows - 1], b[..rows - 1]);

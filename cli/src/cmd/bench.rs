@@ -13,8 +13,9 @@ use serde_json::json;
 /// context, as llama-bench does; mean ± standard deviation over repetitions.
 #[derive(Args)]
 pub struct BenchArgs {
-    /// GGUF file (llama, qwen2 or qwen3 architecture).
-    pub artifact: PathBuf,
+    /// GGUF file (llama, qwen2 or qwen3 architecture); not needed with --kernels.
+    #[arg(required_unless_present = "kernels")]
+    pub artifact: Option<PathBuf>,
     /// Prompt tokens for the prefill test (0 skips it).
     #[arg(short = 'p', long = "n-prompt", default_value_t = 128)]
     pub n_prompt: usize,
@@ -30,20 +31,38 @@ pub struct BenchArgs {
     /// Machine-readable output on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Where the weight products run.
+    #[arg(long, value_enum, default_value_t = crate::device::Device::Cpu)]
+    pub device: crate::device::Device,
+    /// Instead of a model: time each format's GEMV kernel (4096x4096, 4096x14336,
+    /// 14336x4096; batch 1, 4, 16) against the device's copy bandwidth (needs
+    /// --device cuda).
+    #[arg(long)]
+    pub kernels: bool,
+    /// With --kernels: only these formats (comma-separated ggml names, e.g.
+    /// Q4_0,Q4_K); default all the CUDA backend multiplies.
+    #[arg(long, value_delimiter = ',', requires = "kernels")]
+    pub types: Vec<String>,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
+    if args.kernels {
+        return super::bench_kernels::run(&args);
+    }
     crate::threads::init(args.threads)?;
+    let artifact = args.artifact.clone().context("a GGUF file is needed")?;
     if args.repetitions == 0 {
         bail!("--repetitions must be at least 1");
     }
     if args.n_prompt == 0 && args.n_gen == 0 {
         bail!("nothing to measure: -p and -n are both 0");
     }
-    let backend = CpuBackend::new();
-    let isa = format!("{:?}", backend.isa()).to_lowercase();
-    let model = Model::open(&args.artifact, Box::new(backend))
-        .with_context(|| format!("cannot load {}", args.artifact.display()))?;
+    let isa = match args.device {
+        crate::device::Device::Cpu => format!("{:?}", CpuBackend::new().isa()).to_lowercase(),
+        crate::device::Device::Cuda => "cuda".to_string(),
+    };
+    let model = Model::open(&artifact, crate::device::backend(args.device)?)
+        .with_context(|| format!("cannot load {}", artifact.display()))?;
     let report = bench(&model, args.n_prompt, args.n_gen, args.repetitions)?;
     let threads = rayon::current_num_threads();
     let size = model.weight_bytes();
@@ -51,9 +70,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let stat =
             |s: Option<Stats>| s.map(|s| json!({"mean": s.mean, "sd": s.sd, "samples": s.samples}));
         let v = json!({
-            "model": args.artifact.display().to_string(),
+            "model": artifact.display().to_string(),
             "arch": model.config.arch.name(),
-            "backend": "cpu",
+            "backend": args.device.name(),
             "isa": isa,
             "threads": threads,
             "weight_bytes_per_token": size,
@@ -66,10 +85,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "model {} ({}, {:.1} MB of weights per token), cpu/{isa}, {threads} threads",
-        args.artifact.display(),
+        "model {} ({}, {:.1} MB of weights per token), {}/{isa}, {threads} threads",
+        artifact.display(),
         model.config.arch.name(),
-        size as f64 / 1e6
+        size as f64 / 1e6,
+        args.device.name()
     );
     println!("{:>8}  {:>20}", "test", "tokens/s");
     if let Some(s) = report.pp {

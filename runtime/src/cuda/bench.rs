@@ -1,13 +1,14 @@
 //! `quern bench --device cuda --kernels`: each format's GEMV time and bandwidth
 //! beside the device-to-device copy bandwidth measured in the same run.
 //!
-//! Method: CUDA events around groups of launches, each launch on a different copy
-//! of the weights (enough copies that together they exceed the L2 several times,
-//! so every launch reads from device memory), after warm-up; the median over the
-//! groups. Bandwidth counts the weight bytes in their file layout (codes and
+//! Method: a CUDA graph of a group of launches, each on a different copy of the
+//! weights (enough copies that together they exceed the L2 several times, so every
+//! launch reads from device memory), replayed between CUDA events after warm-up;
+//! the median over the replays, divided by the launches in a group. For the
+//! integer formats each launch includes the kernel that quantises the activations. Bandwidth counts the weight bytes in their file layout (codes and
 //! scales), the bytes a product must read.
 
-use cudarc::driver::sys::CUevent_flags;
+use cudarc::driver::sys::{CUevent_flags, CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{CudaSlice, DevicePtr};
 use quern_formats::GgmlType;
 
@@ -205,6 +206,7 @@ pub fn run(
         tensor: "kernel benchmark".into(),
         source,
     };
+    be.prepare_types(&cfg.types).map_err(cuda)?;
     let copy = copy_bandwidth(be, 1 << 30).map_err(cuda)?;
     let st = be.stream().clone();
     let max_b = cfg.batches.iter().copied().max().unwrap_or(1);
@@ -226,8 +228,7 @@ pub fn run(
             if k % ty.block_size() != 0 {
                 continue;
             }
-            be.prepare_type(ty).map_err(cuda)?;
-            let data = random_weights(ty, n, k, 64, 7 + ty.id() as u64)?;
+            let data = random_weights(ty, n, k, 16, 7 + ty.id() as u64)?;
             let view = WeightView {
                 name: "bench",
                 ty,
@@ -237,21 +238,46 @@ pub fn run(
             };
             let copies = (cfg.rotate_bytes / data.len()).clamp(2, 64);
             let mut ws: Vec<DeviceWeight> = Vec::with_capacity(copies);
-            for _ in 0..copies {
-                ws.push(be.upload(&view).map_err(cuda)?);
+            ws.push(be.upload(&view).map_err(cuda)?);
+            for _ in 1..copies {
+                ws.push(ws[0].duplicate(&st).map_err(cuda)?);
             }
             drop(data);
             let ptrs: Vec<u64> = ws.iter().map(|w| be.weight_ptr(w)).collect();
             let (xp, _gx) = xd.device_ptr(&st);
             let (yp, _gy) = yd.device_ptr(&st);
             for &b in &cfg.batches {
-                let (us, us_min) = time_groups(be, 2, cfg.samples, cfg.group, |s| {
-                    for j in 0..cfg.group {
-                        let i = (s * cfg.group + j) % copies;
-                        // SAFETY: xd holds max_b * k floats and yd max_b * n.
-                        unsafe { be.launch_gemv_raw(&ws[i], ptrs[i], xp, yp, b)? };
-                    }
-                    Ok(())
+                let launch = |i: usize| -> Result<(), CudaError> {
+                    let i = i % copies;
+                    // SAFETY: xd holds max_b * k floats and yd max_b * n.
+                    unsafe { be.launch_gemv_raw(&ws[i], ptrs[i], xp, yp, b) }
+                };
+                // One untimed launch allocates what the kernels need (no allocation
+                // may happen while the graph is captured).
+                launch(0).map_err(cuda)?;
+                st.synchronize().ctx("warm-up").map_err(cuda)?;
+                // The group of launches, each on the next copy, as one CUDA graph:
+                // its replay runs them back to back, without the host's launch
+                // overhead in between (which alone is larger than the small cases).
+                st.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
+                    .ctx("capturing a graph")
+                    .map_err(cuda)?;
+                let captured = (0..cfg.group).try_for_each(launch);
+                let graph = st
+                    .end_capture(
+                        CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH,
+                    )
+                    .ctx("instantiating the graph")
+                    .map_err(cuda)?;
+                captured.map_err(cuda)?;
+                let graph = graph
+                    .ok_or_else(|| CudaError::Driver {
+                        what: "capturing the benchmark graph".into(),
+                        detail: "nothing was captured".into(),
+                    })
+                    .map_err(cuda)?;
+                let (us, us_min) = time_groups(be, 3, cfg.samples, cfg.group, |_| {
+                    graph.launch().ctx("replaying the graph")
                 })
                 .map_err(cuda)?;
                 let wb = ws[0].file_bytes();

@@ -1,7 +1,7 @@
 // quern's fused dequantise-GEMV kernels: y[t][r] = dot(W row r, x[t]) for up to
 // MAXB activation rows, reading W in its GGUF block layout.
 //
-// The host prepends `#define QFMT <n>` (the format, numbered as in cuda/kernels.rs)
+// The host prepends `#define QFMT <n>` (the format, numbered as in cuda/mod.rs)
 // and compiles one module per format. No CUDA headers are needed: half-precision
 // scales are converted with inline PTX, so NVRTC works without a toolkit's include
 // directory.
@@ -20,8 +20,13 @@ typedef unsigned short u16;
 typedef unsigned int u32;
 typedef signed char i8;
 
+// Warps per block and rows per warp; the host may define others (see mod.rs).
+#ifndef WARPS
 #define WARPS 4
+#endif
+#ifndef R
 #define R 4
+#endif
 
 __device__ __forceinline__ int imin(int a, int b) { return a < b ? a : b; }
 __device__ __forceinline__ float h2f(u16 h) {
@@ -316,6 +321,158 @@ __device__ __forceinline__ void deq8(const u8* c, int e, float* w) {
 #error "unknown QFMT"
 #endif
 
+
+// ---- The 8-bit-activation path -------------------------------------------------
+// For the integer block formats the activations are first quantised to 8 bits in
+// blocks of 32 (x ≈ dx · xq, dx = amax / 127, rounded half away from zero: the CPU
+// backend's rule), so that 4 products take one dp4a. wq8(chunk, e) gives the 8
+// codes of the piece at e as 8 bytes (q0, q1) and two multipliers: the piece's dot
+// product is dx · (a · Σ q·xq + b · Σ xq).
+struct WQ {
+    u32 q0, q1;
+    float a, b;
+};
+// Bits 0..3 of v to the low bit of bytes 0..3.
+__device__ __forceinline__ u32 spread4(u32 v) { return ((v & 15u) * 0x00204081u) & 0x01010101u; }
+
+#if QFMT == 7  // Q8_0
+#define HAS_INT 1
+__device__ __forceinline__ WQ wq8(const u8* c, int e) {
+    const u8* b = c + (e >> 5) * TS;
+    const u8* q = b + 2 + (e & 31);
+    WQ w;
+    w.q0 = ld32a2(q);
+    w.q1 = ld32a2(q + 4);
+    w.a = h2f(ld16(b));
+    w.b = 0.0f;
+    return w;
+}
+#elif QFMT == 3 || QFMT == 4  // Q4_0, Q4_1
+#define HAS_INT 1
+__device__ __forceinline__ WQ wq8(const u8* c, int e) {
+    const u8* b = c + (e >> 5) * TS;
+    int j = (e >> 3) & 3;
+    int sh = (j >> 1) * 4;
+    WQ w;
+#if QFMT == 3
+    const u8* q = b + 2 + (j & 1) * 8;
+    w.a = h2f(ld16(b));
+    w.b = -8.0f * w.a;
+#else
+    const u8* q = b + 4 + (j & 1) * 8;
+    w.a = h2f(ld16(b));
+    w.b = h2f(ld16(b + 2));
+#endif
+    w.q0 = (ld32a2(q) >> sh) & 0x0F0F0F0Fu;
+    w.q1 = (ld32a2(q + 4) >> sh) & 0x0F0F0F0Fu;
+    return w;
+}
+#elif QFMT == 5 || QFMT == 6  // Q5_0, Q5_1
+#define HAS_INT 1
+__device__ __forceinline__ WQ wq8(const u8* c, int e) {
+    const u8* b = c + (e >> 5) * TS;
+    int l = e & 31;
+    int j = l >> 3;
+    u32 qh = ld32a2(b + QH) >> l;
+    const u8* q = b + QH + 4 + (j & 1) * 8;
+    int sh = (j >> 1) * 4;
+    WQ w;
+    w.q0 = ((ld32a2(q) >> sh) & 0x0F0F0F0Fu) | (spread4(qh) << 4);
+    w.q1 = ((ld32a2(q + 4) >> sh) & 0x0F0F0F0Fu) | (spread4(qh >> 4) << 4);
+    w.a = h2f(ld16(b));
+#if QFMT == 5
+    w.b = -16.0f * w.a;
+#else
+    w.b = h2f(ld16(b + 2));
+#endif
+    return w;
+}
+#elif QFMT == 8  // Q2_K
+#define HAS_INT 1
+__device__ __forceinline__ WQ wq8(const u8* c, int e) {
+    const u8* b = c + (e >> 8) * TS;
+    int el = e & 255;
+    u32 sc = b[el >> 4];
+    const u8* q = b + 16 + (el >> 7) * 32 + (el & 31);
+    int sh = ((el >> 5) & 3) * 2;
+    WQ w;
+    w.q0 = (ld32(q) >> sh) & 0x03030303u;
+    w.q1 = (ld32(q + 4) >> sh) & 0x03030303u;
+    w.a = h2f(ld16(b + 80)) * u2f(sc & 15);
+    w.b = -h2f(ld16(b + 82)) * u2f(sc >> 4);
+    return w;
+}
+#elif QFMT == 9  // Q3_K
+#define HAS_INT 1
+__device__ __forceinline__ WQ wq8(const u8* c, int e) {
+    const u8* b = c + (e >> 8) * TS;
+    int el = e & 255;
+    int j = el >> 4;
+    const u8* s = b + 96;
+    int low = (s[j & 7] >> (4 * (j >> 3))) & 15;
+    int high = (s[8 + (j & 3)] >> (2 * (j >> 2))) & 3;
+    const u8* q = b + 32 + (el >> 7) * 32 + (el & 31);
+    int sh = ((el >> 5) & 3) * 2;
+    const u8* hm = b + (el & 31);
+    int hs = el >> 5;
+    WQ w;
+    // Codes 0..7 (low bits plus 4 when the high bit is set), less 4.
+    w.q0 = ((ld32a2(q) >> sh) & 0x03030303u) | (((ld32a2(hm) >> hs) & 0x01010101u) << 2);
+    w.q1 = ((ld32a2(q + 4) >> sh) & 0x03030303u) | (((ld32a2(hm + 4) >> hs) & 0x01010101u) << 2);
+    w.a = h2f(ld16(b + 108)) * (float)((low | (high << 4)) - 32);
+    w.b = -4.0f * w.a;
+    return w;
+}
+#elif QFMT == 10 || QFMT == 11  // Q4_K, Q5_K
+#define HAS_INT 1
+__device__ __forceinline__ WQ wq8(const u8* c, int e) {
+    const u8* b = c + (e >> 8) * TS;
+    int el = e & 255;
+    int j = el >> 5;
+    const u8* s = b + 4;
+    u32 sc, mn;
+    if (j < 4) {
+        sc = s[j] & 63;
+        mn = s[j + 4] & 63;
+    } else {
+        sc = (s[j + 4] & 15) | ((s[j - 4] >> 6) << 4);
+        mn = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+    }
+    int l = el & 31;
+    uint2 qq = *(const uint2*)(b + QS + (el >> 6) * 32 + l);
+    int sh = (j & 1) * 4;
+    WQ w;
+    w.q0 = (qq.x >> sh) & 0x0F0F0F0Fu;
+    w.q1 = (qq.y >> sh) & 0x0F0F0F0Fu;
+#if QFMT == 11
+    uint2 hh = *(const uint2*)(b + 16 + l);
+    w.q0 |= ((hh.x >> j) & 0x01010101u) << 4;
+    w.q1 |= ((hh.y >> j) & 0x01010101u) << 4;
+#endif
+    w.a = h2f(ld16(b)) * u2f(sc);
+    w.b = -h2f(ld16(b + 2)) * u2f(mn);
+    return w;
+}
+#elif QFMT == 12  // Q6_K
+#define HAS_INT 1
+__device__ __forceinline__ WQ wq8(const u8* c, int e) {
+    const u8* b = c + (e >> 8) * TS;
+    int el = e & 255;
+    const u8* ql = b + (el >> 7) * 64 + (el & 63);
+    int ls = ((el >> 6) & 1) * 4;
+    const u8* qh = b + 128 + (el >> 7) * 32 + (el & 31);
+    int hs = ((el >> 5) & 3) * 2;
+    WQ w;
+    w.q0 = ((ld32a2(ql) >> ls) & 0x0F0F0F0Fu) | (((ld32a2(qh) >> hs) & 0x03030303u) << 4);
+    w.q1 = ((ld32a2(ql + 4) >> ls) & 0x0F0F0F0Fu) | (((ld32a2(qh + 4) >> hs) & 0x03030303u) << 4);
+    w.a = h2f(ld16(b + 208)) * (float)(int)(i8)b[192 + (el >> 4)];
+    w.b = -32.0f * w.a;
+    return w;
+}
+#else
+#define HAS_INT 0
+#endif
+
 // Bytes of one chunk (a multiple of 16 for every format above).
 #define CHB (CH / BS * TS)
 
@@ -329,9 +486,12 @@ __device__ __forceinline__ void cp_wait1() { asm volatile("cp.async.wait_group 1
 // W: rows of `stride` bytes (a multiple of 16, the tail padded); x: nt rows of K
 // floats; y: nt rows of `rows` floats. nt <= B. K is a whole number of blocks and
 // a multiple of 8.
-template <int B>
+// Q8: the 8-bit-activation path (xq: nt rows of K codes, xd: their scales, one per
+// 32); otherwise float activations x.
+template <int B, bool Q8>
 __device__ __forceinline__ void gemv(const u8* __restrict__ W, long long stride, int rows, int K,
-                                     const float* __restrict__ x, float* __restrict__ y, int nt) {
+                                     const float* __restrict__ x, const i8* __restrict__ xq,
+                                     const float* __restrict__ xd, float* __restrict__ y, int nt) {
     extern __shared__ uint4 smem[];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int row0 = (blockIdx.x * WARPS + warp) * R;
@@ -369,6 +529,31 @@ __device__ __forceinline__ void gemv(const u8* __restrict__ W, long long stride,
         const int elems = imin(CH, K - c * CH);
         const float* xc = x + (long long)c * CH;
         for (int e = lane * 8; e < elems; e += 256) {
+#if HAS_INT
+            if (Q8) {
+                WQ w[R];
+#pragma unroll
+                for (int r = 0; r < R; r++) w[r] = wq8(cur + r * CHB, e);
+#pragma unroll
+                for (int t = 0; t < B; t++) {
+                    if (t < nt) {
+                        long long xi = (long long)t * K + (long long)c * CH + e;
+                        uint2 xv = __ldg((const uint2*)(xq + xi));
+                        float dx = __ldg(xd + (xi >> 5));
+                        int sx = __dp4a(0x01010101, (int)xv.x, __dp4a(0x01010101, (int)xv.y, 0));
+                        float dsx = dx * (float)sx;
+#pragma unroll
+                        for (int r = 0; r < R; r++) {
+                            int si = __dp4a((int)w[r].q0, (int)xv.x, __dp4a((int)w[r].q1, (int)xv.y, 0));
+                            // |si| < 2^17: exact through the magic-number conversion.
+                            float sf = __int_as_float(0x4B400000 + si) - 12582912.0f;
+                            acc[r][t] = fmaf(w[r].a * dx, sf, fmaf(w[r].b, dsx, acc[r][t]));
+                        }
+                    }
+                }
+                continue;
+            }
+#endif
             float w[R][8];
 #pragma unroll
             for (int r = 0; r < R; r++) deq8(cur + r * CHB, e, w[r]);
@@ -418,21 +603,65 @@ __device__ __forceinline__ void gemv(const u8* __restrict__ W, long long stride,
 
 extern "C" __global__ void __launch_bounds__(WARPS * 32)
     gemv_b1(const u8* W, long long stride, int rows, int K, const float* x, float* y, int nt) {
-    gemv<1>(W, stride, rows, K, x, y, nt);
+    gemv<1, false>(W, stride, rows, K, x, nullptr, nullptr, y, nt);
 }
 extern "C" __global__ void __launch_bounds__(WARPS * 32)
     gemv_b2(const u8* W, long long stride, int rows, int K, const float* x, float* y, int nt) {
-    gemv<2>(W, stride, rows, K, x, y, nt);
+    gemv<2, false>(W, stride, rows, K, x, nullptr, nullptr, y, nt);
 }
 extern "C" __global__ void __launch_bounds__(WARPS * 32)
     gemv_b4(const u8* W, long long stride, int rows, int K, const float* x, float* y, int nt) {
-    gemv<4>(W, stride, rows, K, x, y, nt);
+    gemv<4, false>(W, stride, rows, K, x, nullptr, nullptr, y, nt);
 }
 extern "C" __global__ void __launch_bounds__(WARPS * 32)
     gemv_b8(const u8* W, long long stride, int rows, int K, const float* x, float* y, int nt) {
-    gemv<8>(W, stride, rows, K, x, y, nt);
+    gemv<8, false>(W, stride, rows, K, x, nullptr, nullptr, y, nt);
 }
 extern "C" __global__ void __launch_bounds__(WARPS * 32)
     gemv_b16(const u8* W, long long stride, int rows, int K, const float* x, float* y, int nt) {
-    gemv<16>(W, stride, rows, K, x, y, nt);
+    gemv<16, false>(W, stride, rows, K, x, nullptr, nullptr, y, nt);
 }
+#if HAS_INT
+extern "C" __global__ void __launch_bounds__(WARPS * 32)
+    gemvq_b1(const u8* W, long long stride, int rows, int K, const i8* xq, const float* xd, float* y,
+               int nt) {
+    gemv<1, true>(W, stride, rows, K, nullptr, xq, xd, y, nt);
+}
+extern "C" __global__ void __launch_bounds__(WARPS * 32)
+    gemvq_b2(const u8* W, long long stride, int rows, int K, const i8* xq, const float* xd, float* y,
+               int nt) {
+    gemv<2, true>(W, stride, rows, K, nullptr, xq, xd, y, nt);
+}
+extern "C" __global__ void __launch_bounds__(WARPS * 32)
+    gemvq_b4(const u8* W, long long stride, int rows, int K, const i8* xq, const float* xd, float* y,
+               int nt) {
+    gemv<4, true>(W, stride, rows, K, nullptr, xq, xd, y, nt);
+}
+extern "C" __global__ void __launch_bounds__(WARPS * 32)
+    gemvq_b8(const u8* W, long long stride, int rows, int K, const i8* xq, const float* xd, float* y,
+               int nt) {
+    gemv<8, true>(W, stride, rows, K, nullptr, xq, xd, y, nt);
+}
+extern "C" __global__ void __launch_bounds__(WARPS * 32)
+    gemvq_b16(const u8* W, long long stride, int rows, int K, const i8* xq, const float* xd, float* y,
+               int nt) {
+    gemv<16, true>(W, stride, rows, K, nullptr, xq, xd, y, nt);
+}
+
+// x (n rows of K floats, K a multiple of 32) to 8-bit codes and one scale per 32:
+// one warp per block of 32.
+extern "C" __global__ void quantize_act(const float* __restrict__ x, long long nblocks,
+                                        i8* __restrict__ xq, float* __restrict__ xd) {
+    long long blk = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    int lane = threadIdx.x & 31;
+    if (blk >= nblocks) return;
+    float v = x[blk * 32 + lane];
+    float amax = fabsf(v);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    float d = amax / 127.0f;
+    float id = d > 0.0f ? 1.0f / d : 0.0f;
+    xq[blk * 32 + lane] = (i8)(int)roundf(v * id);
+    if (lane == 0) xd[blk] = d;
+}
+#endif

@@ -34,9 +34,33 @@ use error::DriverContext;
 
 const GEMV_SRC: &str = include_str!("gemv.cu");
 
-/// Warps per thread block and rows per warp, as `gemv.cu` defines them.
+/// Warps per thread block and rows per warp by default; `QUERN_CUDA_GEMV_WARPS`
+/// and `QUERN_CUDA_GEMV_ROWS` (1, 2, 4 or 8) override them, for tuning runs.
 const WARPS: usize = 4;
 const ROWS_PER_WARP: usize = 4;
+
+/// The kernels' launch geometry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    pub warps: usize,
+    pub rows_per_warp: usize,
+}
+
+impl Geometry {
+    fn from_env() -> Geometry {
+        let get = |name: &str, default: usize| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.parse::<usize>().ok())
+                .filter(|v| [1, 2, 4, 8].contains(v))
+                .unwrap_or(default)
+        };
+        Geometry {
+            warps: get("QUERN_CUDA_GEMV_WARPS", WARPS),
+            rows_per_warp: get("QUERN_CUDA_GEMV_ROWS", ROWS_PER_WARP),
+        }
+    }
+}
 /// The batch sizes compiled; a batch runs in the smallest one that holds it.
 const BATCHES: [usize; 5] = [1, 2, 4, 8, 16];
 /// The most activation rows one launch takes.
@@ -92,10 +116,36 @@ fn padded_cols(ty: GgmlType, cols: usize) -> usize {
     }
 }
 
+/// Whether `ty` takes the 8-bit-activation path (`gemvq_*` in gemv.cu): the
+/// integer block formats, unless `QUERN_CUDA_FLOAT_ACTS=1` asks for float
+/// activations everywhere (for comparisons).
+fn int_path(ty: GgmlType) -> bool {
+    matches!(
+        ty,
+        GgmlType::Q8_0
+            | GgmlType::Q4_0
+            | GgmlType::Q4_1
+            | GgmlType::Q5_0
+            | GgmlType::Q5_1
+            | GgmlType::Q2K
+            | GgmlType::Q3K
+            | GgmlType::Q4K
+            | GgmlType::Q5K
+            | GgmlType::Q6K
+    )
+}
+
+/// Whether the backend quantises the activations to 8 bits for `ty`.
+pub fn quantises_activations(ty: GgmlType) -> bool {
+    int_path(ty) && std::env::var("QUERN_CUDA_FLOAT_ACTS").as_deref() != Ok("1")
+}
+
 /// One format's compiled kernels.
 struct GemvModule {
-    /// One per entry of [`BATCHES`].
+    /// One per entry of [`BATCHES`], float activations.
     funcs: Vec<CudaFunction>,
+    /// The same on 8-bit activations, with the kernel that makes them.
+    qfuncs: Option<(Vec<CudaFunction>, CudaFunction)>,
     smem_bytes: u32,
 }
 
@@ -120,10 +170,27 @@ impl DeviceWeight {
     pub fn device_bytes(&self) -> usize {
         self.buf.len()
     }
+
+    /// A second device copy (benchmarks rotate copies to defeat the L2).
+    pub fn duplicate(&self, stream: &Arc<CudaStream>) -> Result<DeviceWeight, CudaError> {
+        Ok(DeviceWeight {
+            ty: self.ty,
+            rows: self.rows,
+            cols: self.cols,
+            k: self.k,
+            stride: self.stride,
+            buf: stream
+                .clone_dtod(&self.buf)
+                .ctx("copying weights on the device")?,
+        })
+    }
 }
 
-/// Identifies a weight matrix by where its bytes are and a sample of them, so a
-/// buffer freed and reused for other data is not mistaken for the old one.
+/// Identifies a weight matrix by where its bytes are and a sample of them (32
+/// spread 8-byte pieces, the first and last included), so a buffer freed and
+/// reused for other data is not mistaken for the old one. Weights are taken to
+/// stay unchanged while the backend holds their device copy (they come from a
+/// read-only memory map); [`CudaBackend::clear_weights`] drops the copies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct WeightKey {
     ptr: usize,
@@ -165,7 +232,10 @@ pub struct CudaBackend {
     modules: Mutex<HashMap<GgmlType, Arc<GemvModule>>>,
     weights: Mutex<HashMap<WeightKey, Arc<DeviceWeight>>>,
     scratch: Mutex<Scratch>,
+    /// 8-bit activations for the integer formats' kernels.
+    act_q8: Mutex<Option<CudaSlice<u8>>>,
     poison: AtomicBool,
+    geometry: Geometry,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -240,7 +310,9 @@ impl CudaBackend {
             modules: Mutex::new(HashMap::new()),
             weights: Mutex::new(HashMap::new()),
             scratch: Mutex::new(Scratch::default()),
+            act_q8: Mutex::new(None),
             poison: AtomicBool::new(false),
+            geometry: Geometry::from_env(),
         })
     }
 
@@ -250,6 +322,10 @@ impl CudaBackend {
 
     pub fn toolchain(&self) -> &Toolchain {
         &self.toolchain
+    }
+
+    pub fn geometry(&self) -> Geometry {
+        self.geometry
     }
 
     pub fn context(&self) -> &Arc<CudaContext> {
@@ -281,19 +357,85 @@ impl CudaBackend {
         Ok(compiled)
     }
 
+    /// Compiles (or finds in the cache) the modules of several formats at once,
+    /// one thread each: NVRTC takes seconds per module.
+    pub fn prepare_types(&self, types: &[GgmlType]) -> Result<(), CudaError> {
+        let todo: Vec<GgmlType> = {
+            let have = lock(&self.modules);
+            types
+                .iter()
+                .copied()
+                .filter(|t| !have.contains_key(t))
+                .collect()
+        };
+        let images: Vec<Result<(GgmlType, Vec<u8>), CudaError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = todo
+                .iter()
+                .map(|&ty| s.spawn(move || self.module_image(ty).map(|(b, _)| (ty, b))))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(CudaError::Compile {
+                            module: "gemv".into(),
+                            log: "the compiling thread panicked".into(),
+                        })
+                    })
+                })
+                .collect()
+        });
+        for r in images {
+            let (ty, cubin) = r?;
+            self.load(ty, cubin)?;
+        }
+        Ok(())
+    }
+
+    fn module_image(&self, ty: GgmlType) -> Result<(Vec<u8>, bool), CudaError> {
+        format_id(ty).ok_or(CudaError::Unsupported(ty))?;
+        let g = self.geometry;
+        let src = format!(
+            "#define WARPS {}\n#define R {}\n{}",
+            g.warps,
+            g.rows_per_warp,
+            gemv_source(ty).unwrap_or_default()
+        );
+        let (cubin, origin) = compile::cubin(&module_name(ty), &src, &self.toolchain)?;
+        Ok((cubin, origin.compiled))
+    }
+
     fn module(&self, ty: GgmlType) -> Result<(Arc<GemvModule>, bool), CudaError> {
         if let Some(m) = lock(&self.modules).get(&ty) {
             return Ok((m.clone(), false));
         }
-        let id = format_id(ty).ok_or(CudaError::Unsupported(ty))?;
-        let src = format!("#define QFMT {id}\n{GEMV_SRC}");
-        let name = format!("quern_gemv_{}", ty.name().to_lowercase());
-        let (cubin, origin) = compile::cubin(&name, &src, &self.toolchain)?;
+        let (cubin, compiled) = self.module_image(ty)?;
+        Ok((self.load(ty, cubin)?, compiled))
+    }
+
+    fn load(&self, ty: GgmlType, cubin: Vec<u8>) -> Result<Arc<GemvModule>, CudaError> {
+        let g = self.geometry;
+        let name = module_name(ty);
         let module = self
             .ctx
             .load_module(cudarc::nvrtc::Ptx::from_binary(cubin))
             .ctx(&format!("loading module {name}"))?;
-        let smem_bytes = (WARPS * 2 * ROWS_PER_WARP * chunk_bytes(ty)) as u32;
+        let smem_bytes = (g.warps * 2 * g.rows_per_warp * chunk_bytes(ty)) as u32;
+        let max_smem = self
+            .ctx
+            .attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+            )
+            .ctx("reading the shared memory limit")?;
+        if smem_bytes as i64 > max_smem as i64 {
+            return Err(CudaError::Driver {
+                what: format!("sizing {name}"),
+                detail: format!(
+                    "{smem_bytes} bytes of shared memory per block ({} warps of {} rows) exceed the device's {max_smem}",
+                    g.warps, g.rows_per_warp
+                ),
+            });
+        }
         let mut funcs = Vec::with_capacity(BATCHES.len());
         for b in BATCHES {
             let f = module
@@ -308,9 +450,35 @@ impl CudaBackend {
             ))?;
             funcs.push(f);
         }
-        let m = Arc::new(GemvModule { funcs, smem_bytes });
+        let qfuncs = if int_path(ty) {
+            let mut q = Vec::with_capacity(BATCHES.len());
+            for b in BATCHES {
+                let f = module
+                    .load_function(&format!("gemvq_b{b}"))
+                    .ctx(&format!("finding gemvq_b{b} in {name}"))?;
+                f.set_attribute(
+                    CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    smem_bytes as i32,
+                )
+                .ctx(&format!(
+                    "allowing {smem_bytes} bytes of shared memory for gemvq_b{b}"
+                ))?;
+                q.push(f);
+            }
+            let quant = module
+                .load_function("quantize_act")
+                .ctx(&format!("finding quantize_act in {name}"))?;
+            Some((q, quant))
+        } else {
+            None
+        };
+        let m = Arc::new(GemvModule {
+            funcs,
+            qfuncs,
+            smem_bytes,
+        });
         lock(&self.modules).insert(ty, m.clone());
-        Ok((m, origin.compiled))
+        Ok(m)
     }
 
     /// Copies `w` to the device in its block layout, each row padded to a multiple
@@ -368,15 +536,57 @@ impl CudaBackend {
         n_tokens: usize,
     ) -> Result<(), CudaError> {
         let (m, _) = self.module(w.ty)?;
-        let rows_per_block = WARPS * ROWS_PER_WARP;
+        let g = self.geometry;
+        let rows_per_block = g.warps * g.rows_per_warp;
         let cfg = LaunchConfig {
             grid_dim: (w.rows.div_ceil(rows_per_block) as u32, 1, 1),
-            block_dim: ((WARPS * 32) as u32, 1, 1),
+            block_dim: ((g.warps * 32) as u32, 1, 1),
             shared_mem_bytes: m.smem_bytes,
         };
         let stride = w.stride as i64;
         let rows = w.rows as i32;
         let k = w.k as i32;
+        let q8 = match &m.qfuncs {
+            Some(q) if quantises_activations(w.ty) => Some(q),
+            _ => None,
+        };
+        // The 8-bit activations: n*k codes, then n*k/32 scales (16-byte aligned).
+        let mut act_guard = lock(&self.act_q8);
+        let (xq_ptr, xd_ptr) = if let Some((_, quant)) = q8 {
+            let codes = (n_tokens * w.k).div_ceil(16) * 16;
+            let need = codes + n_tokens * w.k / 32 * 4;
+            if act_guard.as_ref().is_none_or(|b| b.len() < need) {
+                *act_guard = Some(
+                    self.stream
+                        .alloc_zeros::<u8>(need.max(1 << 16))
+                        .ctx("allocating 8-bit activations")?,
+                );
+            }
+            let Some(buf) = act_guard.as_ref() else {
+                unreachable!("just allocated");
+            };
+            let (p, _g) = buf.device_ptr(&self.stream);
+            let nblocks = (n_tokens * w.k / 32) as i64;
+            let threads = 256u32;
+            let blocks = (nblocks as u64 * 32).div_ceil(threads as u64) as u32;
+            let xq = p;
+            let xd = p + codes as u64;
+            self.stream
+                .launch_builder(quant)
+                .arg(&x_ptr)
+                .arg(&nblocks)
+                .arg(&xq)
+                .arg(&xd)
+                .launch(LaunchConfig {
+                    grid_dim: (blocks, 1, 1),
+                    block_dim: (threads, 1, 1),
+                    shared_mem_bytes: 0,
+                })
+                .ctx("launching the activation quantiser")?;
+            (xq, xd)
+        } else {
+            (0, 0)
+        };
         let mut t0 = 0;
         while t0 < n_tokens {
             let nt = (n_tokens - t0).min(MAX_BATCH);
@@ -384,22 +594,39 @@ impl CudaBackend {
                 .iter()
                 .position(|&b| b >= nt)
                 .unwrap_or(BATCHES.len() - 1);
-            let xp = x_ptr + (t0 * w.k * 4) as u64;
             let yp = y_ptr + (t0 * w.rows * 4) as u64;
             let nt_i = nt as i32;
-            self.stream
-                .launch_builder(&m.funcs[bi])
-                .arg(&w_ptr)
-                .arg(&stride)
-                .arg(&rows)
-                .arg(&k)
-                .arg(&xp)
-                .arg(&yp)
-                .arg(&nt_i)
-                .launch(cfg)
-                .ctx(&format!("launching the {} gemv", w.ty))?;
+            let r = if let Some((qf, _)) = q8 {
+                let xq = xq_ptr + (t0 * w.k) as u64;
+                let xd = xd_ptr + (t0 * w.k / 32 * 4) as u64;
+                self.stream
+                    .launch_builder(&qf[bi])
+                    .arg(&w_ptr)
+                    .arg(&stride)
+                    .arg(&rows)
+                    .arg(&k)
+                    .arg(&xq)
+                    .arg(&xd)
+                    .arg(&yp)
+                    .arg(&nt_i)
+                    .launch(cfg)
+            } else {
+                let xp = x_ptr + (t0 * w.k * 4) as u64;
+                self.stream
+                    .launch_builder(&m.funcs[bi])
+                    .arg(&w_ptr)
+                    .arg(&stride)
+                    .arg(&rows)
+                    .arg(&k)
+                    .arg(&xp)
+                    .arg(&yp)
+                    .arg(&nt_i)
+                    .launch(cfg)
+            };
+            r.map_err(|e| CudaError::driver(format!("launching the {} gemv", w.ty), e))?;
             t0 += nt;
         }
+        drop(act_guard);
         Ok(())
     }
 
@@ -498,6 +725,10 @@ impl Backend for CudaBackend {
                 source,
             })
     }
+}
+
+fn module_name(ty: GgmlType) -> String {
+    format!("quern_gemv_{}", ty.name().to_lowercase())
 }
 
 /// The source of the module for `ty`, as compiled.
