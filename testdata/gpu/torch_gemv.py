@@ -15,6 +15,7 @@ Usage: torch_gemv.py [OUT.json]
 import json
 import statistics
 import sys
+import time
 
 import torch
 
@@ -43,8 +44,15 @@ def time_calls(fn, ncopies, graph=True):
         def run():
             for j in range(GROUP):
                 fn(j % ncopies)
-    for _ in range(3):
+    # At least 100 ms of warm-up, as quern's benchmark: the SM clock rises from
+    # idle only under sustained load.
+    t0 = time.perf_counter()
+    n = 0
+    while n < 3 or time.perf_counter() - t0 < 0.1:
         run()
+        n += 1
+        if n % 8 == 0:
+            torch.cuda.synchronize()
     torch.cuda.synchronize()
     times = []
     for _ in range(SAMPLES):

@@ -152,16 +152,25 @@ fn time_groups(
     per_group: usize,
     mut f: impl FnMut(usize) -> Result<(), CudaError>,
 ) -> Result<(f64, f64), CudaError> {
-    for i in 0..warm {
-        f(i)?;
-    }
+    // Warm up for at least 100 ms as well: the SM clock rises from idle only
+    // under sustained load, and the cases before left the device idle while the
+    // host prepared weights.
     let st = be.stream();
+    let t0 = std::time::Instant::now();
+    let mut i = 0;
+    while i < warm || t0.elapsed() < std::time::Duration::from_millis(100) {
+        f(i)?;
+        i += 1;
+        if i % 8 == 0 {
+            st.synchronize().ctx("warming up")?;
+        }
+    }
     let mut times = Vec::with_capacity(samples);
     for s in 0..samples {
         let a = st
             .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
             .ctx("recording an event")?;
-        f(warm + s)?;
+        f(i + s)?;
         let b = st
             .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
             .ctx("recording an event")?;

@@ -486,6 +486,66 @@ __device__ __forceinline__ void cp_wait1() { asm volatile("cp.async.wait_group 1
 // W: rows of `stride` bytes (a multiple of 16, the tail padded); x: nt rows of K
 // floats; y: nt rows of `rows` floats. nt <= B. K is a whole number of blocks and
 // a multiple of 8.
+// One piece (8 weights at element e of chunk c) of each of the warp's R rows
+// against every token. Tokens past nt read the last real token (so every load is
+// unconditional and can be issued early); their sums are never stored.
+template <int B, bool Q8>
+__device__ __forceinline__ void piece(const u8* cur, int e, int c, int K, int nt,
+                                      const float* __restrict__ x, const i8* __restrict__ xq,
+                                      const float* __restrict__ xd, float (&acc)[R][B]) {
+#if HAS_INT
+    if (Q8) {
+        WQ w[R];
+#pragma unroll
+        for (int r = 0; r < R; r++) w[r] = wq8(cur + r * CHB, e);
+#pragma unroll
+        for (int t = 0; t < B; t++) {
+            const int tt = t < nt ? t : nt - 1;
+            long long xi = (long long)tt * K + (long long)c * CH + e;
+            uint2 xv = __ldg((const uint2*)(xq + xi));
+            float dx = __ldg(xd + (xi >> 5));
+            int sx = __dp4a(0x01010101, (int)xv.x, __dp4a(0x01010101, (int)xv.y, 0));
+            // |sx| < 2^11: the magic-number conversion, not the slow I2F.
+            float dsx = dx * (__int_as_float(0x4B400000 + sx) - 12582912.0f);
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                int si = __dp4a((int)w[r].q0, (int)xv.x, __dp4a((int)w[r].q1, (int)xv.y, 0));
+                // |si| < 2^17: exact through the magic-number conversion.
+                float sf = __int_as_float(0x4B400000 + si) - 12582912.0f;
+                acc[r][t] = fmaf(w[r].a * dx, sf, fmaf(w[r].b, dsx, acc[r][t]));
+            }
+        }
+        return;
+    }
+#endif
+    float w[R][8];
+#pragma unroll
+    for (int r = 0; r < R; r++) deq8(cur + r * CHB, e, w[r]);
+#pragma unroll
+    for (int t = 0; t < B; t++) {
+        const int tt = t < nt ? t : nt - 1;
+        const float4* xp = (const float4*)(x + (long long)tt * K + (long long)c * CH + e);
+        float4 a = __ldg(xp), b = __ldg(xp + 1);
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            float s = acc[r][t];
+            s = fmaf(w[r][0], a.x, s);
+            s = fmaf(w[r][1], a.y, s);
+            s = fmaf(w[r][2], a.z, s);
+            s = fmaf(w[r][3], a.w, s);
+            s = fmaf(w[r][4], b.x, s);
+            s = fmaf(w[r][5], b.y, s);
+            s = fmaf(w[r][6], b.z, s);
+            s = fmaf(w[r][7], b.w, s);
+            acc[r][t] = s;
+        }
+    }
+}
+
+#ifndef PIECE_UNROLL
+#define PIECE_UNROLL 4
+#endif
+
 // Q8: the 8-bit-activation path (xq: nt rows of K codes, xd: their scales, one per
 // 32); otherwise float activations x.
 template <int B, bool Q8>
@@ -527,56 +587,15 @@ __device__ __forceinline__ void gemv(const u8* __restrict__ W, long long stride,
         __syncwarp();
         const u8* cur = buf + (c & 1) * (R * CHB);
         const int elems = imin(CH, K - c * CH);
-        const float* xc = x + (long long)c * CH;
-        for (int e = lane * 8; e < elems; e += 256) {
-#if HAS_INT
-            if (Q8) {
-                WQ w[R];
-#pragma unroll
-                for (int r = 0; r < R; r++) w[r] = wq8(cur + r * CHB, e);
-#pragma unroll
-                for (int t = 0; t < B; t++) {
-                    if (t < nt) {
-                        long long xi = (long long)t * K + (long long)c * CH + e;
-                        uint2 xv = __ldg((const uint2*)(xq + xi));
-                        float dx = __ldg(xd + (xi >> 5));
-                        int sx = __dp4a(0x01010101, (int)xv.x, __dp4a(0x01010101, (int)xv.y, 0));
-                        float dsx = dx * (float)sx;
-#pragma unroll
-                        for (int r = 0; r < R; r++) {
-                            int si = __dp4a((int)w[r].q0, (int)xv.x, __dp4a((int)w[r].q1, (int)xv.y, 0));
-                            // |si| < 2^17: exact through the magic-number conversion.
-                            float sf = __int_as_float(0x4B400000 + si) - 12582912.0f;
-                            acc[r][t] = fmaf(w[r].a * dx, sf, fmaf(w[r].b, dsx, acc[r][t]));
-                        }
-                    }
-                }
-                continue;
-            }
-#endif
-            float w[R][8];
-#pragma unroll
-            for (int r = 0; r < R; r++) deq8(cur + r * CHB, e, w[r]);
-#pragma unroll
-            for (int t = 0; t < B; t++) {
-                if (t < nt) {
-                    const float4* xp = (const float4*)(xc + (long long)t * K + e);
-                    float4 a = __ldg(xp), b = __ldg(xp + 1);
-#pragma unroll
-                    for (int r = 0; r < R; r++) {
-                        float s = acc[r][t];
-                        s = fmaf(w[r][0], a.x, s);
-                        s = fmaf(w[r][1], a.y, s);
-                        s = fmaf(w[r][2], a.z, s);
-                        s = fmaf(w[r][3], a.w, s);
-                        s = fmaf(w[r][4], b.x, s);
-                        s = fmaf(w[r][5], b.y, s);
-                        s = fmaf(w[r][6], b.z, s);
-                        s = fmaf(w[r][7], b.w, s);
-                        acc[r][t] = s;
-                    }
-                }
-            }
+        if (elems == CH) {
+            // A whole chunk: a known trip count, unrolled so that the loads of
+            // several pieces are in flight at once.
+#pragma unroll(PIECE_UNROLL)
+            for (int e = lane * 8; e < CH; e += 256)
+                piece<B, Q8>(cur, e, c, K, nt, x, xq, xd, acc);
+        } else {
+            for (int e = lane * 8; e < elems; e += 256)
+                piece<B, Q8>(cur, e, c, K, nt, x, xq, xd, acc);
         }
         // Every lane is done reading this buffer before the next issue overwrites it.
         __syncwarp();

@@ -37,7 +37,7 @@ const GEMV_SRC: &str = include_str!("gemv.cu");
 /// Warps per thread block and rows per warp by default; `QUERN_CUDA_GEMV_WARPS`
 /// and `QUERN_CUDA_GEMV_ROWS` (1, 2, 4 or 8) override them, for tuning runs.
 const WARPS: usize = 4;
-const ROWS_PER_WARP: usize = 4;
+const ROWS_PER_WARP: usize = 2;
 
 /// The kernels' launch geometry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
