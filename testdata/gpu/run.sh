@@ -49,7 +49,7 @@ step "geometry variants"
 # would choose from (the default geometry is the run above).
 # Each variant: rows per warp, warps per block, QUERN_CUDA_FLOAT_ACTS (1: float
 # activations for the integer formats too).
-for v in ${VARIANTS:-"1 4 0" "4 4 0" "2 4 1"}; do
+for v in ${VARIANTS:-"1,1,1,2,4 8 0" "1,1,2,4,4 4 1"}; do
   set -- $v
   echo "-- QUERN_CUDA_GEMV_ROWS=$1 QUERN_CUDA_GEMV_WARPS=$2 QUERN_CUDA_FLOAT_ACTS=$3"
   QUERN_CUDA_GEMV_ROWS=$1 QUERN_CUDA_GEMV_WARPS=$2 QUERN_CUDA_FLOAT_ACTS=$3 timeout 120 \

@@ -38,7 +38,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let geo = be.geometry();
     if !args.json {
         println!(
-            "device {} ({}, driver {}, NVRTC {}.{}); {} warps x {} rows per block; weights rotated over {} MiB of copies, median of {} graph replays of {} launches",
+            "device {} ({}, driver {}, NVRTC {}.{}); {} warps per block, rows per warp {:?} for batches 1, 2, 4, 8, 16; weights rotated over {} MiB of copies, median of {} graph replays of {} launches",
             be.device_name(),
             tc.arch,
             tc.driver_version,

@@ -20,12 +20,25 @@ typedef unsigned short u16;
 typedef unsigned int u32;
 typedef signed char i8;
 
-// Warps per block and rows per warp; the host may define others (see mod.rs).
+// Warps per block, and rows per warp for each compiled batch size (RB<b>); the
+// host defines them (see mod.rs), these are the defaults.
 #ifndef WARPS
 #define WARPS 4
 #endif
-#ifndef R
-#define R 4
+#ifndef RB1
+#define RB1 1
+#endif
+#ifndef RB2
+#define RB2 1
+#endif
+#ifndef RB4
+#define RB4 2
+#endif
+#ifndef RB8
+#define RB8 4
+#endif
+#ifndef RB16
+#define RB16 4
 #endif
 
 __device__ __forceinline__ int imin(int a, int b) { return a < b ? a : b; }
@@ -489,7 +502,7 @@ __device__ __forceinline__ void cp_wait1() { asm volatile("cp.async.wait_group 1
 // One piece (8 weights at element e of chunk c) of each of the warp's R rows
 // against every token. Tokens past nt read the last real token (so every load is
 // unconditional and can be issued early); their sums are never stored.
-template <int B, bool Q8>
+template <int B, int R, bool Q8>
 __device__ __forceinline__ void piece(const u8* cur, int e, int c, int K, int nt,
                                       const float* __restrict__ x, const i8* __restrict__ xq,
                                       const float* __restrict__ xd, float (&acc)[R][B]) {
@@ -548,7 +561,7 @@ __device__ __forceinline__ void piece(const u8* cur, int e, int c, int K, int nt
 
 // Q8: the 8-bit-activation path (xq: nt rows of K codes, xd: their scales, one per
 // 32); otherwise float activations x.
-template <int B, bool Q8>
+template <int B, int R, bool Q8>
 __device__ __forceinline__ void gemv(const u8* __restrict__ W, long long stride, int rows, int K,
                                      const float* __restrict__ x, const i8* __restrict__ xq,
                                      const float* __restrict__ xd, float* __restrict__ y, int nt) {
@@ -592,10 +605,10 @@ __device__ __forceinline__ void gemv(const u8* __restrict__ W, long long stride,
             // several pieces are in flight at once.
 #pragma unroll(PIECE_UNROLL)
             for (int e = lane * 8; e < CH; e += 256)
-                piece<B, Q8>(cur, e, c, K, nt, x, xq, xd, acc);
+                piece<B, R, Q8>(cur, e, c, K, nt, x, xq, xd, acc);
         } else {
             for (int e = lane * 8; e < elems; e += 256)
-                piece<B, Q8>(cur, e, c, K, nt, x, xq, xd, acc);
+                piece<B, R, Q8>(cur, e, c, K, nt, x, xq, xd, acc);
         }
         // Every lane is done reading this buffer before the next issue overwrites it.
         __syncwarp();
@@ -622,49 +635,49 @@ __device__ __forceinline__ void gemv(const u8* __restrict__ W, long long stride,
 
 extern "C" __global__ void __launch_bounds__(WARPS * 32)
     gemv_b1(const u8* W, long long stride, int rows, int K, const float* x, float* y, int nt) {
-    gemv<1, false>(W, stride, rows, K, x, nullptr, nullptr, y, nt);
+    gemv<1, RB1, false>(W, stride, rows, K, x, nullptr, nullptr, y, nt);
 }
 extern "C" __global__ void __launch_bounds__(WARPS * 32)
     gemv_b2(const u8* W, long long stride, int rows, int K, const float* x, float* y, int nt) {
-    gemv<2, false>(W, stride, rows, K, x, nullptr, nullptr, y, nt);
+    gemv<2, RB2, false>(W, stride, rows, K, x, nullptr, nullptr, y, nt);
 }
 extern "C" __global__ void __launch_bounds__(WARPS * 32)
     gemv_b4(const u8* W, long long stride, int rows, int K, const float* x, float* y, int nt) {
-    gemv<4, false>(W, stride, rows, K, x, nullptr, nullptr, y, nt);
+    gemv<4, RB4, false>(W, stride, rows, K, x, nullptr, nullptr, y, nt);
 }
 extern "C" __global__ void __launch_bounds__(WARPS * 32)
     gemv_b8(const u8* W, long long stride, int rows, int K, const float* x, float* y, int nt) {
-    gemv<8, false>(W, stride, rows, K, x, nullptr, nullptr, y, nt);
+    gemv<8, RB8, false>(W, stride, rows, K, x, nullptr, nullptr, y, nt);
 }
 extern "C" __global__ void __launch_bounds__(WARPS * 32)
     gemv_b16(const u8* W, long long stride, int rows, int K, const float* x, float* y, int nt) {
-    gemv<16, false>(W, stride, rows, K, x, nullptr, nullptr, y, nt);
+    gemv<16, RB16, false>(W, stride, rows, K, x, nullptr, nullptr, y, nt);
 }
 #if HAS_INT
 extern "C" __global__ void __launch_bounds__(WARPS * 32)
     gemvq_b1(const u8* W, long long stride, int rows, int K, const i8* xq, const float* xd, float* y,
                int nt) {
-    gemv<1, true>(W, stride, rows, K, nullptr, xq, xd, y, nt);
+    gemv<1, RB1, true>(W, stride, rows, K, nullptr, xq, xd, y, nt);
 }
 extern "C" __global__ void __launch_bounds__(WARPS * 32)
     gemvq_b2(const u8* W, long long stride, int rows, int K, const i8* xq, const float* xd, float* y,
                int nt) {
-    gemv<2, true>(W, stride, rows, K, nullptr, xq, xd, y, nt);
+    gemv<2, RB2, true>(W, stride, rows, K, nullptr, xq, xd, y, nt);
 }
 extern "C" __global__ void __launch_bounds__(WARPS * 32)
     gemvq_b4(const u8* W, long long stride, int rows, int K, const i8* xq, const float* xd, float* y,
                int nt) {
-    gemv<4, true>(W, stride, rows, K, nullptr, xq, xd, y, nt);
+    gemv<4, RB4, true>(W, stride, rows, K, nullptr, xq, xd, y, nt);
 }
 extern "C" __global__ void __launch_bounds__(WARPS * 32)
     gemvq_b8(const u8* W, long long stride, int rows, int K, const i8* xq, const float* xd, float* y,
                int nt) {
-    gemv<8, true>(W, stride, rows, K, nullptr, xq, xd, y, nt);
+    gemv<8, RB8, true>(W, stride, rows, K, nullptr, xq, xd, y, nt);
 }
 extern "C" __global__ void __launch_bounds__(WARPS * 32)
     gemvq_b16(const u8* W, long long stride, int rows, int K, const i8* xq, const float* xd, float* y,
                int nt) {
-    gemv<16, true>(W, stride, rows, K, nullptr, xq, xd, y, nt);
+    gemv<16, RB16, true>(W, stride, rows, K, nullptr, xq, xd, y, nt);
 }
 
 // x (n rows of K floats, K a multiple of 32) to 8-bit codes and one scale per 32:

@@ -34,30 +34,48 @@ use error::DriverContext;
 
 const GEMV_SRC: &str = include_str!("gemv.cu");
 
-/// Warps per thread block and rows per warp by default; `QUERN_CUDA_GEMV_WARPS`
-/// and `QUERN_CUDA_GEMV_ROWS` (1, 2, 4 or 8) override them, for tuning runs.
+/// Warps per thread block, and rows per warp for each entry of [`BATCHES`], by
+/// default: one row per warp leaves the most warps in flight for small batches,
+/// four share each activation load among more rows for large ones (measured on
+/// an H200, BENCHMARKS.md). `QUERN_CUDA_GEMV_WARPS` (1, 2, 4, 8) and
+/// `QUERN_CUDA_GEMV_ROWS` (one value for all batches, or five, comma-separated)
+/// override them, for tuning runs.
 const WARPS: usize = 4;
-const ROWS_PER_WARP: usize = 2;
+const ROWS_PER_WARP: [usize; 5] = [1, 1, 2, 4, 4];
 
 /// The kernels' launch geometry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Geometry {
     pub warps: usize,
-    pub rows_per_warp: usize,
+    /// Per entry of the compiled batch sizes (1, 2, 4, 8, 16).
+    pub rows_per_warp: [usize; 5],
 }
 
 impl Geometry {
     fn from_env() -> Geometry {
-        let get = |name: &str, default: usize| {
-            std::env::var(name)
-                .ok()
-                .and_then(|v| v.parse::<usize>().ok())
-                .filter(|v| [1, 2, 4, 8].contains(v))
-                .unwrap_or(default)
-        };
+        let ok = |v: &usize| [1, 2, 4, 8].contains(v);
+        let warps = std::env::var("QUERN_CUDA_GEMV_WARPS")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(ok)
+            .unwrap_or(WARPS);
+        let rows = std::env::var("QUERN_CUDA_GEMV_ROWS")
+            .ok()
+            .and_then(|v| {
+                let vals: Vec<usize> = v
+                    .split(',')
+                    .map(|p| p.trim().parse::<usize>().ok().filter(ok))
+                    .collect::<Option<_>>()?;
+                match vals.len() {
+                    1 => Some([vals[0]; 5]),
+                    5 => Some([vals[0], vals[1], vals[2], vals[3], vals[4]]),
+                    _ => None,
+                }
+            })
+            .unwrap_or(ROWS_PER_WARP);
         Geometry {
-            warps: get("QUERN_CUDA_GEMV_WARPS", WARPS),
-            rows_per_warp: get("QUERN_CUDA_GEMV_ROWS", ROWS_PER_WARP),
+            warps,
+            rows_per_warp: rows,
         }
     }
 }
@@ -146,7 +164,8 @@ struct GemvModule {
     funcs: Vec<CudaFunction>,
     /// The same on 8-bit activations, with the kernel that makes them.
     qfuncs: Option<(Vec<CudaFunction>, CudaFunction)>,
-    smem_bytes: u32,
+    /// Dynamic shared memory of each batch size's kernels.
+    smem: Vec<u32>,
 }
 
 /// A weight matrix on the device, rows `stride` bytes apart.
@@ -395,12 +414,11 @@ impl CudaBackend {
     fn module_image(&self, ty: GgmlType) -> Result<(Vec<u8>, bool), CudaError> {
         format_id(ty).ok_or(CudaError::Unsupported(ty))?;
         let g = self.geometry;
-        let src = format!(
-            "#define WARPS {}\n#define R {}\n{}",
-            g.warps,
-            g.rows_per_warp,
-            gemv_source(ty).unwrap_or_default()
-        );
+        let mut src = format!("#define WARPS {}\n", g.warps);
+        for (b, r) in BATCHES.iter().zip(g.rows_per_warp) {
+            src.push_str(&format!("#define RB{b} {r}\n"));
+        }
+        src.push_str(&gemv_source(ty).unwrap_or_default());
         let (cubin, origin) = compile::cubin(&module_name(ty), &src, &self.toolchain)?;
         Ok((cubin, origin.compiled))
     }
@@ -420,7 +438,13 @@ impl CudaBackend {
             .ctx
             .load_module(cudarc::nvrtc::Ptx::from_binary(cubin))
             .ctx(&format!("loading module {name}"))?;
-        let smem_bytes = (g.warps * 2 * g.rows_per_warp * chunk_bytes(ty)) as u32;
+        // Two chunk buffers for each row of each warp.
+        let smem: Vec<u32> = g
+            .rows_per_warp
+            .iter()
+            .map(|r| (g.warps * 2 * r * chunk_bytes(ty)) as u32)
+            .collect();
+        let smem_bytes = smem.iter().copied().max().unwrap_or(0);
         let max_smem = self
             .ctx
             .attribute(
@@ -431,8 +455,9 @@ impl CudaBackend {
             return Err(CudaError::Driver {
                 what: format!("sizing {name}"),
                 detail: format!(
-                    "{smem_bytes} bytes of shared memory per block ({} warps of {} rows) exceed the device's {max_smem}",
-                    g.warps, g.rows_per_warp
+                    "{smem_bytes} bytes of shared memory per block ({} warps of up to {} rows) exceed the device's {max_smem}",
+                    g.warps,
+                    g.rows_per_warp.iter().max().unwrap_or(&1)
                 ),
             });
         }
@@ -475,7 +500,7 @@ impl CudaBackend {
         let m = Arc::new(GemvModule {
             funcs,
             qfuncs,
-            smem_bytes,
+            smem,
         });
         lock(&self.modules).insert(ty, m.clone());
         Ok(m)
@@ -537,11 +562,13 @@ impl CudaBackend {
     ) -> Result<(), CudaError> {
         let (m, _) = self.module(w.ty)?;
         let g = self.geometry;
-        let rows_per_block = g.warps * g.rows_per_warp;
-        let cfg = LaunchConfig {
-            grid_dim: (w.rows.div_ceil(rows_per_block) as u32, 1, 1),
-            block_dim: ((g.warps * 32) as u32, 1, 1),
-            shared_mem_bytes: m.smem_bytes,
+        let cfg = |bi: usize| {
+            let rows_per_block = g.warps * g.rows_per_warp[bi];
+            LaunchConfig {
+                grid_dim: (w.rows.div_ceil(rows_per_block) as u32, 1, 1),
+                block_dim: ((g.warps * 32) as u32, 1, 1),
+                shared_mem_bytes: m.smem[bi],
+            }
         };
         let stride = w.stride as i64;
         let rows = w.rows as i32;
@@ -609,7 +636,7 @@ impl CudaBackend {
                     .arg(&xd)
                     .arg(&yp)
                     .arg(&nt_i)
-                    .launch(cfg)
+                    .launch(cfg(bi))
             } else {
                 let xp = x_ptr + (t0 * w.k * 4) as u64;
                 self.stream
@@ -621,7 +648,7 @@ impl CudaBackend {
                     .arg(&xp)
                     .arg(&yp)
                     .arg(&nt_i)
-                    .launch(cfg)
+                    .launch(cfg(bi))
             };
             r.map_err(|e| CudaError::driver(format!("launching the {} gemv", w.ty), e))?;
             t0 += nt;
