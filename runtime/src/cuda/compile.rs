@@ -28,7 +28,7 @@ pub struct Toolchain {
 pub fn cuda_include_dir() -> Option<PathBuf> {
     let candidates = ["CUDA_HOME", "CUDA_PATH"]
         .iter()
-        .filter_map(|v| std::env::var_os(v))
+        .filter_map(std::env::var_os)
         .map(|p| PathBuf::from(p).join("include"))
         .chain(std::iter::once(PathBuf::from("/usr/local/cuda/include")));
     candidates.into_iter().find(|p| p.is_dir())

@@ -10,7 +10,11 @@
 //!   16 bytes), the first time it is multiplied; later products of the same bytes
 //!   reuse the device copy.
 //! - Batches of 1..=16 activation rows run one fused GEMV each; longer batches
-//!   (prefill) run it over slices of 16 rows.
+//!   (prefill) run it over slices of 16 rows (no tensor-core GEMM yet).
+//! - The integer block formats (Q8_0, Q4_0/1, Q5_0/1, Q2_K..Q6_K) multiply 8-bit
+//!   activations (blocks of 32, the CPU backend's rounding) with dp4a; the float
+//!   formats and IQ4_NL/IQ4_XS multiply f32 activations. `QUERN_CUDA_FLOAT_ACTS=1`
+//!   puts every format on f32 activations.
 
 pub mod bench;
 pub mod compile;
