@@ -440,23 +440,12 @@ fn provenance_names_the_sources_and_the_output() {
     let side = dir.path().join("out.gguf.provenance.json");
     let p: serde_json::Value = serde_json::from_slice(&std::fs::read(&side).unwrap()).unwrap();
     let hex = |b: &[u8]| format!("{:x}", Sha256::digest(b));
-    assert_eq!(
-        p["subject"][0]["digest"]["sha256"],
-        hex(&std::fs::read(&out).unwrap()).as_str()
-    );
-    let deps = p["predicate"]["buildDefinition"]["resolvedDependencies"]
-        .as_array()
-        .unwrap();
-    let st = deps
-        .iter()
-        .find(|d| d["name"] == "model.safetensors")
-        .expect("weights listed");
+    assert_eq!(p["subject"][0]["digest"]["sha256"], hex(&std::fs::read(&out).unwrap()).as_str());
+    let deps = p["predicate"]["buildDefinition"]["resolvedDependencies"].as_array().unwrap();
+    let st = deps.iter().find(|d| d["name"] == "model.safetensors").expect("weights listed");
     let weights = std::fs::read(folder.join("model.safetensors")).unwrap();
     assert_eq!(st["digest"]["sha256"], hex(&weights).as_str());
-    assert_eq!(
-        p["predicate"]["buildDefinition"]["externalParameters"]["parameters"]["outtype"],
-        "q8_0"
-    );
+    assert_eq!(p["predicate"]["buildDefinition"]["externalParameters"]["parameters"]["outtype"], "q8_0");
 
     let out2 = dir.path().join("bare.gguf");
     let o = quern()
