@@ -747,7 +747,7 @@ impl Backend for CudaBackend {
         out: &mut [f32],
     ) -> Result<(), RuntimeError> {
         check_matmul(w, x, n_tokens, out)?;
-        if n_tokens == 0 {
+        if n_tokens == 0 || w.rows == 0 {
             return Ok(());
         }
         self.matmul_device(w, x, n_tokens, out)
