@@ -4,6 +4,7 @@
 //! function that calls one library function and renders its result.
 
 mod cmd;
+mod device;
 mod model_source;
 mod progress;
 mod provenance;

@@ -48,4 +48,9 @@ pub enum RuntimeError {
     ChatTemplate(String),
     #[error("matmul {tensor}: {what}")]
     Shape { tensor: String, what: String },
+    #[error("matmul {tensor} on the GPU: {source}")]
+    Cuda {
+        tensor: String,
+        source: crate::cuda::CudaError,
+    },
 }

@@ -4,7 +4,8 @@
 //! - [`backend`]: the interface the matrix-heavy operations go through, so that a
 //!   CUDA backend can sit beside [`cpu::CpuBackend`];
 //! - [`cpu`]: fused dequantise-and-dot kernels over quantised blocks (portable and
-//!   runtime-detected AVX2), parallel across output rows with rayon;
+//!   runtime-detected AVX2), parallel across output rows on a spinning worker pool;
+//! - [`cuda`]: the same products on an NVIDIA GPU (cudarc, NVRTC-compiled kernels);
 //! - [`source`]: GGUF, safetensors and AWQ weights seen through GGUF names;
 //! - [`model`]: the Llama / Qwen2 / Qwen3 forward pass with a KV cache, reading the
 //!   weights straight from the GGUF memory map;
@@ -14,6 +15,7 @@
 pub mod backend;
 pub mod chat;
 pub mod cpu;
+pub mod cuda;
 pub mod error;
 pub mod generate;
 pub mod model;

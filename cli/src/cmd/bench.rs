@@ -14,8 +14,10 @@ use serde_json::json;
 #[derive(Args)]
 pub struct BenchArgs {
     /// A GGUF file, a Hugging Face safetensors folder (bf16/f16/f32) or an AutoAWQ
-    /// folder, of the llama, mistral, qwen2 or qwen3 architecture.
-    pub artifact: PathBuf,
+    /// folder, of the llama, mistral, qwen2 or qwen3 architecture; not needed with
+    /// --kernels.
+    #[arg(required_unless_present = "kernels")]
+    pub artifact: Option<PathBuf>,
     /// Prompt tokens for the prefill test (0 skips it).
     #[arg(short = 'p', long = "n-prompt", default_value_t = 128)]
     pub n_prompt: usize,
@@ -31,38 +33,57 @@ pub struct BenchArgs {
     /// Machine-readable output on stdout.
     #[arg(long)]
     pub json: bool,
-    /// Skip measuring the memory read bandwidth (the decode floor).
+    /// Skip measuring the memory read bandwidth (the CPU's decode floor).
     #[arg(long)]
     pub no_floor: bool,
+    /// Where the weight products run.
+    #[arg(long, value_enum, default_value_t = crate::device::Device::Cpu)]
+    pub device: crate::device::Device,
+    /// Instead of a model: time each format's GEMV kernel (4096x4096, 4096x14336,
+    /// 14336x4096; batch 1, 4, 16) against the device's copy bandwidth (needs
+    /// --device cuda).
+    #[arg(long)]
+    pub kernels: bool,
+    /// With --kernels: only these formats (comma-separated ggml names, e.g.
+    /// Q4_0,Q4_K); default all the CUDA backend multiplies.
+    #[arg(long, value_delimiter = ',', requires = "kernels")]
+    pub types: Vec<String>,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
+    if args.kernels {
+        return super::bench_kernels::run(&args);
+    }
     crate::threads::init(args.threads)?;
+    let artifact = args.artifact.clone().context("a model is needed")?;
     if args.repetitions == 0 {
         bail!("--repetitions must be at least 1");
     }
     if args.n_prompt == 0 && args.n_gen == 0 {
         bail!("nothing to measure: -p and -n are both 0");
     }
-    let backend = CpuBackend::new();
-    let isa = format!("{:?}", backend.isa()).to_lowercase();
-    let backend_bw = CpuBackend::with_isa(backend.isa());
-    let model = Model::open(&args.artifact, Box::new(backend))
-        .with_context(|| format!("cannot load {}", args.artifact.display()))?;
+    let isa = match args.device {
+        crate::device::Device::Cpu => format!("{:?}", quern_runtime::cpu::detect()).to_lowercase(),
+        crate::device::Device::Cuda => "cuda".to_string(),
+    };
+    let model = Model::open(&artifact, crate::device::backend(args.device)?)
+        .with_context(|| format!("cannot load {}", artifact.display()))?;
     let report = bench(&model, args.n_prompt, args.n_gen, args.repetitions)?;
     let threads = rayon::current_num_threads();
     let size = model.weight_bytes();
     // The decode floor: every weight read once per token at the memory's read
     // bandwidth (measured after the runs, so it does not warm or cool them).
-    let bandwidth = (!args.no_floor && args.n_gen > 0).then(|| backend_bw.read_bandwidth(3));
+    let cpu = args.device == crate::device::Device::Cpu;
+    let bandwidth =
+        (cpu && !args.no_floor && args.n_gen > 0).then(|| CpuBackend::new().read_bandwidth(3));
     let floor = bandwidth.map(|bw| bw / size as f64);
     if args.json {
         let stat =
             |s: Option<Stats>| s.map(|s| json!({"mean": s.mean, "sd": s.sd, "samples": s.samples}));
         let v = json!({
-            "model": args.artifact.display().to_string(),
+            "model": artifact.display().to_string(),
             "arch": model.config.arch.name(),
-            "backend": "cpu",
+            "backend": args.device.name(),
             "isa": isa,
             "threads": threads,
             "weight_bytes_per_token": size,
@@ -78,10 +99,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "model {} ({}, {:.1} MB of weights per token), cpu/{isa}, {threads} threads",
-        args.artifact.display(),
+        "model {} ({}, {:.1} MB of weights per token), {}/{isa}, {threads} threads",
+        artifact.display(),
         model.config.arch.name(),
-        size as f64 / 1e6
+        size as f64 / 1e6,
+        args.device.name()
     );
     println!("{:>8}  {:>20}", "test", "tokens/s");
     if let Some(s) = report.pp {

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 pub mod bench;
+pub mod bench_kernels;
 pub mod convert;
 pub mod inspect;
 pub mod keygen;

@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use quern_runtime::chat::render_user_prompt;
 use quern_runtime::generate::generate;
-use quern_runtime::{CpuBackend, Model, Sampler, SamplerConfig};
+use quern_runtime::{Model, Sampler, SamplerConfig};
 
 /// Generate text from a model, printing tokens as they come.
 ///
@@ -49,6 +49,9 @@ pub struct RunArgs {
     /// Print prompt and generation speed to stderr at the end.
     #[arg(long)]
     pub stats: bool,
+    /// Where the weight products run.
+    #[arg(long, value_enum, default_value_t = crate::device::Device::Cpu)]
+    pub device: crate::device::Device,
 }
 
 pub fn run(args: RunArgs) -> Result<()> {
@@ -59,7 +62,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     if !(args.top_p > 0.0 && args.top_p <= 1.0) {
         bail!("--top-p must be in (0, 1]");
     }
-    let model = Model::open(&args.artifact, Box::new(CpuBackend::new()))
+    let model = Model::open(&args.artifact, crate::device::backend(args.device)?)
         .with_context(|| format!("cannot load {}", args.artifact.display()))?;
     let tokenizer = model.tokenizer()?;
     let text = if args.chat {

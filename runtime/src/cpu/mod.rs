@@ -144,7 +144,8 @@ fn portable_kernel(ty: GgmlType) -> Option<Kernel> {
     })
 }
 
-fn detect() -> Isa {
+/// The fastest instruction set this CPU has kernels for.
+pub fn detect() -> Isa {
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx2")
         && is_x86_feature_detected!("fma")

@@ -1,0 +1,35 @@
+//! `--device cpu|cuda`: which backend `run` and `bench` multiply the weights on.
+
+use anyhow::{Context, Result};
+use clap::ValueEnum;
+use quern_runtime::cuda::CudaBackend;
+use quern_runtime::{Backend, CpuBackend};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Device {
+    /// The CPU (SIMD kernels on a spinning worker pool).
+    Cpu,
+    /// The first NVIDIA GPU, through the CUDA driver and NVRTC.
+    Cuda,
+}
+
+impl Device {
+    pub fn name(self) -> &'static str {
+        match self {
+            Device::Cpu => "cpu",
+            Device::Cuda => "cuda",
+        }
+    }
+}
+
+/// The CUDA backend on GPU 0, or a one-line reason why there is none.
+pub fn cuda() -> Result<CudaBackend> {
+    CudaBackend::new(0).context("--device cuda")
+}
+
+pub fn backend(device: Device) -> Result<Box<dyn Backend>> {
+    Ok(match device {
+        Device::Cpu => Box::new(CpuBackend::new()),
+        Device::Cuda => Box::new(cuda()?),
+    })
+}

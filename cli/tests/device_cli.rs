@@ -1,0 +1,46 @@
+//! `--device cuda` and `bench --kernels` from the command line: without a GPU a
+//! one-line error and a failing exit status, never a panic; the flag checks hold
+//! on any machine.
+
+use std::process::{Command, Output};
+
+fn quern(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_quern"))
+        .args(args)
+        .output()
+        .expect("run quern")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn kernels_needs_the_cuda_device_and_no_model() {
+    let o = quern(&["bench", "--kernels"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--device cuda"), "{}", stderr(&o));
+    let o = quern(&["bench", "--kernels", "--device", "cuda", "model.gguf"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("no model file"), "{}", stderr(&o));
+    let o = quern(&["bench", "--types", "Q4_0", "model.gguf"]);
+    assert!(!o.status.success(), "--types without --kernels is refused");
+}
+
+#[test]
+fn cuda_without_a_gpu_is_a_one_line_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("missing.gguf");
+    let missing = missing.to_str().expect("utf-8 path");
+    let o = quern(&["run", "--device", "cuda", "-p", "hi", missing]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(!err.contains("panicked"), "{err}");
+    if err.contains("--device cuda") {
+        // No GPU here: the reason, on one line.
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    } else {
+        // A GPU: the missing file is what fails.
+        assert!(err.contains("missing.gguf"), "{err}");
+    }
+}

@@ -1,0 +1,818 @@
+//! The CUDA backend: fused dequantise-GEMV kernels over the file's blocks, run on
+//! an NVIDIA GPU through cudarc.
+//!
+//! - The kernels are CUDA C (`gemv.cu`, embedded in the binary), compiled by NVRTC
+//!   on first use for the device's architecture and cached on disk
+//!   ([`compile::cache_dir`]); the driver and NVRTC are loaded at run time, so a
+//!   binary built without CUDA runs anywhere and [`CudaBackend::new`] says why
+//!   when there is no GPU.
+//! - Each weight matrix is uploaded once, in its quantised layout (rows padded to
+//!   16 bytes), the first time it is multiplied; later products of the same bytes
+//!   reuse the device copy.
+//! - Batches of 1..=16 activation rows run one fused GEMV each; longer batches
+//!   (prefill) run it over slices of 16 rows (no tensor-core GEMM yet).
+//! - The integer block formats (Q8_0, Q4_0/1, Q5_0/1, Q2_K..Q6_K) multiply 8-bit
+//!   activations (blocks of 32, the CPU backend's rounding) with dp4a; the float
+//!   formats and IQ4_NL/IQ4_XS multiply f32 activations. `QUERN_CUDA_FLOAT_ACTS=1`
+//!   puts every format on f32 activations.
+
+pub mod bench;
+pub mod compile;
+mod error;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use cudarc::driver::sys::CUfunction_attribute_enum;
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
+};
+use quern_formats::GgmlType;
+
+use crate::backend::{check_matmul, Backend, WeightView};
+use crate::error::RuntimeError;
+pub use compile::Toolchain;
+pub use error::CudaError;
+use error::DriverContext;
+
+const GEMV_SRC: &str = include_str!("gemv.cu");
+
+/// Warps per thread block, and rows per warp for each entry of [`BATCHES`], by
+/// default: one row per warp leaves the most warps in flight for small batches,
+/// four share each activation load among more rows for large ones (measured on
+/// an H200, BENCHMARKS.md). `QUERN_CUDA_GEMV_WARPS` (1, 2, 4, 8) and
+/// `QUERN_CUDA_GEMV_ROWS` (one value for all batches, or five, comma-separated)
+/// override them, for tuning runs.
+const WARPS: usize = 4;
+const ROWS_PER_WARP: [usize; 5] = [1, 1, 2, 4, 4];
+
+/// The kernels' launch geometry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    pub warps: usize,
+    /// Per entry of the compiled batch sizes (1, 2, 4, 8, 16).
+    pub rows_per_warp: [usize; 5],
+}
+
+impl Geometry {
+    fn from_env() -> Geometry {
+        let ok = |v: &usize| [1, 2, 4, 8].contains(v);
+        let warps = std::env::var("QUERN_CUDA_GEMV_WARPS")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(ok)
+            .unwrap_or(WARPS);
+        let rows = std::env::var("QUERN_CUDA_GEMV_ROWS")
+            .ok()
+            .and_then(|v| {
+                let vals: Vec<usize> = v
+                    .split(',')
+                    .map(|p| p.trim().parse::<usize>().ok().filter(ok))
+                    .collect::<Option<_>>()?;
+                match vals.len() {
+                    1 => Some([vals[0]; 5]),
+                    5 => Some([vals[0], vals[1], vals[2], vals[3], vals[4]]),
+                    _ => None,
+                }
+            })
+            .unwrap_or(ROWS_PER_WARP);
+        Geometry {
+            warps,
+            rows_per_warp: rows,
+        }
+    }
+}
+/// The batch sizes compiled; a batch runs in the smallest one that holds it.
+const BATCHES: [usize; 5] = [1, 2, 4, 8, 16];
+/// The most activation rows one launch takes.
+pub const MAX_BATCH: usize = 16;
+
+/// The number `gemv.cu` knows a format by (`QFMT`).
+fn format_id(ty: GgmlType) -> Option<u32> {
+    Some(match ty {
+        GgmlType::F32 => 0,
+        GgmlType::F16 => 1,
+        GgmlType::Bf16 => 2,
+        GgmlType::Q4_0 => 3,
+        GgmlType::Q4_1 => 4,
+        GgmlType::Q5_0 => 5,
+        GgmlType::Q5_1 => 6,
+        GgmlType::Q8_0 => 7,
+        GgmlType::Q2K => 8,
+        GgmlType::Q3K => 9,
+        GgmlType::Q4K => 10,
+        GgmlType::Q5K => 11,
+        GgmlType::Q6K => 12,
+        GgmlType::Iq4Nl => 13,
+        GgmlType::Iq4Xs => 14,
+        _ => return None,
+    })
+}
+
+/// Every format the CUDA kernels multiply.
+pub fn supported_types() -> impl Iterator<Item = GgmlType> {
+    GgmlType::all().filter(|t| format_id(*t).is_some())
+}
+
+/// Elements of a row one warp stages in shared memory at a time (`CH` in gemv.cu).
+fn chunk_elems(ty: GgmlType) -> usize {
+    match ty {
+        GgmlType::F32 => 512,
+        GgmlType::F16 | GgmlType::Bf16 => 1024,
+        _ => 2048,
+    }
+}
+
+fn chunk_bytes(ty: GgmlType) -> usize {
+    chunk_elems(ty) / ty.block_size() * ty.type_size()
+}
+
+/// Row length the kernels see: float rows are padded with zeros to a multiple of
+/// 8 elements (block formats already are).
+fn padded_cols(ty: GgmlType, cols: usize) -> usize {
+    if ty.is_quantized() {
+        cols
+    } else {
+        cols.div_ceil(8) * 8
+    }
+}
+
+/// Whether `ty` takes the 8-bit-activation path (`gemvq_*` in gemv.cu): the
+/// integer block formats, unless `QUERN_CUDA_FLOAT_ACTS=1` asks for float
+/// activations everywhere (for comparisons).
+fn int_path(ty: GgmlType) -> bool {
+    matches!(
+        ty,
+        GgmlType::Q8_0
+            | GgmlType::Q4_0
+            | GgmlType::Q4_1
+            | GgmlType::Q5_0
+            | GgmlType::Q5_1
+            | GgmlType::Q2K
+            | GgmlType::Q3K
+            | GgmlType::Q4K
+            | GgmlType::Q5K
+            | GgmlType::Q6K
+    )
+}
+
+/// Whether the backend quantises the activations to 8 bits for `ty`.
+pub fn quantises_activations(ty: GgmlType) -> bool {
+    int_path(ty) && std::env::var("QUERN_CUDA_FLOAT_ACTS").as_deref() != Ok("1")
+}
+
+/// One format's compiled kernels.
+struct GemvModule {
+    /// One per entry of [`BATCHES`], float activations.
+    funcs: Vec<CudaFunction>,
+    /// The same on 8-bit activations, with the kernel that makes them.
+    qfuncs: Option<(Vec<CudaFunction>, CudaFunction)>,
+    /// Dynamic shared memory of each batch size's kernels.
+    smem: Vec<u32>,
+}
+
+/// A weight matrix on the device, rows `stride` bytes apart.
+pub struct DeviceWeight {
+    pub ty: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+    /// Row length the kernel walks ([`padded_cols`]).
+    k: usize,
+    stride: usize,
+    buf: CudaSlice<u8>,
+}
+
+impl DeviceWeight {
+    /// Bytes the matrix occupies in its file layout (what one product must read).
+    pub fn file_bytes(&self) -> usize {
+        self.rows * (self.cols / self.ty.block_size() * self.ty.type_size())
+    }
+
+    /// Bytes on the device (rows padded).
+    pub fn device_bytes(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// A second device copy (benchmarks rotate copies to defeat the L2).
+    pub fn duplicate(&self, stream: &Arc<CudaStream>) -> Result<DeviceWeight, CudaError> {
+        Ok(DeviceWeight {
+            ty: self.ty,
+            rows: self.rows,
+            cols: self.cols,
+            k: self.k,
+            stride: self.stride,
+            buf: stream
+                .clone_dtod(&self.buf)
+                .ctx("copying weights on the device")?,
+        })
+    }
+}
+
+/// Identifies a weight matrix by where its bytes are and a sample of them (32
+/// spread 8-byte pieces, the first and last included), so a buffer freed and
+/// reused for other data is not mistaken for the old one. Weights are taken to
+/// stay unchanged while the backend holds their device copy (they come from a
+/// read-only memory map); [`CudaBackend::clear_weights`] drops the copies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct WeightKey {
+    ptr: usize,
+    len: usize,
+    sample: u64,
+}
+
+fn weight_key(data: &[u8]) -> WeightKey {
+    const SAMPLES: usize = 32;
+    let mut parts: Vec<&[u8]> = Vec::with_capacity(SAMPLES);
+    if data.len() <= SAMPLES * 8 {
+        parts.push(data);
+    } else {
+        // Evenly spread, the first and last 8 bytes included.
+        for i in 0..SAMPLES {
+            let at = i * (data.len() - 8) / (SAMPLES - 1);
+            parts.push(&data[at..at + 8]);
+        }
+    }
+    WeightKey {
+        ptr: data.as_ptr() as usize,
+        len: data.len(),
+        sample: compile::fnv1a(&parts),
+    }
+}
+
+/// Device buffers for activations and outputs, grown as needed.
+#[derive(Default)]
+struct Scratch {
+    x: Option<CudaSlice<f32>>,
+    y: Option<CudaSlice<f32>>,
+}
+
+pub struct CudaBackend {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    toolchain: Toolchain,
+    device_name: String,
+    modules: Mutex<HashMap<GgmlType, Arc<GemvModule>>>,
+    weights: Mutex<HashMap<WeightKey, Arc<DeviceWeight>>>,
+    scratch: Mutex<Scratch>,
+    /// 8-bit activations for the integer formats' kernels.
+    act_q8: Mutex<Option<CudaSlice<u8>>>,
+    poison: AtomicBool,
+    geometry: Geometry,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl CudaBackend {
+    /// Opens GPU `ordinal`. Fails with a one-line reason when the driver, NVRTC or
+    /// a device is missing.
+    pub fn new(ordinal: usize) -> Result<CudaBackend, CudaError> {
+        // cudarc panics when a library it needs cannot be loaded: look first.
+        // SAFETY: only tries to dlopen the libraries.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return Err(CudaError::NoDriver);
+        }
+        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+            return Err(CudaError::NoNvrtc);
+        }
+        // Any panic left (a symbol missing from an older driver) becomes an error.
+        std::panic::catch_unwind(|| Self::open(ordinal)).unwrap_or_else(|p| {
+            let msg = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown failure".into());
+            Err(CudaError::Driver {
+                what: "initialisation".into(),
+                detail: msg,
+            })
+        })
+    }
+
+    fn open(ordinal: usize) -> Result<CudaBackend, CudaError> {
+        cudarc::driver::result::init().map_err(|e| {
+            CudaError::NoDevice(
+                e.error_string()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_else(|_| format!("{:?}", e.0)),
+            )
+        })?;
+        let count = CudaContext::device_count().ctx("counting devices")?;
+        if count <= 0 || ordinal >= count as usize {
+            return Err(CudaError::NoDevice(format!(
+                "device {ordinal} asked for, {count} present"
+            )));
+        }
+        let ctx = CudaContext::new(ordinal).ctx("creating a context")?;
+        // One stream, so cudarc's cross-stream event tracking only costs time.
+        // SAFETY: nothing has been allocated on this context yet.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().ctx("creating a stream")?;
+        let (major, minor) = ctx
+            .compute_capability()
+            .ctx("reading the compute capability")?;
+        let mut driver_version = 0;
+        // SAFETY: a plain out-parameter.
+        unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut driver_version) }
+            .result()
+            .ctx("reading the driver version")?;
+        let toolchain = Toolchain {
+            arch: format!("sm_{major}{minor}"),
+            driver_version,
+            nvrtc_version: compile::nvrtc_version(),
+            include: compile::cuda_include_dir(),
+        };
+        let device_name = ctx.name().ctx("reading the device name")?;
+        Ok(CudaBackend {
+            ctx,
+            stream,
+            toolchain,
+            device_name,
+            modules: Mutex::new(HashMap::new()),
+            weights: Mutex::new(HashMap::new()),
+            scratch: Mutex::new(Scratch::default()),
+            act_q8: Mutex::new(None),
+            poison: AtomicBool::new(false),
+            geometry: Geometry::from_env(),
+        })
+    }
+
+    pub fn device_name(&self) -> &str {
+        &self.device_name
+    }
+
+    pub fn toolchain(&self) -> &Toolchain {
+        &self.toolchain
+    }
+
+    pub fn geometry(&self) -> Geometry {
+        self.geometry
+    }
+
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// When on, every output buffer is filled with NaN before a kernel writes it,
+    /// so an output the kernel skips shows (tests turn this on).
+    pub fn set_poison(&self, on: bool) {
+        self.poison.store(on, Ordering::Relaxed);
+    }
+
+    /// Drops every uploaded weight matrix.
+    pub fn clear_weights(&self) {
+        lock(&self.weights).clear();
+    }
+
+    /// Compiles (or loads from the cache) the kernels for `ty`; returns whether it
+    /// compiled.
+    pub fn prepare_type(&self, ty: GgmlType) -> Result<bool, CudaError> {
+        if lock(&self.modules).contains_key(&ty) {
+            return Ok(false);
+        }
+        let (_, compiled) = self.module(ty)?;
+        Ok(compiled)
+    }
+
+    /// Compiles (or finds in the cache) the modules of several formats at once,
+    /// one thread each: NVRTC takes seconds per module.
+    pub fn prepare_types(&self, types: &[GgmlType]) -> Result<(), CudaError> {
+        let todo: Vec<GgmlType> = {
+            let have = lock(&self.modules);
+            types
+                .iter()
+                .copied()
+                .filter(|t| !have.contains_key(t))
+                .collect()
+        };
+        let images: Vec<Result<(GgmlType, Vec<u8>), CudaError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = todo
+                .iter()
+                .map(|&ty| s.spawn(move || self.module_image(ty).map(|(b, _)| (ty, b))))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(CudaError::Compile {
+                            module: "gemv".into(),
+                            log: "the compiling thread panicked".into(),
+                        })
+                    })
+                })
+                .collect()
+        });
+        for r in images {
+            let (ty, cubin) = r?;
+            self.load(ty, cubin)?;
+        }
+        Ok(())
+    }
+
+    fn module_image(&self, ty: GgmlType) -> Result<(Vec<u8>, bool), CudaError> {
+        format_id(ty).ok_or(CudaError::Unsupported(ty))?;
+        let g = self.geometry;
+        let mut src = format!("#define WARPS {}\n", g.warps);
+        for (b, r) in BATCHES.iter().zip(g.rows_per_warp) {
+            src.push_str(&format!("#define RB{b} {r}\n"));
+        }
+        src.push_str(&gemv_source(ty).unwrap_or_default());
+        let (cubin, origin) = compile::cubin(&module_name(ty), &src, &self.toolchain)?;
+        Ok((cubin, origin.compiled))
+    }
+
+    fn module(&self, ty: GgmlType) -> Result<(Arc<GemvModule>, bool), CudaError> {
+        if let Some(m) = lock(&self.modules).get(&ty) {
+            return Ok((m.clone(), false));
+        }
+        let (cubin, compiled) = self.module_image(ty)?;
+        Ok((self.load(ty, cubin)?, compiled))
+    }
+
+    fn load(&self, ty: GgmlType, cubin: Vec<u8>) -> Result<Arc<GemvModule>, CudaError> {
+        let g = self.geometry;
+        let name = module_name(ty);
+        let module = self
+            .ctx
+            .load_module(cudarc::nvrtc::Ptx::from_binary(cubin))
+            .ctx(&format!("loading module {name}"))?;
+        // Two chunk buffers for each row of each warp.
+        let smem: Vec<u32> = g
+            .rows_per_warp
+            .iter()
+            .map(|r| (g.warps * 2 * r * chunk_bytes(ty)) as u32)
+            .collect();
+        let smem_bytes = smem.iter().copied().max().unwrap_or(0);
+        let max_smem = self
+            .ctx
+            .attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+            )
+            .ctx("reading the shared memory limit")?;
+        if smem_bytes as i64 > max_smem as i64 {
+            return Err(CudaError::Driver {
+                what: format!("sizing {name}"),
+                detail: format!(
+                    "{smem_bytes} bytes of shared memory per block ({} warps of up to {} rows) exceed the device's {max_smem}",
+                    g.warps,
+                    g.rows_per_warp.iter().max().unwrap_or(&1)
+                ),
+            });
+        }
+        let mut funcs = Vec::with_capacity(BATCHES.len());
+        for b in BATCHES {
+            let f = module
+                .load_function(&format!("gemv_b{b}"))
+                .ctx(&format!("finding gemv_b{b} in {name}"))?;
+            f.set_attribute(
+                CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                smem_bytes as i32,
+            )
+            .ctx(&format!(
+                "allowing {smem_bytes} bytes of shared memory for gemv_b{b}"
+            ))?;
+            funcs.push(f);
+        }
+        let qfuncs = if int_path(ty) {
+            let mut q = Vec::with_capacity(BATCHES.len());
+            for b in BATCHES {
+                let f = module
+                    .load_function(&format!("gemvq_b{b}"))
+                    .ctx(&format!("finding gemvq_b{b} in {name}"))?;
+                f.set_attribute(
+                    CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    smem_bytes as i32,
+                )
+                .ctx(&format!(
+                    "allowing {smem_bytes} bytes of shared memory for gemvq_b{b}"
+                ))?;
+                q.push(f);
+            }
+            let quant = module
+                .load_function("quantize_act")
+                .ctx(&format!("finding quantize_act in {name}"))?;
+            Some((q, quant))
+        } else {
+            None
+        };
+        let m = Arc::new(GemvModule {
+            funcs,
+            qfuncs,
+            smem,
+        });
+        lock(&self.modules).insert(ty, m.clone());
+        Ok(m)
+    }
+
+    /// Copies `w` to the device in its block layout, each row padded to a multiple
+    /// of 16 bytes (float rows also to a multiple of 8 elements, with zeros).
+    pub fn upload(&self, w: &WeightView<'_>) -> Result<DeviceWeight, CudaError> {
+        format_id(w.ty).ok_or(CudaError::Unsupported(w.ty))?;
+        let row_bytes = w.row_bytes();
+        let k = padded_cols(w.ty, w.cols);
+        let kbytes = k / w.ty.block_size() * w.ty.type_size();
+        let stride = kbytes.div_ceil(16) * 16;
+        let buf = if stride == row_bytes {
+            self.stream.clone_htod(w.data)
+        } else {
+            let mut host = vec![0u8; stride * w.rows];
+            for (r, dst) in host.chunks_exact_mut(stride).enumerate() {
+                dst[..row_bytes].copy_from_slice(w.row(r));
+            }
+            self.stream.clone_htod(&host)
+        }
+        .ctx(&format!("uploading {} ({} bytes)", w.name, w.data.len()))?;
+        Ok(DeviceWeight {
+            ty: w.ty,
+            rows: w.rows,
+            cols: w.cols,
+            k,
+            stride,
+            buf,
+        })
+    }
+
+    fn weight(&self, w: &WeightView<'_>) -> Result<Arc<DeviceWeight>, CudaError> {
+        let key = weight_key(w.data);
+        if let Some(d) = lock(&self.weights).get(&key) {
+            if d.ty == w.ty && d.rows == w.rows && d.cols == w.cols {
+                return Ok(d.clone());
+            }
+        }
+        let d = Arc::new(self.upload(w)?);
+        lock(&self.weights).insert(key, d.clone());
+        Ok(d)
+    }
+
+    /// Launches `y = W · x` for `n_tokens` rows of `x` (`w.k` floats apart) into `y`
+    /// (`w.rows` floats apart); device addresses, nothing synchronised.
+    ///
+    /// # Safety
+    /// `x_ptr` and `y_ptr` must point to at least `n_tokens * k` and
+    /// `n_tokens * rows` floats of device memory of this context.
+    pub unsafe fn launch_gemv_raw(
+        &self,
+        w: &DeviceWeight,
+        w_ptr: u64,
+        x_ptr: u64,
+        y_ptr: u64,
+        n_tokens: usize,
+    ) -> Result<(), CudaError> {
+        let (m, _) = self.module(w.ty)?;
+        let g = self.geometry;
+        let cfg = |bi: usize| {
+            let rows_per_block = g.warps * g.rows_per_warp[bi];
+            LaunchConfig {
+                grid_dim: (w.rows.div_ceil(rows_per_block) as u32, 1, 1),
+                block_dim: ((g.warps * 32) as u32, 1, 1),
+                shared_mem_bytes: m.smem[bi],
+            }
+        };
+        let stride = w.stride as i64;
+        let rows = w.rows as i32;
+        let k = w.k as i32;
+        let q8 = match &m.qfuncs {
+            Some(q) if quantises_activations(w.ty) => Some(q),
+            _ => None,
+        };
+        // The 8-bit activations: n*k codes, then n*k/32 scales (16-byte aligned).
+        let mut act_guard = lock(&self.act_q8);
+        let (xq_ptr, xd_ptr) = if let Some((_, quant)) = q8 {
+            let codes = (n_tokens * w.k).div_ceil(16) * 16;
+            let need = codes + n_tokens * w.k / 32 * 4;
+            if act_guard.as_ref().is_none_or(|b| b.len() < need) {
+                *act_guard = Some(
+                    self.stream
+                        .alloc_zeros::<u8>(need.max(1 << 16))
+                        .ctx("allocating 8-bit activations")?,
+                );
+            }
+            let Some(buf) = act_guard.as_ref() else {
+                unreachable!("just allocated");
+            };
+            let (p, _g) = buf.device_ptr(&self.stream);
+            let nblocks = (n_tokens * w.k / 32) as i64;
+            let threads = 256u32;
+            let blocks = (nblocks as u64 * 32).div_ceil(threads as u64) as u32;
+            let xq = p;
+            let xd = p + codes as u64;
+            self.stream
+                .launch_builder(quant)
+                .arg(&x_ptr)
+                .arg(&nblocks)
+                .arg(&xq)
+                .arg(&xd)
+                .launch(LaunchConfig {
+                    grid_dim: (blocks, 1, 1),
+                    block_dim: (threads, 1, 1),
+                    shared_mem_bytes: 0,
+                })
+                .ctx("launching the activation quantiser")?;
+            (xq, xd)
+        } else {
+            (0, 0)
+        };
+        let mut t0 = 0;
+        while t0 < n_tokens {
+            let nt = (n_tokens - t0).min(MAX_BATCH);
+            let bi = BATCHES
+                .iter()
+                .position(|&b| b >= nt)
+                .unwrap_or(BATCHES.len() - 1);
+            let yp = y_ptr + (t0 * w.rows * 4) as u64;
+            let nt_i = nt as i32;
+            let r = if let Some((qf, _)) = q8 {
+                let xq = xq_ptr + (t0 * w.k) as u64;
+                let xd = xd_ptr + (t0 * w.k / 32 * 4) as u64;
+                self.stream
+                    .launch_builder(&qf[bi])
+                    .arg(&w_ptr)
+                    .arg(&stride)
+                    .arg(&rows)
+                    .arg(&k)
+                    .arg(&xq)
+                    .arg(&xd)
+                    .arg(&yp)
+                    .arg(&nt_i)
+                    .launch(cfg(bi))
+            } else {
+                let xp = x_ptr + (t0 * w.k * 4) as u64;
+                self.stream
+                    .launch_builder(&m.funcs[bi])
+                    .arg(&w_ptr)
+                    .arg(&stride)
+                    .arg(&rows)
+                    .arg(&k)
+                    .arg(&xp)
+                    .arg(&yp)
+                    .arg(&nt_i)
+                    .launch(cfg(bi))
+            };
+            r.map_err(|e| CudaError::driver(format!("launching the {} gemv", w.ty), e))?;
+            t0 += nt;
+        }
+        drop(act_guard);
+        Ok(())
+    }
+
+    /// The device address of a weight's data.
+    pub fn weight_ptr(&self, w: &DeviceWeight) -> u64 {
+        let (p, _g) = w.buf.device_ptr(&self.stream);
+        p
+    }
+
+    fn matmul_device(
+        &self,
+        w: &WeightView<'_>,
+        x: &[f32],
+        n_tokens: usize,
+        out: &mut [f32],
+    ) -> Result<(), CudaError> {
+        let dw = self.weight(w)?;
+        let mut guard = lock(&self.scratch);
+        let s = &mut *guard;
+        let (nx, ny) = (n_tokens * dw.k, n_tokens * dw.rows);
+        if s.x.as_ref().is_none_or(|b| b.len() < nx) {
+            s.x = Some(
+                self.stream
+                    .alloc_zeros::<f32>(nx.max(4096))
+                    .ctx("allocating activations")?,
+            );
+        }
+        if s.y.as_ref().is_none_or(|b| b.len() < ny) {
+            s.y = Some(
+                self.stream
+                    .alloc_zeros::<f32>(ny.max(4096))
+                    .ctx("allocating outputs")?,
+            );
+        }
+        let (Some(xb), Some(yb)) = (s.x.as_mut(), s.y.as_mut()) else {
+            unreachable!("both buffers were just allocated");
+        };
+        {
+            let mut xv = xb.slice_mut(0..nx);
+            if dw.k == w.cols {
+                self.stream.memcpy_htod(x, &mut xv)
+            } else {
+                let mut padded = vec![0f32; nx];
+                for (d, s) in padded.chunks_exact_mut(dw.k).zip(x.chunks_exact(w.cols)) {
+                    d[..w.cols].copy_from_slice(s);
+                }
+                self.stream.memcpy_htod(&padded, &mut xv)
+            }
+            .ctx("copying activations to the device")?;
+        }
+        let (xp, _gx) = xb.device_ptr(&self.stream);
+        let (yp, _gy) = yb.device_ptr(&self.stream);
+        if self.poison.load(Ordering::Relaxed) {
+            // SAFETY: yp holds at least ny floats.
+            unsafe {
+                cudarc::driver::result::memset_d8_async(yp, 0xFF, ny * 4, self.stream.cu_stream())
+            }
+            .ctx("poisoning the output")?;
+        }
+        let wp = self.weight_ptr(&dw);
+        // SAFETY: xb holds nx = n_tokens * k floats and yb ny = n_tokens * rows.
+        unsafe { self.launch_gemv_raw(&dw, wp, xp, yp, n_tokens)? };
+        self.stream
+            .memcpy_dtoh(&yb.slice(0..ny), out)
+            .ctx("copying outputs to the host")?;
+        self.stream
+            .synchronize()
+            .ctx(&format!("running the {} gemv", w.ty))?;
+        Ok(())
+    }
+}
+
+impl Backend for CudaBackend {
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn supports(&self, ty: GgmlType) -> bool {
+        format_id(ty).is_some()
+    }
+
+    fn matmul(
+        &self,
+        w: &WeightView<'_>,
+        x: &[f32],
+        n_tokens: usize,
+        out: &mut [f32],
+    ) -> Result<(), RuntimeError> {
+        check_matmul(w, x, n_tokens, out)?;
+        if n_tokens == 0 || w.rows == 0 {
+            return Ok(());
+        }
+        self.matmul_device(w, x, n_tokens, out)
+            .map_err(|source| RuntimeError::Cuda {
+                tensor: w.name.to_string(),
+                source,
+            })
+    }
+}
+
+fn module_name(ty: GgmlType) -> String {
+    format!("quern_gemv_{}", ty.name().to_lowercase())
+}
+
+/// The source of the module for `ty`, as compiled.
+pub fn gemv_source(ty: GgmlType) -> Option<String> {
+    format_id(ty).map(|id| format!("#define QFMT {id}\n{GEMV_SRC}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Compiles every format's module for sm_90 where NVRTC is installed (no GPU
+    /// is needed for that); elsewhere says so and passes.
+    #[test]
+    fn every_module_compiles_with_nvrtc() {
+        // SAFETY: only tries to dlopen the library.
+        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+            eprintln!("skipped: NVRTC not found");
+            return;
+        }
+        let tc = Toolchain {
+            arch: "sm_90".into(),
+            driver_version: 0,
+            nvrtc_version: compile::nvrtc_version(),
+            include: None,
+        };
+        for ty in supported_types() {
+            let src = gemv_source(ty).expect("supported");
+            let out = compile::compile_uncached(&format!("test_{ty}"), &src, &tc);
+            match out {
+                Ok(cubin) => assert!(cubin.len() > 1000, "{ty}: {} bytes of cubin", cubin.len()),
+                Err(e) => panic!("{ty}: {e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn chunks_are_whole_blocks_of_16_bytes() {
+        for ty in supported_types() {
+            assert_eq!(chunk_elems(ty) % ty.block_size(), 0, "{ty}");
+            assert_eq!(chunk_bytes(ty) % 16, 0, "{ty}");
+            assert_eq!(chunk_elems(ty) % 256, 0, "{ty}");
+        }
+        assert_eq!(supported_types().count(), 15);
+    }
+
+    #[test]
+    fn weight_key_sees_content_changes() {
+        let mut a = vec![1u8; 4096];
+        let k1 = weight_key(&a);
+        a[4095] = 2;
+        assert_ne!(k1, weight_key(&a));
+        a[4095] = 1;
+        assert_eq!(k1, weight_key(&a));
+    }
+}

@@ -1,0 +1,104 @@
+//! Whole forward passes of tiny generated models with every weight product on the
+//! GPU, against the same model on the CPU backend: prefill of five tokens (all
+//! logits), then decode one token at a time. Without a CUDA device the tests
+//! print why and pass, unless `QUERN_REQUIRE_CUDA=1`, when they fail.
+
+use std::path::{Path, PathBuf};
+
+use quern_formats::testutil::TinyModel;
+use quern_quant::pipeline::{convert_hf_folder, ConvertOptions, NoProgress, OutType};
+use quern_runtime::cuda::CudaBackend;
+use quern_runtime::{CpuBackend, Model};
+
+fn cuda() -> Option<CudaBackend> {
+    match CudaBackend::new(0) {
+        Ok(b) => {
+            b.set_poison(true);
+            Some(b)
+        }
+        Err(e) => {
+            if std::env::var("QUERN_REQUIRE_CUDA").as_deref() == Ok("1") {
+                panic!("QUERN_REQUIRE_CUDA=1 but the CUDA backend cannot start: {e}");
+            }
+            eprintln!("skipped: {e}");
+            None
+        }
+    }
+}
+
+fn convert(m: &TinyModel, dir: &Path, outtype: OutType) -> PathBuf {
+    let folder = dir.join("hf");
+    m.write(&folder).expect("write tiny model");
+    let out = dir.join("model.gguf");
+    let opts = ConvertOptions {
+        outtype,
+        model_name: None,
+    };
+    convert_hf_folder(&folder, &out, &opts, &NoProgress).expect("convert");
+    out
+}
+
+fn logits(model: &Model, tokens: &[u32]) -> Vec<Vec<f32>> {
+    let vocab = model.config.vocab;
+    let mut session = model.session(64);
+    let pre = model
+        .forward(&mut session, &tokens[..5], true)
+        .expect("prefill");
+    let mut out: Vec<Vec<f32>> = pre.chunks_exact(vocab).map(|c| c.to_vec()).collect();
+    for &t in &tokens[5..] {
+        out.push(model.forward(&mut session, &[t], false).expect("decode"));
+    }
+    out
+}
+
+fn rel_err(a: &[f32], b: &[f32]) -> f64 {
+    let num: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| (x as f64 - y as f64).powi(2))
+        .sum();
+    let den: f64 = b.iter().map(|&y| (y as f64).powi(2)).sum();
+    (num / den).sqrt()
+}
+
+fn check(m: TinyModel, outtype: OutType, tol: f64) {
+    let Some(be) = cuda() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = convert(&m, dir.path(), outtype);
+    let tokens: Vec<u32> = vec![5, 77, 260, 3, 131, 19, 200, 42, 9, 64, 128];
+    let gpu = Model::open(&path, Box::new(be)).expect("open on cuda");
+    assert_eq!(gpu.backend().name(), "cuda");
+    let cpu = Model::open(&path, Box::new(CpuBackend::new())).expect("open on cpu");
+    let (g, c) = (logits(&gpu, &tokens), logits(&cpu, &tokens));
+    assert_eq!(g.len(), c.len());
+    for (pos, (g, c)) in g.iter().zip(&c).enumerate() {
+        assert!(
+            g.iter().all(|v| v.is_finite()),
+            "position {pos}: non-finite logits"
+        );
+        let e = rel_err(g, c);
+        assert!(
+            e < tol,
+            "{} {outtype:?} position {pos}: cuda vs cpu relative error {e}",
+            m.architecture
+        );
+    }
+}
+
+#[test]
+fn llama_f32_on_cuda_matches_cpu() {
+    // Both backends multiply f32 weights by f32 activations: rounding only.
+    check(TinyModel::llama(), OutType::F32, 1e-5);
+}
+
+#[test]
+fn qwen2_bf16_and_f16_on_cuda_match_cpu() {
+    check(TinyModel::qwen2(), OutType::Bf16, 1e-5);
+    check(TinyModel::qwen3(), OutType::F16, 1e-5);
+}
+
+#[test]
+fn llama_q8_0_on_cuda_is_close_to_cpu() {
+    // The CPU quantises activations to 8 bits for Q8_0; the GPU does not.
+    check(TinyModel::llama(), OutType::Q8_0, 3e-2);
+}

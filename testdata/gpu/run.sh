@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# The GPU check of the CUDA backend, in one call of the device tool: runs the
+# carried test executables and the carried release binary (it builds nothing),
+# then the PyTorch peers, and writes everything under $OUT.
+#
+#   bash DIR/run.sh    DIR is what testdata/gpu/stage.sh DIR made: quern,
+#                      cuda_kernels, cuda_model, runtime_lib (test executables
+#                      from `cargo test --release --no-run -p quern-runtime`),
+#                      run.sh, torch_gemv.py, summary.py
+#
+# Steps (each logged, each limited in time so the call ends inside its limit):
+#   1. GPU tests with QUERN_REQUIRE_CUDA=1 (a missing device fails them);
+#   2. quern bench --device cuda --kernels --json;
+#   2b. the same for other kernel geometries, on a few formats (variants.txt);
+#   3. torch_gemv.py (int4 weight-only and bf16 peers, same shapes and method);
+#   4. summary.md from 2 and 3;
+#   5. compute-sanitizer --tool memcheck over the kernel tests.
+set -u -o pipefail
+DIR=$(cd "$(dirname "$0")" && pwd)
+OUT=${OUT:-/tmp/quern-gpu-out}
+mkdir -p "$OUT"
+export QUERN_REQUIRE_CUDA=1
+export QUERN_CUDA_CACHE=${QUERN_CUDA_CACHE:-/tmp/quern-cuda-cache}
+export PYTHONUNBUFFERED=1
+status=0
+step() { echo "== $* ($(date -u +%H:%M:%S))"; }
+
+step "machine"
+{
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv
+  nvcc --version 2>/dev/null | tail -2
+  uname -a
+} 2>&1 | tee "$OUT/machine.txt"
+
+step "GPU tests"
+timeout 240 "$DIR/cuda_kernels" --test-threads=1 2>&1 | tee "$OUT/tests.log" || status=1
+timeout 120 "$DIR/cuda_model" --test-threads=1 2>&1 | tee -a "$OUT/tests.log" || status=1
+timeout 120 "$DIR/runtime_lib" cuda:: --test-threads=1 2>&1 | tee -a "$OUT/tests.log" || status=1
+
+step "kernel benchmark"
+# The SM clock every 200 ms while the benchmark runs (clocks are only read).
+nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw --format=csv -lms 200 >"$OUT/clocks.csv" 2>&1 &
+smi=$!
+timeout 240 "$DIR/quern" bench --device cuda --kernels --json >"$OUT/kernels.json" || status=1
+kill $smi 2>/dev/null
+
+step "geometry variants"
+# The kernels' rows per warp and warps per block, for a few formats: what tuning
+# would choose from (the default geometry is the run above).
+# Each variant: rows per warp, warps per block, QUERN_CUDA_FLOAT_ACTS (1: float
+# activations for the integer formats too).
+for v in ${VARIANTS:-"1,1,1,2,4 8 0" "1,1,2,4,4 4 1"}; do
+  set -- $v
+  echo "-- QUERN_CUDA_GEMV_ROWS=$1 QUERN_CUDA_GEMV_WARPS=$2 QUERN_CUDA_FLOAT_ACTS=$3"
+  QUERN_CUDA_GEMV_ROWS=$1 QUERN_CUDA_GEMV_WARPS=$2 QUERN_CUDA_FLOAT_ACTS=$3 timeout 120 \
+    "$DIR/quern" bench --device cuda --kernels --types "${VARIANT_TYPES:-Q4_0,Q4_K,Q8_0}" || status=1
+done 2>&1 | tee "$OUT/variants.txt"
+
+step "PyTorch peers"
+timeout 180 python3 "$DIR/torch_gemv.py" "$OUT/torch_gemv.json" 2>&1 | tail -30 || status=1
+
+step "summary"
+python3 "$DIR/summary.py" "$OUT/kernels.json" "$OUT/torch_gemv.json" | tee "$OUT/summary.md" || status=1
+
+step "compute-sanitizer memcheck"
+if command -v compute-sanitizer >/dev/null; then
+  timeout "${MEMCHECK_TIMEOUT:-200}" compute-sanitizer --tool memcheck --error-exitcode 9 \
+    "$DIR/cuda_kernels" --test-threads=1 2>&1 | tail -40 | tee "$OUT/memcheck.log"
+  rc=${PIPESTATUS[0]}
+  echo "memcheck exit status $rc" | tee -a "$OUT/memcheck.log"
+  [ "$rc" = 0 ] || status=1
+else
+  echo "compute-sanitizer not found" | tee "$OUT/memcheck.log"
+  status=1
+fi
+step "done, status $status"
+exit $status
