@@ -12,6 +12,7 @@
 pub mod backend;
 pub mod chat;
 pub mod cpu;
+pub mod eval;
 pub mod error;
 pub mod generate;
 pub mod model;
