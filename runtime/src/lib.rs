@@ -12,12 +12,13 @@
 pub mod backend;
 pub mod chat;
 pub mod cpu;
-pub mod eval;
 pub mod error;
+pub mod eval;
 pub mod generate;
 pub mod model;
 pub mod sampler;
 pub mod tokenizer;
+pub mod verify;
 
 pub use backend::{Backend, WeightView};
 pub use cpu::CpuBackend;
