@@ -124,7 +124,7 @@ def main():
               file=sys.stderr, flush=True)
     per_chunk = ctx - 1 - first
     results = {"baseline": args.baseline, "text": args.text, "ctx": ctx, "chunks": n_chunks,
-               "add_bos": add_bos, "threads": args.threads, "llama_cpp_python": llama_cpp.__version__,
+               "tokens": len(tokens), "add_bos": add_bos, "threads": args.threads, "llama_cpp_python": llama_cpp.__version__,
                "tokenize_seconds": tokenize_s, "baseline_seconds": base_secs,
                "seconds": {p: acc[p]["secs"] for p, _ in arts},
                "kld_seconds": {p: acc[p]["kld_secs"] for p, _ in arts}, "by_chunks": {}}
