@@ -79,6 +79,8 @@ def main():
     ap.add_argument("--chunks", type=int, default=40)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json")
+    ap.add_argument("--hf-tokenizer", help="tokenizer.json to check that llama.cpp's ids are the ones "
+                    "quern verify scores (the reference folder's, through the tokenizers package)")
     ap.add_argument("--also-chunks", type=int, nargs="*", default=[],
                     help="also report the figures over the first N chunks (same run)")
     args = ap.parse_args()
@@ -96,6 +98,16 @@ def main():
     n_chunks = min(args.chunks, len(tokens) // ctx)
     if n_chunks < 1:
         sys.exit(f"{args.text}: {len(tokens)} tokens, fewer than one chunk of {ctx}")
+    same_ids = None
+    if args.hf_tokenizer:
+        import tokenizers
+        hf = tokenizers.Tokenizer.from_file(args.hf_tokenizer).encode(text, add_special_tokens=False).ids
+        hf = ([bos] if add_bos else []) + hf
+        n = n_chunks * ctx
+        same_ids = sum(int(a == b) for a, b in zip(hf[:n], tokens[:n])) == n and len(hf) >= n
+        print(f"token ids of the {n_chunks} chunks, llama.cpp vs {args.hf_tokenizer}: "
+              f"{'identical' if same_ids else 'DIFFERENT'} ({len(tokens)} vs {len(hf)} tokens in the text)",
+              file=sys.stderr, flush=True)
     arts = [(p, open_model(llama_cpp, p, ctx, args.threads)) for p in args.artifacts]
     acc = {p: {"kld": [], "nll": [], "dp": [], "same_list": [], "secs": 0.0, "kld_secs": 0.0} for p, _ in arts}
     base_nll, base_secs = [], 0.0
@@ -124,7 +136,7 @@ def main():
               file=sys.stderr, flush=True)
     per_chunk = ctx - 1 - first
     results = {"baseline": args.baseline, "text": args.text, "ctx": ctx, "chunks": n_chunks,
-               "tokens": len(tokens), "add_bos": add_bos, "threads": args.threads, "llama_cpp_python": llama_cpp.__version__,
+               "tokens": len(tokens), "ids_match_hf_tokenizer": same_ids, "add_bos": add_bos, "threads": args.threads, "llama_cpp_python": llama_cpp.__version__,
                "tokenize_seconds": tokenize_s, "baseline_seconds": base_secs,
                "seconds": {p: acc[p]["secs"] for p, _ in arts},
                "kld_seconds": {p: acc[p]["kld_secs"] for p, _ in arts}, "by_chunks": {}}
