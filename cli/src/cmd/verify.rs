@@ -17,6 +17,7 @@ use quern_runtime::CpuBackend;
 /// 1. Weights: every tensor of the artifact is dequantised and compared with the
 ///    reference's (after name mapping and the llama q/k permutation): relative RMS
 ///    error, max |error|, cosine similarity, SNR; per storage type and worst first.
+///
 /// 2. Outputs: both models run over the same tokens of the text (tokenised once
 ///    with the reference's tokenizer) in non-overlapping chunks of --ctx tokens,
 ///    the second half of each chunk scored, as llama.cpp's perplexity tool does:

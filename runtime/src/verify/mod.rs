@@ -108,6 +108,15 @@ pub fn verify(
     let tokenizer = EvalTokenizer::for_reference(&opts.reference)?;
     let tokens = tokenizer.encode(&text.text)?;
     let plan = ChunkPlan::new(tokens.len(), opts.ctx, opts.chunks, tokenizer.bos)?;
+    // Loaded before the long work so that a model the runtime cannot run fails fast.
+    let models = if opts.weights_only {
+        None
+    } else {
+        let reference = open_model(&opts.reference, backend())?;
+        let artifact = open_model(&opts.artifact, backend())?;
+        outputs::check_models(&reference, &artifact, &plan)?;
+        Some((reference, artifact))
+    };
 
     let mut seconds = report::Timing::default();
     let t = Instant::now();
@@ -142,18 +151,17 @@ pub fn verify(
     drop(artifact);
 
     let t = Instant::now();
-    let outputs = if opts.weights_only {
-        None
-    } else {
-        let ref_model = open_model(&opts.reference, backend())?;
-        let art_model = open_model(&opts.artifact, backend())?;
+    let outputs = if let Some((ref_model, art_model)) = &models {
         let mut s =
-            outputs::compare_outputs(&ref_model, &art_model, &tokens, &plan, opts.worst, progress)?;
+            outputs::compare_outputs(ref_model, art_model, &tokens, &plan, opts.worst, progress)?;
         for d in &mut s.largest_drops {
             d.text = tokenizer.token_text(d.token);
         }
         Some(s)
+    } else {
+        None
     };
+    drop(models);
     seconds.outputs = t.elapsed().as_secs_f64();
 
     let violations = outputs
