@@ -7,7 +7,8 @@
 # Default files: the reference model (SmolLM2-135M) in Q8_0, Q4_0 and Q4_K_M, and the
 # synthetic 1.1B model in Q4_K_M and Q8_0, made with `quern quantize` from the HF folders
 # (untimed, kept in .cache/bench-runtime/). THREADS (default 2), REPS (default 3),
-# PP (default 128), TG (default 64).
+# PP (default 128), TG (default 64), LLAMA_BENCH (its path), PIN (a prefix such as
+# "taskset -c 0,1"), RESULTS_MD (default bench/results/runtime.md).
 #   quern        quern bench FILE --threads T -p PP -n TG -r REPS --json
 #   llama.cpp    llama-bench -m FILE -t T -p PP -n TG -r REPS -o json
 # Prints a markdown table (and writes bench/results/runtime.md): tokens/s mean ± sd,
@@ -21,7 +22,9 @@ set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 QUERN="${QUERN_BIN:-$REPO/target/release/quern}"
-LB="$REPO/.cache/llama.cpp/build/bin/llama-bench"
+LB="${LLAMA_BENCH:-$REPO/.cache/llama.cpp/build/bin/llama-bench}"
+# PIN: a command prefix for both tools, e.g. "taskset -c 0,1" on a larger machine.
+PIN="${PIN:-}"
 THREADS="${THREADS:-2}"
 REPS="${REPS:-3}"
 PP="${PP:-128}"
@@ -54,8 +57,8 @@ ROWS="$(mktemp)"
 trap 'rm -f "$ROWS"' EXIT
 for f in "$@"; do
     echo "== $(basename "$f")" >&2
-    ours="$("$QUERN" bench "$f" --threads "$THREADS" -p "$PP" -n "$TG" -r "$REPS" --json)"
-    theirs="$("$LB" -m "$f" -t "$THREADS" -p "$PP" -n "$TG" -r "$REPS" -o json 2>/dev/null)"
+    ours="$($PIN "$QUERN" bench "$f" --threads "$THREADS" -p "$PP" -n "$TG" -r "$REPS" --json)"
+    theirs="$($PIN "$LB" -m "$f" -t "$THREADS" -p "$PP" -n "$TG" -r "$REPS" -o json 2>/dev/null)"
     python3 - "$f" "$ours" "$theirs" >> "$ROWS" <<'EOF'
 import json, os, sys
 f, ours, theirs = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
@@ -68,7 +71,7 @@ print("\t".join(str(x) for x in [
 EOF
 done
 
-python3 - "$ROWS" "$THREADS" "$PP" "$TG" "$REPS" <<'EOF' | tee "$RESULTS/runtime.md"
+python3 - "$ROWS" "$THREADS" "$PP" "$TG" "$REPS" <<'EOF' | tee "${RESULTS_MD:-$RESULTS/runtime.md}"
 import sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
 t, pp, tg, reps = sys.argv[2:6]

@@ -34,6 +34,11 @@ PRESETS = {
     "tinyllama-1.1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
                            num_attention_heads=32, num_key_value_heads=4, vocab_size=49152,
                            max_position_embeddings=2048, rope_theta=10000.0, tie_word_embeddings=False),
+    # SmolLM2-135M's shapes (the reference model's), tied embeddings: speed runs
+    # where the real weights cannot travel.
+    "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                         num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,
+                         max_position_embeddings=8192, rope_theta=100000.0, tie_word_embeddings=True),
     # A small one for quick tests of this script and of sharded input.
     "tiny": dict(hidden_size=256, intermediate_size=688, num_hidden_layers=2,
                  num_attention_heads=4, num_key_value_heads=2, vocab_size=49152,

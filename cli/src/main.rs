@@ -31,6 +31,7 @@ enum Command {
     Sign(cmd::sign::SignArgs),
     Run(cmd::run::RunArgs),
     Bench(cmd::bench::BenchArgs),
+    Verify(cmd::verify::VerifyArgs),
 }
 
 fn main() {
@@ -46,6 +47,7 @@ fn main() {
         Command::Sign(a) => cmd::sign::run(a),
         Command::Run(a) => cmd::run::run(a),
         Command::Bench(a) => cmd::bench::run(a),
+        Command::Verify(a) => cmd::verify::run(a),
     };
     if let Err(err) = result {
         // One line: the error and its causes, as `quern: a: b: c`.

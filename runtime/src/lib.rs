@@ -17,11 +17,13 @@ pub mod chat;
 pub mod cpu;
 pub mod cuda;
 pub mod error;
+pub mod eval;
 pub mod generate;
 pub mod model;
 pub mod sampler;
 pub mod source;
 pub mod tokenizer;
+pub mod verify;
 
 pub use backend::{Backend, WeightView};
 pub use cpu::CpuBackend;

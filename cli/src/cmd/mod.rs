@@ -10,3 +10,5 @@ pub mod quantize;
 pub mod registry;
 pub mod run;
 pub mod sign;
+pub mod verify;
+pub mod verify_render;
