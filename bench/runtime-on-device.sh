@@ -14,14 +14,13 @@ case "${1:-}" in
 stage)
     rm -rf "$D"; mkdir -p "$D/lib" "$D/ref"
     strip -o "$D/quern" "$REPO/target/release/quern"
-    B="$REPO/.cache/llama.cpp/build/bin"
-    cp "$B/llama-bench" "$D/"
-    # its shared libraries, wherever the build put them
-    ldd "$B/llama-bench" | awk '/=> \// {print $3}' | grep -E 'llama|ggml|mtmd' | xargs -r -I{} cp {} "$D/lib/"
-    find "$REPO/.cache/llama.cpp/build" -name '*.so*' \( -name 'libggml*' -o -name 'libllama*' \) -exec cp -n {} "$D/lib/" \;
     for f in config.json tokenizer.json tokenizer_config.json special_tokens_map.json generation_config.json; do
         cp "$REPO/.cache/reference/smollm2-135m/$f" "$D/ref/"
     done
+    B="$REPO/.cache/llama.cpp/build/bin"
+    cp "$B/llama-bench" "$D/"
+    # its shared libraries, if the build made any (ours links llama.cpp statically)
+    ldd "$B/llama-bench" | awk '/=> \// {print $3}' | { grep -E 'llama|ggml' || true; } | xargs -r -I{} cp {} "$D/lib/"
     du -sh "$D"
     ;;
 run)
