@@ -39,6 +39,25 @@ impl<'a> MetadataLookup<'a> {
     fn get(&self, key: &str) -> Option<&'a Value> {
         self.0.get(key).copied()
     }
+
+    /// An array of strings; `err` words the failure.
+    fn strings(
+        &self,
+        key: &str,
+        err: &dyn Fn(String) -> RuntimeError,
+    ) -> Result<Vec<String>, RuntimeError> {
+        let arr = self
+            .get(key)
+            .and_then(|v| v.as_array())
+            .ok_or_else(|| err(format!("{key} is missing")))?;
+        arr.iter()
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| err(format!("{key} holds a non-string")))
+            })
+            .collect()
+    }
 }
 
 pub mod spm;
@@ -111,20 +130,7 @@ impl Tokenizer {
                 "vocabulary type {model:?} is not supported (supported: gpt2 byte-level BPE, llama SentencePiece)"
             )));
         }
-        let strings = |key: &str| -> Result<Vec<String>, RuntimeError> {
-            let arr = file
-                .get(key)
-                .and_then(|v| v.as_array())
-                .ok_or_else(|| err(format!("{key} is missing")))?;
-            arr.iter()
-                .map(|v| {
-                    v.as_str()
-                        .map(str::to_string)
-                        .ok_or_else(|| err(format!("{key} holds a non-string")))
-                })
-                .collect()
-        };
-        let tokens = strings("tokenizer.ggml.tokens")?;
+        let tokens = file.strings("tokenizer.ggml.tokens", &err)?;
         let types: Vec<i64> = match file
             .get("tokenizer.ggml.token_type")
             .and_then(|v| v.as_array())
@@ -233,20 +239,7 @@ impl Tokenizer {
         special: &[bool],
         err: &dyn Fn(String) -> RuntimeError,
     ) -> Result<tokenizers::Tokenizer, RuntimeError> {
-        let strings = |key: &str| -> Result<Vec<String>, RuntimeError> {
-            let arr = file
-                .get(key)
-                .and_then(|v| v.as_array())
-                .ok_or_else(|| err(format!("{key} is missing")))?;
-            arr.iter()
-                .map(|v| {
-                    v.as_str()
-                        .map(str::to_string)
-                        .ok_or_else(|| err(format!("{key} holds a non-string")))
-                })
-                .collect()
-        };
-        let merges_raw = strings("tokenizer.ggml.merges")?;
+        let merges_raw = file.strings("tokenizer.ggml.merges", err)?;
         let vocab: Vocab = tokens
             .iter()
             .enumerate()
