@@ -7,6 +7,8 @@
 //! skips fails. Without a CUDA device the tests print why and pass, unless
 //! `QUERN_REQUIRE_CUDA=1`, when they fail.
 
+mod common;
+
 use quern_formats::GgmlType;
 use quern_runtime::backend::{Backend, WeightView};
 use quern_runtime::cpu::CpuBackend;
@@ -14,19 +16,7 @@ use quern_runtime::cuda::bench::Rng;
 use quern_runtime::cuda::{quantises_activations, supported_types, CudaBackend};
 
 fn backend() -> Option<CudaBackend> {
-    match CudaBackend::new(0) {
-        Ok(b) => {
-            b.set_poison(true);
-            Some(b)
-        }
-        Err(e) => {
-            if std::env::var("QUERN_REQUIRE_CUDA").as_deref() == Ok("1") {
-                panic!("QUERN_REQUIRE_CUDA=1 but the CUDA backend cannot start: {e}");
-            }
-            eprintln!("skipped: {e}");
-            None
-        }
-    }
+    common::cuda_backend()
 }
 
 /// Whether the CPU backend quantises the activations to 8 bits for `ty` (then it

@@ -3,6 +3,8 @@
 //! logits), then decode one token at a time. Without a CUDA device the tests
 //! print why and pass, unless `QUERN_REQUIRE_CUDA=1`, when they fail.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use quern_formats::testutil::TinyModel;
@@ -11,19 +13,7 @@ use quern_runtime::cuda::CudaBackend;
 use quern_runtime::{CpuBackend, Model};
 
 fn cuda() -> Option<CudaBackend> {
-    match CudaBackend::new(0) {
-        Ok(b) => {
-            b.set_poison(true);
-            Some(b)
-        }
-        Err(e) => {
-            if std::env::var("QUERN_REQUIRE_CUDA").as_deref() == Ok("1") {
-                panic!("QUERN_REQUIRE_CUDA=1 but the CUDA backend cannot start: {e}");
-            }
-            eprintln!("skipped: {e}");
-            None
-        }
-    }
+    common::cuda_backend()
 }
 
 fn convert(m: &TinyModel, dir: &Path, outtype: OutType) -> PathBuf {

@@ -143,3 +143,21 @@ pub fn wiki_tokens(model: &quern_runtime::Model, n: usize) -> Option<Vec<u32>> {
     assert!(ids.len() >= n, "{} tokens of text, wanted {n}", ids.len());
     Some(ids[..n].to_vec())
 }
+
+/// The first GPU's backend with outputs poisoned before each product, or a
+/// notice and `None` without one (a panic under `QUERN_REQUIRE_CUDA=1`).
+pub fn cuda_backend() -> Option<quern_runtime::cuda::CudaBackend> {
+    match quern_runtime::cuda::CudaBackend::new(0) {
+        Ok(b) => {
+            b.set_poison(true);
+            Some(b)
+        }
+        Err(e) => {
+            if std::env::var("QUERN_REQUIRE_CUDA").as_deref() == Ok("1") {
+                panic!("QUERN_REQUIRE_CUDA=1 but the CUDA backend cannot start: {e}");
+            }
+            eprintln!("skipped: {e}");
+            None
+        }
+    }
+}
