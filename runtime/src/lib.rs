@@ -9,6 +9,7 @@
 //! - [`source`]: GGUF, safetensors and AWQ weights seen through GGUF names;
 //! - [`model`]: the Llama / Qwen2 / Qwen3 forward pass with a KV cache, reading the
 //!   weights straight from the GGUF memory map;
+//! - [`observe`]: hooks that see the activations entering each matrix (calibration);
 //! - [`tokenizer`], [`sampler`], [`chat`]: text in and out;
 //! - [`generate`]: prompt → tokens, and the timing loop `quern bench` uses.
 
@@ -20,6 +21,7 @@ pub mod error;
 pub mod eval;
 pub mod generate;
 pub mod model;
+pub mod observe;
 pub mod sampler;
 pub mod source;
 pub mod tokenizer;
@@ -29,5 +31,6 @@ pub use backend::{Backend, WeightView};
 pub use cpu::CpuBackend;
 pub use error::RuntimeError;
 pub use model::{Model, Session};
+pub use observe::Observer;
 pub use sampler::{Sampler, SamplerConfig};
 pub use tokenizer::Tokenizer;

@@ -17,6 +17,7 @@ use quern_formats::GgmlType;
 
 use crate::backend::{Backend, WeightView};
 use crate::error::RuntimeError;
+use crate::observe::{NoObserver, Observer};
 use crate::source::{Loc, Source, TensorRef};
 use crate::tokenizer::Tokenizer;
 
@@ -77,6 +78,8 @@ struct Matrix {
 }
 
 struct Layer {
+    /// GGUF names of the matrices sharing each input, for observers.
+    names: LayerNames,
     attn_norm: Vec<f32>,
     wq: Matrix,
     wk: Matrix,
@@ -263,6 +266,7 @@ impl Model {
                 }
             };
             let layer = Layer {
+                names: LayerNames::new(i),
                 attn_norm: loader.vector(&n("attn_norm.weight"), c.n_embd)?,
                 wq: loader.matrix(&n("attn_q.weight"), c.n_embd, q_dim, true)?,
                 wk: loader.matrix(&n("attn_k.weight"), c.n_embd, kv_dim, true)?,
@@ -375,6 +379,17 @@ impl Model {
         tokens: &[u32],
         all_logits: bool,
     ) -> Result<Vec<f32>, RuntimeError> {
+        self.forward_observed(session, tokens, all_logits, &mut NoObserver)
+    }
+
+    /// [`Model::forward`], reporting activations to `observer` on the way.
+    pub fn forward_observed(
+        &self,
+        session: &mut Session,
+        tokens: &[u32],
+        all_logits: bool,
+        observer: &mut dyn Observer,
+    ) -> Result<Vec<f32>, RuntimeError> {
         let c = &self.config;
         let n = tokens.len();
         if n == 0 {
@@ -404,7 +419,10 @@ impl Model {
         let rope = self.rope_table(pos0, n);
         let mut xn = vec![0f32; n * d];
         for (li, layer) in self.layers.iter().enumerate() {
+            let names = &layer.names;
+            observer.block_input(li, &x, n);
             rms_norm(&x, &layer.attn_norm, c.rms_eps, &mut xn);
+            observer.linear_input(&names.qkv(), &xn, n);
             let (mut q, mut k, mut v) = (
                 vec![0f32; n * layer.wq.rows],
                 vec![0f32; n * layer.wk.rows],
@@ -443,11 +461,13 @@ impl Model {
                 n,
             );
             debug_assert_eq!(attn.len(), n * q_dim);
+            observer.linear_input(&[&names.o], &attn, n);
             let o = self.matmul(&layer.wo, &attn, n)?;
             for (a, b) in x.iter_mut().zip(&o) {
                 *a += b;
             }
             rms_norm(&x, &layer.ffn_norm, c.rms_eps, &mut xn);
+            observer.linear_input(&[&names.gate, &names.up], &xn, n);
             let (mut g, mut h) = (vec![0f32; n * c.n_ff], vec![0f32; n * c.n_ff]);
             self.backend.matmul_many(
                 &[self.view(&layer.gate), self.view(&layer.up)],
@@ -458,16 +478,21 @@ impl Model {
             for (hv, &gv) in h.iter_mut().zip(&g) {
                 *hv *= gv / (1.0 + (-gv).exp());
             }
+            observer.linear_input(&[&names.down], &h, n);
             let down = self.matmul(&layer.down, &h, n)?;
             for (a, b) in x.iter_mut().zip(&down) {
                 *a += b;
             }
         }
+        observer.block_input(self.layers.len(), &x, n);
         session.n_past += n;
         let (rows, first) = if all_logits { (n, 0) } else { (1, n - 1) };
         let last = &x[first * d..];
         let mut normed = vec![0f32; rows * d];
         rms_norm(last, &self.output_norm, c.rms_eps, &mut normed);
+        if all_logits {
+            observer.linear_input(&[&self.output.name], &normed, rows);
+        }
         self.matmul(&self.output, &normed, rows)
     }
 
@@ -515,6 +540,36 @@ impl Model {
                 }
             }
         }
+    }
+}
+
+/// The GGUF names of one block's matrices.
+struct LayerNames {
+    q: String,
+    k: String,
+    v: String,
+    o: String,
+    gate: String,
+    up: String,
+    down: String,
+}
+
+impl LayerNames {
+    fn new(i: usize) -> LayerNames {
+        let n = |s: &str| format!("blk.{i}.{s}.weight");
+        LayerNames {
+            q: n("attn_q"),
+            k: n("attn_k"),
+            v: n("attn_v"),
+            o: n("attn_output"),
+            gate: n("ffn_gate"),
+            up: n("ffn_up"),
+            down: n("ffn_down"),
+        }
+    }
+
+    fn qkv(&self) -> [&str; 3] {
+        [&self.q, &self.k, &self.v]
     }
 }
 

@@ -390,3 +390,79 @@ fn context_overflow_is_an_error() {
         .expect_err("bad id");
     assert!(err.to_string().contains("100000"), "{err}");
 }
+
+/// Records what the forward pass reports.
+#[derive(Default)]
+struct Recorder {
+    /// tensor name → (width of its input, tokens seen)
+    inputs: HashMap<String, (usize, usize)>,
+    blocks: Vec<(usize, Vec<f32>)>,
+}
+
+impl quern_runtime::Observer for Recorder {
+    fn linear_input(&mut self, tensors: &[&str], x: &[f32], n_tokens: usize) {
+        assert!(x.iter().all(|v| v.is_finite()));
+        for t in tensors {
+            let e = self.inputs.entry(t.to_string()).or_insert((0, 0));
+            e.0 = x.len() / n_tokens;
+            e.1 += n_tokens;
+        }
+    }
+
+    fn block_input(&mut self, layer: usize, x: &[f32], _n_tokens: usize) {
+        self.blocks.push((layer, x.to_vec()));
+    }
+}
+
+#[test]
+fn observers_see_every_matrix_input_once_per_token() {
+    let m = TinyModel::qwen2();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = convert(&m, dir.path(), OutType::F32);
+    let model = Model::open(&path, Box::new(CpuBackend::new())).expect("open");
+    let gguf = model.gguf().expect("a GGUF");
+    let tokens = [5u32, 77, 260, 3, 131, 19];
+    let mut plain_session = model.session(16);
+    let plain = model
+        .forward(&mut plain_session, &tokens, true)
+        .expect("plain");
+    let mut rec = Recorder::default();
+    let mut session = model.session(16);
+    let observed = model
+        .forward_observed(&mut session, &tokens, true, &mut rec)
+        .expect("observed");
+    assert_eq!(plain, observed, "observing changes nothing");
+
+    // Every matrix the model multiplies by (all 2-D tensors but the looked-up
+    // embedding), each with an input as wide as its columns, for every token.
+    let mut want: Vec<(String, usize)> = gguf
+        .tensors()
+        .iter()
+        .filter(|t| t.shape.len() == 2 && t.name != "token_embd.weight")
+        .map(|t| (t.name.clone(), t.shape[0] as usize))
+        .collect();
+    want.sort();
+    let mut got: Vec<(String, usize)> = rec
+        .inputs
+        .iter()
+        .map(|(n, &(w, seen))| {
+            assert_eq!(seen, tokens.len(), "{n}: tokens seen");
+            (n.clone(), w)
+        })
+        .collect();
+    got.sort();
+    assert_eq!(got, want);
+
+    // Block 0's input is the embedding rows (stored as bf16: within its rounding);
+    // one report per block and one after the last.
+    let layers: Vec<usize> = rec.blocks.iter().map(|b| b.0).collect();
+    assert_eq!(layers, (0..=m.layers).collect::<Vec<_>>());
+    let embd = &Reference::new(&m).w["model.embed_tokens.weight"];
+    for (t, &id) in tokens.iter().enumerate() {
+        let row = &embd[id as usize * m.hidden..][..m.hidden];
+        let seen = &rec.blocks[0].1[t * m.hidden..][..m.hidden];
+        for (a, b) in seen.iter().zip(row) {
+            assert!((*a as f64 - b).abs() <= b.abs() / 256.0, "{a} vs {b}");
+        }
+    }
+}
