@@ -28,8 +28,8 @@ impl BlockFormat for Q8_0 {
             let id = if d == 0.0 { 0.0 } else { 1.0 / d };
             b.d = f16_bytes(d);
             for (q, v) in b.qs.iter_mut().zip(x) {
-                // f32::round is half away from zero, like C's roundf.
-                *q = (v * id).round() as i8;
+                // Half away from zero, like C's roundf; |v * id| <= 127.
+                *q = crate::legacy::round_half_away(v * id) as i8;
             }
         }
     }
