@@ -8,6 +8,7 @@ use std::thread::JoinHandle;
 
 use anyhow::{Context, Result};
 use quern_registry::provenance::{sidecar_path, ProvenanceBuilder};
+use quern_registry::Digest;
 
 /// Source hashing started in the background, so it overlaps the conversion.
 pub struct Pending(JoinHandle<Result<ProvenanceBuilder>>);
@@ -66,7 +67,9 @@ pub fn start(
 
 impl Pending {
     /// Adds the finished output and writes the sidecar; returns its path.
-    pub fn finish(self, output: &Path) -> Result<PathBuf> {
+    /// `sha256`: the output file's digest when the writer computed it on the way
+    /// out (then the file is not read again, and the digest cache learns it).
+    pub fn finish(self, output: &Path, sha256: Option<[u8; 32]>) -> Result<PathBuf> {
         let builder = self
             .0
             .join()
@@ -76,10 +79,14 @@ impl Pending {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let builder = if output.is_dir() {
-            builder.subject_folder(output)?
-        } else {
-            builder.subject_file(&name, output)?
+        let builder = match sha256 {
+            _ if output.is_dir() => builder.subject_folder(output)?,
+            Some(raw) => {
+                let digest = Digest::from_raw(raw);
+                quern_registry::digest_cache::remember_written(output, &digest);
+                builder.subject_digest(&name, &digest)
+            }
+            None => builder.subject_file(&name, output)?,
         };
         let path = sidecar_path(output);
         builder

@@ -369,3 +369,69 @@ fn nan_in_weights_names_the_tensor() {
     let o = quern(&["quantize", s(&folder), "-o", s(&out), "--type", "Q4_K_M"]);
     assert_fails(&o, &out, "blk.1.ffn_up.weight");
 }
+
+/// The provenance of a quantised file names the input and the output by their
+/// sha256: the output's is computed while writing, the input's comes from the
+/// digest cache on a second run, and a changed input is hashed again.
+#[test]
+fn provenance_digests_are_the_files_and_the_cache_tracks_changes() {
+    use sha2::{Digest, Sha256};
+    let (dir, folder) = tiny(&model());
+    let cache = dir.path().join("digests");
+    let hex = |p: &Path| format!("{:x}", Sha256::digest(std::fs::read(p).unwrap()));
+    let run = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_quern"))
+            .args(args)
+            .env("QUERN_DIGEST_CACHE", &cache)
+            .output()
+            .expect("run quern");
+        assert!(o.status.success(), "{}", stderr(&o));
+    };
+    let f32 = dir.path().join("f32.gguf");
+    run(&[
+        "convert",
+        s(&folder),
+        "-o",
+        s(&f32),
+        "--outtype",
+        "f32",
+        "--quiet",
+    ]);
+    // convert recorded its output's digest (computed while writing).
+    assert!(std::fs::read_dir(&cache).map(|d| d.count()).unwrap_or(0) > 0);
+    let check = |out: &Path| {
+        let side = PathBuf::from(format!("{}.provenance.json", out.display()));
+        let p: serde_json::Value = serde_json::from_slice(&std::fs::read(side).unwrap()).unwrap();
+        assert_eq!(p["subject"][0]["digest"]["sha256"], hex(out).as_str());
+        let deps = p["predicate"]["buildDefinition"]["resolvedDependencies"]
+            .as_array()
+            .unwrap();
+        let input = deps
+            .iter()
+            .find(|d| d["name"] == "f32.gguf")
+            .expect("input listed");
+        assert_eq!(input["digest"]["sha256"], hex(&f32).as_str());
+    };
+    for (i, ty) in ["Q8_0", "Q4_0"].iter().enumerate() {
+        let out = dir.path().join(format!("q{i}.gguf"));
+        run(&["quantize", s(&f32), "-o", s(&out), "--type", ty, "--quiet"]);
+        check(&out);
+    }
+    // Rewrite the input (same size, different bytes): the cached digest must not be used.
+    // (The lowest mantissa byte of the last value: still a finite weight.)
+    let mut bytes = std::fs::read(&f32).unwrap();
+    let at = bytes.len() - 4;
+    bytes[at] ^= 0x01;
+    std::fs::write(&f32, &bytes).unwrap();
+    let out = dir.path().join("after-change.gguf");
+    run(&[
+        "quantize",
+        s(&f32),
+        "-o",
+        s(&out),
+        "--type",
+        "Q8_0",
+        "--quiet",
+    ]);
+    check(&out);
+}

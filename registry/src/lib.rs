@@ -11,6 +11,7 @@ pub mod artifact;
 pub mod client;
 pub mod describe;
 pub mod digest;
+pub mod digest_cache;
 pub mod fsutil;
 pub mod manifest;
 pub mod media;

@@ -127,7 +127,7 @@ impl ProvenanceBuilder {
 
     /// Hash a source file and record it under `name` (its path in the source repo).
     pub fn source_file(self, name: &str, path: &Path) -> Result<Self, ProvenanceError> {
-        let (d, _) = Digest::of_file(path).map_err(io_err(path))?;
+        let (d, _) = crate::digest_cache::of_file(path).map_err(io_err(path))?;
         let uri = format!(
             "file://{}",
             std::fs::canonicalize(path)
@@ -149,7 +149,7 @@ impl ProvenanceBuilder {
 
     /// Calibration text, an imatrix, or any other input, by role.
     pub fn input_file(mut self, role: &str, path: &Path) -> Result<Self, ProvenanceError> {
-        let (d, _) = Digest::of_file(path).map_err(io_err(path))?;
+        let (d, _) = crate::digest_cache::of_file(path).map_err(io_err(path))?;
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().to_string())
@@ -168,12 +168,18 @@ impl ProvenanceBuilder {
         self
     }
 
-    /// Record an output file as a subject (hashes it).
-    pub fn subject_file(mut self, name: &str, path: &Path) -> Result<Self, ProvenanceError> {
-        let (d, _) = Digest::of_file(path).map_err(io_err(path))?;
+    /// Record an output file as a subject (hashes it, unless the digest cache
+    /// knows it).
+    pub fn subject_file(self, name: &str, path: &Path) -> Result<Self, ProvenanceError> {
+        let (d, _) = crate::digest_cache::of_file(path).map_err(io_err(path))?;
+        Ok(self.subject_digest(name, &d))
+    }
+
+    /// Record an output whose digest is already known (computed while writing it).
+    pub fn subject_digest(mut self, name: &str, digest: &Digest) -> Self {
         self.subjects
-            .push(json!({"name": name, "digest": {"sha256": d.hex()}}));
-        Ok(self)
+            .push(json!({"name": name, "digest": {"sha256": digest.hex()}}));
+        self
     }
 
     /// Record every file of an output folder as subjects, skipping `provenance.json` itself.

@@ -86,7 +86,7 @@ pub fn run(args: ConvertArgs) -> Result<()> {
     bar.finish_and_clear();
     let report = report?;
     let provenance = match provenance {
-        Some(p) => Some(p.finish(&report.output)?),
+        Some(p) => Some(p.finish(&report.output, Some(report.output_sha256))?),
         None => None,
     };
     let secs = started.elapsed().as_secs_f64();

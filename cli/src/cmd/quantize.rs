@@ -89,8 +89,9 @@ fn start_provenance(
 fn finish_provenance(
     p: Option<crate::provenance::Pending>,
     output: &std::path::Path,
+    sha256: Option<[u8; 32]>,
 ) -> Result<Option<PathBuf>> {
-    p.map(|p| p.finish(output)).transpose()
+    p.map(|p| p.finish(output, sha256)).transpose()
 }
 
 fn mix_help() -> String {
@@ -142,7 +143,7 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
     );
     bar.finish_and_clear();
     let report = report?;
-    let provenance = finish_provenance(provenance, &report.output)?;
+    let provenance = finish_provenance(provenance, &report.output, Some(report.output_sha256))?;
     let secs = started.elapsed().as_secs_f64();
     if args.json {
         let mut j = report_json(&report, secs);
@@ -181,7 +182,7 @@ fn run_awq(args: &QuantizeArgs, input: &std::path::Path) -> Result<()> {
     );
     bar.finish_and_clear();
     let report = report?;
-    let provenance = finish_provenance(provenance, &report.output)?;
+    let provenance = finish_provenance(provenance, &report.output, None)?;
     let secs = started.elapsed().as_secs_f64();
     if args.json {
         let j = serde_json::json!({

@@ -64,6 +64,8 @@ pub struct ConvertOptions {
 #[derive(Debug, Clone)]
 pub struct ConvertReport {
     pub output: PathBuf,
+    /// The sha256 of the file written (computed while writing).
+    pub output_sha256: [u8; 32],
     pub architecture: String,
     pub file_type: u32,
     pub tensors: Vec<TensorPlan>,
@@ -128,7 +130,7 @@ pub fn convert_hf_folder(
 
     // Open the output last: every check that can fail on the input has passed.
     let out = AtomicFile::create(output)?;
-    write_gguf::<ConvertError, _>(
+    let output_sha256 = write_gguf::<ConvertError, _>(
         out,
         &metadata,
         &plans,
@@ -143,6 +145,7 @@ pub fn convert_hf_folder(
         file_type,
         input_bytes: model.total_bytes(),
         output_bytes,
+        output_sha256,
         tensors: plans,
     })
 }

@@ -35,6 +35,8 @@ pub struct QuantizeReport {
     pub tensors: Vec<TensorPlan>,
     pub n_params: u64,
     pub output_bytes: u64,
+    /// The sha256 of the file written (computed while writing).
+    pub output_sha256: [u8; 32],
     /// Tensors that got an importance vector from the imatrix.
     pub weighted_tensors: usize,
 }
@@ -157,7 +159,7 @@ pub fn quantize(
     set_file_type(&mut metadata, options.mix.file_type());
 
     let out = AtomicFile::create(output)?;
-    write_gguf::<QuantizeError, _>(
+    let output_sha256 = write_gguf::<QuantizeError, _>(
         out,
         &metadata,
         &plans,
@@ -174,6 +176,7 @@ pub fn quantize(
         mix: options.mix,
         n_params: plans.iter().map(TensorPlan::n_elements).sum(),
         output_bytes: std::fs::metadata(output).map(|m| m.len()).unwrap_or(0),
+        output_sha256,
         weighted_tensors: importance.len(),
         tensors: plans,
     })

@@ -2,7 +2,10 @@
 //! bounded batches while a writer thread streams the previous batch to disk.
 
 use std::borrow::Cow;
+use std::io::{self, Write};
 use std::sync::mpsc;
+
+use sha2::{Digest as _, Sha256};
 
 use quern_formats::atomic::{AtomicError, AtomicFile};
 use quern_formats::gguf::{GgufError, TensorSpec, Value, Writer};
@@ -14,15 +17,36 @@ use super::Progress;
 /// Batches never hold more than this much output, unless one tensor alone is larger.
 const BATCH_BYTES: u64 = 128 << 20;
 
-/// Writes `plans` to `out` (committed only on success). `produce` makes one
-/// tensor's output bytes; `progress` is told how many output bytes were written.
+/// Hashes everything written through it: the writer thread digests the file
+/// as it streams out, instead of a second read of the whole output afterwards
+/// (the provenance statement records the output's sha256).
+struct HashingFile {
+    file: AtomicFile,
+    hasher: Sha256,
+}
+
+impl Write for HashingFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// Writes `plans` to `out` (committed only on success) and returns the sha256
+/// of the file's bytes. `produce` makes one tensor's output bytes; `progress`
+/// is told how many output bytes were written.
 pub(crate) fn write_gguf<'a, E, P>(
     out: AtomicFile,
     metadata: &[(String, Value)],
     plans: &'a [TensorPlan],
     produce: P,
     progress: &dyn Progress,
-) -> Result<(), E>
+) -> Result<[u8; 32], E>
 where
     E: From<GgufError> + From<AtomicError> + Send,
     P: Fn(&'a TensorPlan) -> Result<Cow<'a, [u8]>, E> + Sync,
@@ -35,6 +59,10 @@ where
             ggml_type: p.out_type,
         })
         .collect();
+    let out = HashingFile {
+        file: out,
+        hasher: Sha256::new(),
+    };
     let mut writer = Writer::new(out, metadata, &specs)?;
     progress.start(plans.iter().map(TensorPlan::out_bytes).sum());
 
@@ -42,7 +70,7 @@ where
     std::thread::scope(|scope| {
         // Capacity 1: one batch being written, one queued, one being produced.
         let (tx, rx) = mpsc::sync_channel::<Vec<(&'a str, Cow<'a, [u8]>)>>(1);
-        let handle = scope.spawn(move || -> Result<Writer<AtomicFile>, GgufError> {
+        let handle = scope.spawn(move || -> Result<Writer<HashingFile>, GgufError> {
             for batch in rx {
                 for (name, data) in batch {
                     writer.write_tensor(name, &data)?;
@@ -76,9 +104,9 @@ where
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         produced?;
         let writer = written?;
-        let file = writer.finish()?;
+        let HashingFile { file, hasher } = writer.finish()?;
         file.commit()?;
-        Ok(())
+        Ok(hasher.finalize().into())
     })
 }
 
