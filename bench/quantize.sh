@@ -24,15 +24,20 @@ set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 QUERN="${QUERN_BIN:-$REPO/target/release/quern}"
-LQ="$REPO/.cache/llama.cpp/build/bin/llama-quantize"
+LQ="${LLAMA_QUANTIZE:-$REPO/.cache/llama.cpp/build/bin/llama-quantize}"
+# PIN: a command prefix both tools run under, e.g. "taskset -c 0,1".
+read -r -a PIN <<< "${PIN:-}"
 REPEATS="${REPEATS:-1}"
 THREADS="${THREADS:-2}"
 TYPES="${TYPES:-Q8_0 Q4_0 Q4_K_M Q6_K IQ4_XS}"
-RESULTS="$REPO/bench/results"
-TMP="$REPO/.cache/bench-tmp"
-REF_HF="$REPO/.cache/reference/smollm2-135m"
-REF_F32="$REPO/.cache/reference/smollm2-f32.gguf"
-SYNTH="$REPO/.cache/synthetic/llama-1.1b"
+RESULTS="${RESULTS_DIR:-$REPO/bench/results}"
+TMP="${BENCH_TMP:-$REPO/.cache/bench-tmp}"
+# Elsewhere (the GPU host, where the real weights cannot travel): REF_HF a same-shaped
+# synthetic folder, REF_F32 its F32 conversion; REF_LABEL says so in the table.
+REF_HF="${REF_HF:-$REPO/.cache/reference/smollm2-135m}"
+REF_F32="${REF_F32:-$REPO/.cache/reference/smollm2-f32.gguf}"
+REF_LABEL="${REF_LABEL:-the reference model}"
+SYNTH="${SYNTH:-$REPO/.cache/synthetic/llama-1.1b}"
 
 die() { echo "bench/quantize.sh: $*" >&2; exit 1; }
 [ -x "$QUERN" ] || die "no quern binary at $QUERN (cargo build --release -p quern)"
@@ -58,7 +63,7 @@ run() {
     for ((i = 0; i < REPEATS; i++)); do
         rm -f "$out"; sync
         t0=$(date +%s.%N)
-        if ! /usr/bin/time -v -o "$RUNDIR/time.txt" "$@" >"$RUNDIR/log.txt" 2>&1; then
+        if ! "${PIN[@]}" /usr/bin/time -v -o "$RUNDIR/time.txt" "$@" >"$RUNDIR/log.txt" 2>&1; then
             tail -n 20 "$RUNDIR/log.txt" >&2
             die "$tool on $model ($ty) failed"
         fi
@@ -92,15 +97,16 @@ CPU="$(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)"
 QV="$("$QUERN" --version 2>/dev/null || echo quern)"
 LV="$(cat "$REPO/.cache/llama.cpp/src/.quern-source-version" 2>/dev/null || echo '?')"
 LOAD="$(cut -d' ' -f1-3 /proc/loadavg)"
-python3 - "$ROWS" "$CPU" "$(nproc)" "$QV" "$LV" "$REPEATS" "$THREADS" "$LOAD" > "$RUNDIR/quantize.md" <<'EOF'
+python3 - "$ROWS" "$CPU" "$(nproc)" "$QV" "$LV" "$REPEATS" "$THREADS" "$LOAD" "${PIN[*]:-none}" "$REF_LABEL" > "$RUNDIR/quantize.md" <<'EOF'
 import sys, datetime
-rows_path, cpu, ncpu, qv, lv, reps, threads, load = sys.argv[1:]
+rows_path, cpu, ncpu, qv, lv, reps, threads, load, pin, ref_label = sys.argv[1:]
 rows = [l.rstrip("\n").split("\t") for l in open(rows_path) if l.strip()]
 ref = {(r[1], r[3]): (float(r[4]), int(r[6])) for r in rows if r[0] == "llama.cpp"}
 print("## quantize: quern vs llama.cpp llama-quantize\n")
 print(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; {cpu}, {ncpu} cores; {qv}; "
       f"llama.cpp vendored in llama-cpp-python {lv} (built without AMX); {threads} threads for both; warm page cache; "
-      f"output on the same disk; best of {reps} runs; load average at the end {load}. "
+      f"output on the same disk; best of {reps} runs; pinned with `{pin}`; load average at the end {load}; "
+      f"smollm2-135m is {ref_label}. "
       "Command: `bench/quantize.sh`.\n")
 print("| tool | model | input | type | wall s | peak RSS MB | output bytes | wall / llama.cpp | size / llama.cpp |")
 print("|---|---|---|---|---:|---:|---:|---:|---:|")
