@@ -519,3 +519,49 @@ fn bad_input() {
         "missing.gguf",
     );
 }
+
+/// `--reference-cache`: the second run reads the reference's logits from the
+/// cache (identical figures), a doctored entry is what it reads (so the
+/// reference really did not run), and another text or reference misses.
+#[test]
+fn reference_cache_is_reused_and_keyed() {
+    let fx = Fixture::new(&model());
+    let q8 = fx.quantize("Q8_0");
+    let cache = fx.root.join("ref-cache");
+    let args = [&EVAL[..], &["--reference-cache", s(&cache)]].concat();
+    let (_, first) = fx.verify(&q8, &fx.f32, &args);
+    let entries: Vec<PathBuf> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(entries.len(), 3, "one entry per chunk");
+    let (_, second) = fx.verify(&q8, &fx.f32, &args);
+    assert_eq!(first["outputs"], second["outputs"]);
+
+    // Zeroed reference logits give a uniform reference: another KLD.
+    for e in &entries {
+        let len = std::fs::metadata(e).unwrap().len() as usize;
+        std::fs::write(e, vec![0u8; len]).unwrap();
+    }
+    let (_, doctored) = fx.verify(&q8, &fx.f32, &args);
+    assert_ne!(
+        f(&doctored["outputs"]["kld"]["mean"]),
+        f(&first["outputs"]["kld"]["mean"])
+    );
+    // A truncated entry is not trusted: recomputed, and the figures are back.
+    for e in &entries {
+        std::fs::write(e, b"short").unwrap();
+    }
+    let (_, redone) = fx.verify(&q8, &fx.f32, &args);
+    assert_eq!(first["outputs"], redone["outputs"]);
+
+    // Another context (so other chunks) or another reference: new entries.
+    let other = [
+        &["--ctx", "32", "--chunks", "2"][..],
+        &["--reference-cache", s(&cache)],
+    ]
+    .concat();
+    fx.verify(&q8, &fx.f32, &other);
+    fx.verify(&q8, &fx.hf, &args);
+    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 3 + 2 + 3);
+}

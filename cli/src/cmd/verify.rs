@@ -68,6 +68,13 @@ pub struct VerifyArgs {
     /// How many of the worst tensors and largest probability drops to list.
     #[arg(long, default_value_t = 10)]
     pub worst: usize,
+    /// Keep the reference's logits in DIR and reuse them on later runs with the
+    /// same reference, text, context and chunks (e.g. verifying several
+    /// quantisations of one model): the reference then runs once. Entries are
+    /// keyed by the reference's sha256 and the chunk's tokens; about 50 MB per
+    /// 512-token chunk for a 49k vocabulary.
+    #[arg(long, value_name = "DIR")]
+    pub reference_cache: Option<PathBuf>,
     /// No progress bars.
     #[arg(long, short)]
     pub quiet: bool,
@@ -161,6 +168,7 @@ pub fn run(args: VerifyArgs) -> Result<()> {
         },
         weights_only: args.weights_only,
         worst: args.worst,
+        reference_cache: args.reference_cache.clone(),
         ..VerifyOptions::new(&args.artifact, &args.reference)
     };
     let bars = Bars {

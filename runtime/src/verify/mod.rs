@@ -44,6 +44,8 @@ pub struct VerifyOptions {
     pub weights_only: bool,
     /// How many of the worst tensors and largest probability drops to list.
     pub worst: usize,
+    /// Keep the reference's logits here between runs (see [`outputs::ReferenceCache`]).
+    pub reference_cache: Option<PathBuf>,
 }
 
 impl VerifyOptions {
@@ -57,6 +59,7 @@ impl VerifyOptions {
             thresholds: Thresholds::default(),
             weights_only: false,
             worst: 10,
+            reference_cache: None,
         }
     }
 }
@@ -152,8 +155,22 @@ pub fn verify(
 
     let t = Instant::now();
     let outputs = if let Some((ref_model, art_model)) = &models {
-        let mut s =
-            outputs::compare_outputs(ref_model, art_model, &tokens, &plan, opts.worst, progress)?;
+        let cache = opts
+            .reference_cache
+            .as_deref()
+            .map(|dir| outputs::ReferenceCache {
+                dir,
+                reference_sha256: &reference_input.sha256,
+            });
+        let mut s = outputs::compare_outputs(
+            ref_model,
+            art_model,
+            &tokens,
+            &plan,
+            opts.worst,
+            cache.as_ref(),
+            progress,
+        )?;
         for d in &mut s.largest_drops {
             d.text = tokenizer.token_text(d.token);
         }

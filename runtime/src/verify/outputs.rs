@@ -2,7 +2,10 @@
 //! reference's scored logits are kept only until the artifact's for the same
 //! chunk have been compared with them, so memory is bounded by a chunk's logits.
 
+use std::path::{Path, PathBuf};
+
 use rayon::prelude::*;
+use sha2::{Digest, Sha256};
 
 use super::error::VerifyError;
 use super::progress::{Progress, Stage};
@@ -45,6 +48,55 @@ fn chunk_logits(model: &Model, chunk: &[u32], c: usize) -> Result<Vec<f32>, Veri
         })
 }
 
+/// Where the reference's scored logits of each chunk are kept between runs, so
+/// that verifying many artifacts against one reference runs the reference once.
+pub struct ReferenceCache<'a> {
+    pub dir: &'a Path,
+    /// The reference's content digest (sha256 hex): a changed reference misses.
+    pub reference_sha256: &'a str,
+}
+
+impl ReferenceCache<'_> {
+    /// The file for one chunk: keyed by the reference, the chunk's tokens and the
+    /// scored range, so another text, context or reference never matches.
+    fn entry(&self, chunk: &[u32], first: usize, last: usize, vocab: usize) -> PathBuf {
+        let mut h = Sha256::new();
+        h.update(self.reference_sha256.as_bytes());
+        for v in [first, last, vocab, chunk.len()] {
+            h.update((v as u64).to_le_bytes());
+        }
+        for t in chunk {
+            h.update(t.to_le_bytes());
+        }
+        let key: [u8; 32] = h.finalize().into();
+        let hex: String = key[..16].iter().map(|b| format!("{b:02x}")).collect();
+        self.dir.join(format!("{hex}.f32"))
+    }
+
+    fn load(&self, path: &Path, len: usize) -> Option<Vec<f32>> {
+        let bytes = std::fs::read(path).ok()?;
+        (bytes.len() == len * 4).then(|| {
+            bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect()
+        })
+    }
+
+    /// Written under a temporary name and renamed: a reader never sees half a chunk.
+    fn store(&self, path: &Path, logits: &[f32]) -> Result<(), VerifyError> {
+        let io = |p: &Path| {
+            let p = p.to_path_buf();
+            move |source| VerifyError::Io { path: p, source }
+        };
+        std::fs::create_dir_all(self.dir).map_err(io(self.dir))?;
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
+        std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
+        std::fs::rename(&tmp, path).map_err(io(path))
+    }
+}
+
 /// Evaluates `plan`'s chunks of `tokens` with both models.
 pub fn compare_outputs(
     reference: &Model,
@@ -52,6 +104,7 @@ pub fn compare_outputs(
     tokens: &[u32],
     plan: &ChunkPlan,
     keep_drops: usize,
+    cache: Option<&ReferenceCache>,
     progress: &dyn Progress,
 ) -> Result<OutputSummary, VerifyError> {
     check_models(reference, artifact, plan)?;
@@ -62,7 +115,21 @@ pub fn compare_outputs(
     for c in 0..plan.n_chunks {
         let chunk = plan.chunk(tokens, c);
         // Keep only the scored rows of the reference while the artifact runs.
-        let ref_scored = chunk_logits(reference, &chunk, c)?[first * vocab..last * vocab].to_vec();
+        let entry = cache.map(|k| (k, k.entry(&chunk, first, last, vocab)));
+        let cached = entry
+            .as_ref()
+            .and_then(|(k, path)| k.load(path, (last - first) * vocab));
+        let ref_scored = match cached {
+            Some(logits) => logits,
+            None => {
+                let logits =
+                    chunk_logits(reference, &chunk, c)?[first * vocab..last * vocab].to_vec();
+                if let Some((k, path)) = &entry {
+                    k.store(path, &logits)?;
+                }
+                logits
+            }
+        };
         let art = chunk_logits(artifact, &chunk, c)?;
         let art_scored = &art[first * vocab..last * vocab];
         let scores: Vec<_> = ref_scored
