@@ -2,21 +2,42 @@
 //! quantisers must match gguf-py's numpy code bit for bit.
 
 /// The signed value of largest magnitude (the first one on ties, like numpy's argmax).
+/// Two passes, the first in eight independent lanes so it vectorises (a single
+/// running "best" is a serial chain of compares); inputs are finite (the
+/// pipeline rejects NaN/Inf before quantising).
 pub(crate) fn signed_absmax(x: &[f32]) -> f32 {
-    let mut best = x.first().copied().unwrap_or(0.0);
-    for &v in x {
-        if v.abs() > best.abs() {
-            best = v;
+    let mut lanes = [0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (m, v) in lanes.iter_mut().zip(c) {
+            *m = m.max(v.abs());
         }
     }
-    best
+    let amax = tail
+        .iter()
+        .fold(lanes.iter().fold(0f32, |a, &b| a.max(b)), |a, v| a.max(v.abs()));
+    x.iter()
+        .copied()
+        .find(|v| v.abs() == amax)
+        .unwrap_or(0.0)
 }
 
-/// Minimum and maximum of a block.
+/// Minimum and maximum of a block, in eight lanes (see [`signed_absmax`]).
 pub(crate) fn min_max(x: &[f32]) -> (f32, f32) {
     let first = x.first().copied().unwrap_or(0.0);
-    x.iter()
-        .fold((first, first), |(lo, hi), &v| (lo.min(v), hi.max(v)))
+    let (mut lo, mut hi) = ([first; 8], [first; 8]);
+    let chunks = x.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for i in 0..8 {
+            lo[i] = lo[i].min(c[i]);
+            hi[i] = hi[i].max(c[i]);
+        }
+    }
+    let lo = tail.iter().fold(lo.iter().fold(first, |a, &b| a.min(b)), |a, &v| a.min(v));
+    let hi = tail.iter().fold(hi.iter().fold(first, |a, &b| a.max(b)), |a, &v| a.max(v));
+    (lo, hi)
 }
 
 /// `trunc(v)` as an unsigned code clamped to `max` (numpy: `trunc(...).astype(uint8).clip(0, max)`).
@@ -121,6 +142,36 @@ mod tests {
             let want = v.round();
             let want = if want.is_nan() { 0 } else { want as i32 };
             assert_eq!(round_half_away(v), want, "{v:e}");
+        }
+    }
+
+    /// The two-pass versions pick what a single scan picks, ties and signs included.
+    #[test]
+    fn absmax_and_min_max_match_a_scan() {
+        let mut x = 0x9e37_79b9u32;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x
+        };
+        for len in [1usize, 7, 8, 31, 32, 33, 256] {
+            for _ in 0..500 {
+                // Few distinct magnitudes, so ties between +v and -v are common.
+                let v: Vec<f32> = (0..len)
+                    .map(|_| (next() % 9) as f32 * if next() % 2 == 0 { 1.0 } else { -1.0 })
+                    .collect();
+                let mut best = v[0];
+                for &e in &v {
+                    if e.abs() > best.abs() {
+                        best = e;
+                    }
+                }
+                assert_eq!(signed_absmax(&v).to_bits(), best.to_bits(), "{v:?}");
+                let lo = v.iter().copied().fold(v[0], f32::min);
+                let hi = v.iter().copied().fold(v[0], f32::max);
+                assert_eq!(min_max(&v), (lo, hi), "{v:?}");
+            }
         }
     }
 

@@ -21,9 +21,10 @@ impl BlockFormat for Q8_0 {
     const TYPE: GgmlType = GgmlType::Q8_0;
     type Block = BlockQ8_0;
 
+    #[inline(always)]
     fn quantize_row(src: &[f32], _importance: Option<&[f32]>, dst: &mut [BlockQ8_0]) {
         for (x, b) in src.chunks_exact(QK).zip(dst.iter_mut()) {
-            let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let amax = crate::legacy::signed_absmax(x).abs();
             let d = amax / 127.0;
             let id = if d == 0.0 { 0.0 } else { 1.0 / d };
             b.d = f16_bytes(d);
