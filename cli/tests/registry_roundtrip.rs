@@ -423,7 +423,9 @@ fn push_pull_verify_with_model_signing_and_skopeo() {
         let layers = m["layers"].as_array().unwrap();
         assert_eq!(layers.len(), a.files.len());
         for l in layers {
-            let name = l["annotations"]["org.cncf.model.filepath"].as_str().unwrap();
+            let name = l["annotations"]["org.cncf.model.filepath"]
+                .as_str()
+                .unwrap();
             let (_, original) = a.files.iter().find(|(n, _)| n == name).unwrap();
             let hex = l["digest"].as_str().unwrap().trim_start_matches("sha256:");
             assert_eq!(
@@ -486,7 +488,10 @@ fn push_pull_verify_with_model_signing_and_skopeo() {
         );
         let stderr = String::from_utf8_lossy(&loud.stderr);
         assert!(loud.status.success(), "{stderr}");
-        assert!(stderr.contains("WARNING") && stderr.contains("NOT verified"), "{stderr}");
+        assert!(
+            stderr.contains("WARNING") && stderr.contains("NOT verified"),
+            "{stderr}"
+        );
         assert_eq!(
             std::fs::read(t.join("c2out/smollm2-q4_k_m.gguf")).unwrap(),
             std::fs::read(&gguf).unwrap()
