@@ -57,10 +57,27 @@ impl Digest {
         Ok(w.finish().1)
     }
 
+    /// Digest and length of a file. Large files are read on this thread and
+    /// hashed on another, so the hashing core does nothing but hash.
     pub fn of_file(path: &Path) -> io::Result<(Digest, u64)> {
-        let f = std::fs::File::open(path)?;
-        // A large buffer: hashing is faster than 8 KiB reads can feed it.
-        Digest::of_reader(io::BufReader::with_capacity(1 << 20, f))
+        let mut f = std::fs::File::open(path)?;
+        if f.metadata()?.len() < 4 * PIPE_BUF as u64 {
+            return Digest::of_reader(io::BufReader::with_capacity(PIPE_BUF, f));
+        }
+        let mut pipe = WritePipe::new(io::sink(), Sha256::new(), 0);
+        loop {
+            let mut buf = pipe.buffer();
+            let n = fill(&mut f, &mut buf)?;
+            if n == 0 {
+                break;
+            }
+            buf.truncate(n);
+            pipe.feed(buf);
+        }
+        let end = pipe
+            .finish()
+            .ok_or_else(|| io::Error::other("hashing thread panicked"))?;
+        Ok((finalize(end.hasher), end.len))
     }
 }
 
@@ -156,38 +173,83 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
-/// Hashing on a second thread: the caller fills buffers (socket reads, file
-/// writes) while the previous ones are hashed, so a transfer costs
-/// max(I/O, hashing) instead of their sum.
-pub struct HashPipe {
+/// Writing and hashing on threads of their own: the caller only fills buffers
+/// (socket reads) while a writer thread writes the previous ones and a hasher
+/// thread hashes what was written, so a transfer costs the slowest of
+/// receiving, writing and hashing instead of their sum. Buffers are bounded
+/// ([`PIPE_DEPTH`] of [`PIPE_BUF`] bytes in flight) and recycled. The hash
+/// covers exactly the bytes written: after a write error nothing more is hashed.
+pub struct WritePipe<W: Write + Send + 'static> {
     tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
     back: std::sync::mpsc::Receiver<Vec<u8>>,
-    worker: Option<std::thread::JoinHandle<Sha256>>,
-    len: u64,
+    writer: Option<std::thread::JoinHandle<(W, u64, Option<io::Error>)>>,
+    hasher: Option<std::thread::JoinHandle<Sha256>>,
+    failed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    fed: u64,
 }
 
-/// Size of the buffers handed out by [`HashPipe::buffer`].
+/// Size of the buffers handed out by [`WritePipe::buffer`].
 pub const PIPE_BUF: usize = 1 << 20;
+/// Buffers queued at each stage of a [`WritePipe`].
+pub const PIPE_DEPTH: usize = 4;
 
-impl HashPipe {
-    /// Continue `state`, which has already seen `len` bytes.
-    pub fn new(state: Sha256, len: u64) -> HashPipe {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(8);
-        let (back_tx, back) = std::sync::mpsc::channel();
-        let worker = std::thread::spawn(move || {
-            let mut h = state;
+/// What a [`WritePipe`] leaves: the writer, the hash state of everything it
+/// wrote, the bytes written (including what the state had seen before), and
+/// the first write error.
+pub struct PipeEnd<W> {
+    pub writer: W,
+    pub hasher: Sha256,
+    pub len: u64,
+    pub error: Option<io::Error>,
+}
+
+impl<W: Write + Send + 'static> WritePipe<W> {
+    /// Write into `writer`, continuing hash `state`, which has seen `len` bytes.
+    pub fn new(mut writer: W, state: Sha256, len: u64) -> WritePipe<W> {
+        use std::sync::atomic::Ordering;
+        use std::sync::mpsc::{channel, sync_channel};
+        let (tx, rx) = sync_channel::<Vec<u8>>(PIPE_DEPTH);
+        let (hash_tx, hash_rx) = sync_channel::<Vec<u8>>(PIPE_DEPTH);
+        let (back_tx, back) = channel();
+        let failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let failed_w = failed.clone();
+        let writer = std::thread::spawn(move || {
+            let mut written = len;
+            let mut error = None;
             for buf in rx {
+                if error.is_some() {
+                    continue;
+                }
+                match writer.write_all(&buf) {
+                    Ok(()) => {
+                        written += buf.len() as u64;
+                        // Fails only if the hasher died, which `finish` reports.
+                        let _ = hash_tx.send(buf);
+                    }
+                    Err(e) => {
+                        failed_w.store(true, Ordering::Relaxed);
+                        error = Some(e);
+                    }
+                }
+            }
+            (writer, written, error)
+        });
+        let hasher = std::thread::spawn(move || {
+            let mut h = state;
+            for buf in hash_rx {
                 h.update(&buf);
                 // The caller may have stopped taking buffers back.
                 let _ = back_tx.send(buf);
             }
             h
         });
-        HashPipe {
+        WritePipe {
             tx: Some(tx),
             back,
-            worker: Some(worker),
-            len,
+            writer: Some(writer),
+            hasher: Some(hasher),
+            failed,
+            fed: len,
         }
     }
 
@@ -202,36 +264,47 @@ impl HashPipe {
         }
     }
 
-    /// Hash `buf` (its length is what was filled).
+    /// Write and hash `buf` (its length is what was filled).
     pub fn feed(&mut self, buf: Vec<u8>) {
-        self.len += buf.len() as u64;
+        self.fed += buf.len() as u64;
         if let Some(tx) = &self.tx {
-            // Send fails only if the worker died, which `finish` reports.
+            // Fails only if the writer died, which `finish` reports.
             let _ = tx.send(buf);
         }
     }
 
-    pub fn len(&self) -> u64 {
-        self.len
+    /// True once a write has failed (stop feeding; `finish` has the error).
+    pub fn failed(&self) -> bool {
+        self.failed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
+    /// Bytes fed so far, including those the initial state had seen.
+    pub fn fed(&self) -> u64 {
+        self.fed
     }
 
-    /// The hash state after everything fed, and the byte count; None if the worker panicked.
-    pub fn finish(mut self) -> Option<(Sha256, u64)> {
+    /// Wait for both stages; None if a thread panicked.
+    pub fn finish(mut self) -> Option<PipeEnd<W>> {
         drop(self.tx.take());
-        let h = self.worker.take()?.join().ok()?;
-        Some((h, self.len))
+        let (writer, len, error) = self.writer.take()?.join().ok()?;
+        let hasher = self.hasher.take()?.join().ok()?;
+        Some(PipeEnd {
+            writer,
+            hasher,
+            len,
+            error,
+        })
     }
 }
 
-impl Drop for HashPipe {
+impl<W: Write + Send + 'static> Drop for WritePipe<W> {
     fn drop(&mut self) {
         drop(self.tx.take());
-        if let Some(w) = self.worker.take() {
+        if let Some(w) = self.writer.take() {
             let _ = w.join();
+        }
+        if let Some(h) = self.hasher.take() {
+            let _ = h.join();
         }
     }
 }
@@ -266,18 +339,81 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pipe_matches_direct_hash() {
-        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7) as u8).collect();
-        let mut p = HashPipe::new(Sha256::new(), 0);
-        for chunk in data.chunks(700_000) {
+    fn pipe_writes_and_hashes_in_order() {
+        let data: Vec<u8> = (0..9_000_000u32).map(|i| (i * 7) as u8).collect();
+        // Continue a state that has seen the first 1000 bytes.
+        let mut h = Sha256::new();
+        h.update(&data[..1000]);
+        let mut p = WritePipe::new(Vec::new(), h, 1000);
+        for chunk in data[1000..].chunks(700_001) {
             let mut b = p.buffer();
             b.truncate(chunk.len());
             b.copy_from_slice(chunk);
             p.feed(b);
         }
-        let (h, n) = p.finish().unwrap();
-        assert_eq!(n, data.len() as u64);
-        assert_eq!(finalize(h), Digest::of_bytes(&data));
+        assert_eq!(p.fed(), data.len() as u64);
+        let end = p.finish().unwrap();
+        assert!(end.error.is_none());
+        assert_eq!(end.len, data.len() as u64);
+        assert_eq!(end.writer, &data[1000..]);
+        assert_eq!(finalize(end.hasher), Digest::of_bytes(&data));
+    }
+
+    /// Accepts `room` bytes, then fails.
+    struct Full {
+        got: Vec<u8>,
+        room: usize,
+    }
+
+    impl Write for Full {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.got.len() + buf.len() > self.room {
+                return Err(io::Error::other("disk full"));
+            }
+            self.got.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn pipe_hashes_only_what_was_written() {
+        let data = vec![5u8; 3 * PIPE_BUF];
+        let w = Full {
+            got: Vec::new(),
+            room: PIPE_BUF + 10,
+        };
+        let mut p = WritePipe::new(w, Sha256::new(), 0);
+        for chunk in data.chunks(PIPE_BUF) {
+            let mut b = p.buffer();
+            b.truncate(chunk.len());
+            b.copy_from_slice(chunk);
+            p.feed(b);
+        }
+        let end = p.finish().unwrap();
+        assert_eq!(
+            end.error.map(|e| e.to_string()).as_deref(),
+            Some("disk full")
+        );
+        assert_eq!(end.len, PIPE_BUF as u64);
+        assert_eq!(end.writer.got.len(), PIPE_BUF);
+        assert_eq!(finalize(end.hasher), Digest::of_bytes(&data[..PIPE_BUF]));
+    }
+
+    #[test]
+    fn large_files_hash_alike_on_two_threads() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        let data: Vec<u8> = (0..(5 * PIPE_BUF + 123) as u32)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        std::fs::write(&p, &data).unwrap();
+        assert_eq!(
+            Digest::of_file(&p).unwrap(),
+            (Digest::of_bytes(&data), data.len() as u64)
+        );
     }
 
     #[test]

@@ -135,6 +135,34 @@ fn zstd_layers_round_trip() {
         std::fs::read(e.path("out/model.safetensors")).unwrap(),
         weights
     );
+
+    // `zstd` compresses every file, worth it or not; pull restores each one.
+    let r = format!("{}/ns/zstd:all", t.host);
+    let mut o = PushOptions::new(&model, Reference::parse(&r).unwrap());
+    o.store = Store::new(e.path("zc"));
+    o.compress = Compress::Zstd;
+    o.key = Some(SigningKey::from_pem(&e.key.to_pem().unwrap()).unwrap());
+    let rep = push(&o, &NoProgress).unwrap();
+    assert_eq!(rep.layers.len(), 3);
+    for l in &rep.layers {
+        assert!(l.media_type.ends_with("+zstd"), "{}", l.media_type);
+    }
+    let got = pull(&e.pull_opts(&r, "all"), &NoProgress).unwrap();
+    assert_eq!(got.files.len(), 3);
+    for f in ["model.safetensors", "config.json", "tokenizer.json"] {
+        assert_eq!(
+            std::fs::read(model.join(f)).unwrap(),
+            std::fs::read(e.path("all").join(f)).unwrap(),
+            "{f} after zstd"
+        );
+    }
+    // The pulled folder's model.sig names the raw files, as model_signing expects.
+    quern_registry::signing::model_sig::verify_folder(
+        &e.path("all"),
+        &e.path("all/model.sig"),
+        &[e.key.verifying_key()],
+    )
+    .unwrap();
 }
 
 fn assert_nothing_written(e: &Env, out: &str) {

@@ -25,6 +25,15 @@ impl Credentials {
         docker_config_auth(host).unwrap_or(Credentials::None)
     }
 
+    /// Where these credentials came from, for error messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Credentials::None => "no credentials".into(),
+            Credentials::Token(_) => "the token (QUERN_REGISTRY_TOKEN or docker config)".into(),
+            Credentials::Basic { user, .. } => format!("docker login credentials of {user:?}"),
+        }
+    }
+
     /// What to send before any challenge: a static token is sent up front.
     pub fn preemptive_header(&self) -> Option<String> {
         match self {

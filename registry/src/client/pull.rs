@@ -8,7 +8,7 @@ use super::observer::Observer;
 use super::referrers::{self, Via};
 use super::registry::Registry;
 use crate::artifact::safe_relative_path;
-use crate::digest::{Digest, HashPipe, HashingWriter};
+use crate::digest::{Digest, HashingWriter, WritePipe};
 use crate::manifest::{Descriptor, Manifest};
 use crate::media;
 use crate::provenance::{self, ProvenanceSummary};
@@ -18,7 +18,6 @@ use crate::signing::{Bundle, VerifyingKey};
 use crate::store::Store;
 use std::collections::BTreeSet;
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -427,17 +426,17 @@ fn download(
                 (w, _) = store.open_partial(d)?;
             }
             let mut reader = resp.inner.into_reader();
-            // Receive and write here; hash on a second thread.
-            let (mut file, hasher, held) = w.into_parts();
-            let mut pipe = HashPipe::new(hasher, held);
-            let result: std::io::Result<()> = loop {
+            // Receive here; write and hash on threads of their own.
+            let (file, hasher, held) = w.into_parts();
+            let mut pipe = WritePipe::new(file, hasher, held);
+            let received: std::io::Result<()> = loop {
+                if pipe.failed() {
+                    break Ok(());
+                }
                 let mut buf = pipe.buffer();
                 match crate::digest::fill(&mut reader, &mut buf) {
                     Ok(0) => break Ok(()),
                     Ok(n) => {
-                        if let Err(e) = file.write_all(&buf[..n]) {
-                            break Err(e);
-                        }
                         buf.truncate(n);
                         pipe.feed(buf);
                         fetched += n as u64;
@@ -447,10 +446,18 @@ fn download(
                     Err(e) => break Err(e),
                 }
             };
-            let (hasher, held) = pipe
+            let end = pipe
                 .finish()
-                .ok_or_else(|| ClientError::Invalid("hashing thread failed".into()))?;
-            w = HashingWriter::resume(file, hasher, held);
+                .ok_or_else(|| ClientError::Invalid("writer or hashing thread failed".into()))?;
+            if let Some(e) = end.error {
+                // A local write failed (disk full): not worth retrying.
+                return Err(ClientError::Io {
+                    path: store.partial_path(d),
+                    source: e,
+                });
+            }
+            let result = received;
+            w = HashingWriter::resume(end.writer, end.hasher, end.len);
             if let Err(e) = result {
                 attempts += 1;
                 if attempts > 3 {

@@ -147,6 +147,23 @@ impl Registry {
                     continue;
                 }
             }
+            if status == 401 && attempt == 1 {
+                // The challenge was answered and the registry still refuses.
+                let mut text = String::new();
+                let _ = resp.into_reader().take(64 << 10).read_to_string(&mut text);
+                let said = serde_json::from_str::<serde_json::Value>(&text)
+                    .ok()
+                    .and_then(|v| v["errors"][0]["message"].as_str().map(str::to_string))
+                    .map(|m| format!(" ({m})"))
+                    .unwrap_or_default();
+                return Err(ClientError::Auth {
+                    url: url.into(),
+                    msg: format!(
+                        "HTTP 401{said} with {}; set QUERN_REGISTRY_TOKEN or run docker login with credentials allowed to {method} here",
+                        self.creds.describe()
+                    ),
+                });
+            }
             return Ok(Resp {
                 status,
                 inner: resp,

@@ -12,7 +12,7 @@
 //! escapes. Every write lands in a temporary file that is fsynced, checked and
 //! renamed, so a crash never leaves a corrupt blob under its digest.
 
-use crate::digest::{Digest, HashPipe};
+use crate::digest::{Digest, WritePipe};
 use crate::manifest::{Descriptor, Index, Manifest};
 use crate::media;
 use crate::reference::{validate_name, validate_tag};
@@ -45,6 +45,28 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
     }
     #[cfg(not(target_os = "linux"))]
     let _ = (file, offset, len);
+}
+
+/// An upload's file, starting writeback every [`WRITEBACK_STEP`] bytes.
+struct WritebackFile {
+    file: File,
+    written: u64,
+    synced: u64,
+}
+
+impl Write for WritebackFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.written += n as u64;
+        if self.written - self.synced >= WRITEBACK_STEP {
+            start_writeback(&self.file, self.synced, self.written - self.synced);
+            self.synced = self.written;
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
 }
 
 /// Largest manifest accepted (the spec asks registries to take at least 4 MiB).
@@ -221,7 +243,7 @@ impl Storage {
             .filter(|(_, n)| *n == have);
         // Without a cached hash of the bytes held, hash only a fresh upload;
         // `finish_upload` re-reads the file otherwise.
-        let (hasher, mut hashing) = match cached {
+        let (hasher, hashing) = match cached {
             Some((h, _)) => (h, true),
             None => (Sha256::default(), have == 0),
         };
@@ -229,30 +251,23 @@ impl Storage {
             .append(true)
             .open(&p)
             .map_err(io_at(&p))?;
-        let mut file = file;
-        // Hash on a second thread while this one receives and writes.
-        let mut pipe = HashPipe::new(hasher, have);
-        let mut written = have;
-        let mut synced = have;
-        let result = loop {
+        let file = WritebackFile {
+            file,
+            written: have,
+            synced: have,
+        };
+        // Receive on this thread; write and hash on threads of their own.
+        let mut pipe = WritePipe::new(file, hasher, have);
+        let received = loop {
+            if pipe.failed() {
+                break Ok(());
+            }
             let mut buf = pipe.buffer();
             match crate::digest::fill(body, &mut buf) {
                 Ok(0) => break Ok(()),
                 Ok(n) => {
-                    if let Err(e) = file.write_all(&buf[..n]) {
-                        hashing = false;
-                        break Err(StorageError::Io {
-                            path: p.clone(),
-                            source: e,
-                        });
-                    }
-                    written += n as u64;
                     buf.truncate(n);
                     pipe.feed(buf);
-                    if written - synced >= WRITEBACK_STEP {
-                        start_writeback(&file, synced, written - synced);
-                        synced = written;
-                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -263,15 +278,23 @@ impl Storage {
                 }
             }
         };
-        match pipe.finish() {
-            Some((h, n)) if hashing && n == written => {
-                if let Ok(mut m) = self.hashers.lock() {
-                    m.insert(id.to_string(), (h, n));
-                }
-            }
-            _ => {}
+        let end = pipe.finish().ok_or_else(|| StorageError::Io {
+            path: p.clone(),
+            source: io::Error::other("upload writer or hashing thread panicked"),
+        })?;
+        let written = end.len;
+        if let Some(e) = end.error {
+            return Err(StorageError::Io {
+                path: p.clone(),
+                source: e,
+            });
         }
-        result?;
+        if hashing {
+            if let Ok(mut m) = self.hashers.lock() {
+                m.insert(id.to_string(), (end.hasher, written));
+            }
+        }
+        received?;
         Ok(written)
     }
 
