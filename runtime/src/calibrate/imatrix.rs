@@ -124,10 +124,7 @@ impl Observer for ImatrixCollector {
         let g = &mut self.groups[gi];
         if g.width != width {
             self.error.get_or_insert_with(|| {
-                format!(
-                    "{first}: input width changed from {} to {width}",
-                    g.width
-                )
+                format!("{first}: input width changed from {} to {width}", g.width)
             });
             return;
         }
@@ -182,7 +179,9 @@ mod tests {
         c.linear_input(&["blk.0.attn_q.weight", "blk.0.attn_k.weight"], &x, 2);
         c.linear_input(&["output.weight"], &x, 2);
         c.linear_input(&["token_embd.weight"], &x, 2);
-        let m = c.to_imatrix(vec!["t.txt".into()], 1, 4).expect("consistent");
+        let m = c
+            .to_imatrix(vec!["t.txt".into()], 1, 4)
+            .expect("consistent");
         let names: Vec<&str> = m.entries.iter().map(|e| e.name.as_str()).collect();
         assert_eq!(names, ["blk.0.attn_k.weight", "blk.0.attn_q.weight"]);
         for e in &m.entries {

@@ -148,8 +148,7 @@ pub fn importance_matrix(
             source,
         }
     })?;
-    let output_collected =
-        opts.process_output && model.output_tensor() == imatrix::OUTPUT_TENSOR;
+    let output_collected = opts.process_output && model.output_tensor() == imatrix::OUTPUT_TENSOR;
     let mut collector = ImatrixCollector::new(opts.process_output);
     let mut session = model.session(plan.n_ctx);
     progress.start(plan.n_chunks);

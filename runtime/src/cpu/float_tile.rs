@@ -175,7 +175,9 @@ mod tests {
     #[test]
     fn tiles_are_the_dot_products() {
         check::<F32>(f32_tile, |v| v.to_le_bytes().to_vec());
-        check::<Bf16>(bf16_tile, |v| half::bf16::from_f32(v).to_le_bytes().to_vec());
+        check::<Bf16>(bf16_tile, |v| {
+            half::bf16::from_f32(v).to_le_bytes().to_vec()
+        });
         check::<F16>(f16_tile, |v| half::f16::from_f32(v).to_le_bytes().to_vec());
     }
 }
