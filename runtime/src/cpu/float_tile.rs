@@ -72,6 +72,8 @@ unsafe fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(s)
 }
 
+// Indexing by row and token keeps the twelve accumulators in registers.
+#[allow(clippy::needless_range_loop)]
 #[inline(always)]
 unsafe fn tile<L: Lanes>(w: [&[u8]; ROWS], x: [&[f32]; TOKENS]) -> [[f32; TOKENS]; ROWS] {
     let n = x
@@ -135,6 +137,7 @@ mod tests {
     use super::*;
 
     /// `tile` against f32 sums of the same (encoded, then decoded) weights.
+    #[allow(clippy::needless_range_loop)]
     fn check<L: Lanes>(tile: FloatTile, enc: impl Fn(f32) -> Vec<u8>) {
         if !(is_x86_feature_detected!("avx2")
             && is_x86_feature_detected!("fma")
