@@ -10,10 +10,12 @@
 //! - [`model`]: the Llama / Qwen2 / Qwen3 forward pass with a KV cache, reading the
 //!   weights straight from the GGUF memory map;
 //! - [`observe`]: hooks that see the activations entering each matrix (calibration);
+//! - [`calibrate`]: llama.cpp's importance matrix from a calibration text;
 //! - [`tokenizer`], [`sampler`], [`chat`]: text in and out;
 //! - [`generate`]: prompt → tokens, and the timing loop `quern bench` uses.
 
 pub mod backend;
+pub mod calibrate;
 pub mod chat;
 pub mod cpu;
 pub mod cuda;

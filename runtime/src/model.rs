@@ -331,6 +331,26 @@ impl Model {
         self.backend.as_ref()
     }
 
+    /// Every matrix the forward pass multiplies by, with its storage type: each
+    /// block's q, k, v, output, gate, up and down, then the output projection
+    /// ([`Model::output_tensor`]). These are the names observers report.
+    pub fn matrices(&self) -> Vec<(&str, GgmlType)> {
+        let mut v = Vec::with_capacity(7 * self.layers.len() + 1);
+        for l in &self.layers {
+            for m in [&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down] {
+                v.push((m.name.as_str(), m.ty));
+            }
+        }
+        v.push((self.output.name.as_str(), self.output.ty));
+        v
+    }
+
+    /// The output projection's tensor: `output.weight`, or `token_embd.weight`
+    /// when the model ties it to the embeddings.
+    pub fn output_tensor(&self) -> &str {
+        &self.output.name
+    }
+
     /// Bytes of weights one token's forward pass reads (every matrix once).
     pub fn weight_bytes(&self) -> usize {
         let mut n = self.output.len;

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 pub mod bench;
 pub mod bench_kernels;
+pub mod calibrate;
 pub mod convert;
 pub mod inspect;
 pub mod keygen;

@@ -7,6 +7,8 @@
 pub mod act;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod float_tile;
 pub mod pool;
 pub mod portable;
 
@@ -20,6 +22,11 @@ use act::{quantize_q16, quantize_q8, quantize_q8k, ActQ16, ActQ8, ActQ8K};
 use pool::Pool;
 
 type FloatDot = unsafe fn(&[u8], &[f32]) -> f32;
+#[cfg(target_arch = "x86_64")]
+use float_tile::FloatTile;
+/// No float tiles off x86-64 (the portable kernels go one row at a time).
+#[cfg(not(target_arch = "x86_64"))]
+type FloatTile = unsafe fn([&[u8]; 3], [&[f32]; 4]) -> [[f32; 4]; 3];
 type Q8Dot = Dot<ActQ8>;
 type Q8KDot = Dot<ActQ8K>;
 /// One weight row against four activation rows at once (prefill).
@@ -32,8 +39,9 @@ type Dot4<A> = unsafe fn(&[u8], [&[A]; 4]) -> [f32; 4];
 /// How one weight format meets the activations.
 #[derive(Clone, Copy)]
 enum Kernel {
-    /// Float weights against float activations.
-    Float(FloatDot),
+    /// Float weights against float activations (and a prefill tile of
+    /// `float_tile::ROWS` rows × `float_tile::TOKENS` tokens).
+    Float(FloatDot, Option<FloatTile>),
     /// 32-value integer formats against [`ActQ8`] activations.
     Q8(Q8Dot, Option<Q8Dot4>),
     /// Q8_0 against [`ActQ16`] activations.
@@ -94,9 +102,9 @@ impl CpuBackend {
         #[cfg(target_arch = "x86_64")]
         if self.isa == Isa::Avx2 {
             return Some(match ty {
-                GgmlType::F32 => Kernel::Float(avx2::f32_row),
-                GgmlType::F16 => Kernel::Float(avx2::f16_row),
-                GgmlType::Bf16 => Kernel::Float(avx2::bf16_row),
+                GgmlType::F32 => Kernel::Float(avx2::f32_row, Some(float_tile::f32_tile)),
+                GgmlType::F16 => Kernel::Float(avx2::f16_row, Some(float_tile::f16_tile)),
+                GgmlType::Bf16 => Kernel::Float(avx2::bf16_row, Some(float_tile::bf16_tile)),
                 GgmlType::Q8_0 => Kernel::Q16(avx2::q8_0_row, Some(avx2::q8_0_row_x4)),
                 GgmlType::Q4_0 => Kernel::Q8(avx2::q4_0_row, Some(avx2::q4_0_row_x4)),
                 GgmlType::Q4_1 => Kernel::Q8(avx2::q4_1_row, Some(avx2::q4_1_row_x4)),
@@ -125,9 +133,9 @@ impl CpuBackend {
 
 fn portable_kernel(ty: GgmlType) -> Option<Kernel> {
     Some(match ty {
-        GgmlType::F32 => Kernel::Float(portable::f32_row),
-        GgmlType::F16 => Kernel::Float(portable::f16_row),
-        GgmlType::Bf16 => Kernel::Float(portable::bf16_row),
+        GgmlType::F32 => Kernel::Float(portable::f32_row, None),
+        GgmlType::F16 => Kernel::Float(portable::f16_row, None),
+        GgmlType::Bf16 => Kernel::Float(portable::bf16_row, None),
         GgmlType::Q8_0 => Kernel::Q16(portable::q8_0_row, None),
         GgmlType::Q4_0 => Kernel::Q8(portable::q4_0_row, None),
         GgmlType::Q4_1 => Kernel::Q8(portable::q4_1_row, None),
@@ -246,10 +254,14 @@ impl Task<'_> {
         let cols = self.w.cols;
         let rows = self.w.rows;
         let put = |r: usize, t: usize, v: f32| *self.out.0.add(t * rows + r) = v;
+        let mut r0 = r0;
+        if let (Kernel::Float(one, Some(tile)), Acts::Float(x)) = (self.kernel, self.acts) {
+            r0 = float_tiles(&self.w, x, r0, r1, t0, t1, one, tile, put);
+        }
         for r in r0..r1 {
             let row = self.w.row(r);
             match (self.kernel, self.acts) {
-                (Kernel::Float(f), Acts::Float(x)) => {
+                (Kernel::Float(f, _), Acts::Float(x)) => {
                     for t in t0..t1 {
                         put(r, t, f(row, &x[t * cols..(t + 1) * cols]));
                     }
@@ -271,6 +283,48 @@ impl Task<'_> {
             }
         }
     }
+}
+
+/// Float prefill: rows `r0..` three at a time against tokens `t0..t1` four at a
+/// time (the leftover tokens one by one); returns the first row left undone.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn float_tiles(
+    w: &WeightView<'_>,
+    x: &[f32],
+    r0: usize,
+    r1: usize,
+    t0: usize,
+    t1: usize,
+    one: FloatDot,
+    tile: FloatTile,
+    put: impl Fn(usize, usize, f32),
+) -> usize {
+    const R: usize = 3;
+    const T: usize = 4;
+    let cols = w.cols;
+    let act = |t: usize| &x[t * cols..(t + 1) * cols];
+    let mut r = r0;
+    while r + R <= r1 {
+        let rows = [w.row(r), w.row(r + 1), w.row(r + 2)];
+        let mut t = t0;
+        while t + T <= t1 {
+            let v = tile(rows, [act(t), act(t + 1), act(t + 2), act(t + 3)]);
+            for (k, vr) in v.iter().enumerate() {
+                for (j, &vt) in vr.iter().enumerate() {
+                    put(r + k, t + j, vt);
+                }
+            }
+            t += T;
+        }
+        for t in t..t1 {
+            for (k, row) in rows.iter().enumerate() {
+                put(r + k, t, one(row, act(t)));
+            }
+        }
+        r += R;
+    }
+    r
 }
 
 /// Tokens `t0..t1` against one weight row: four at a time where the format has a
