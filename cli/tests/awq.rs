@@ -192,7 +192,11 @@ fn calibrated_awq_is_read_by_numpy_bit_for_bit() {
     let src = dir.path().join("hf");
     m.write(&src).unwrap();
     let calib = dir.path().join("calib.txt");
-    std::fs::write(&calib, "the quick brown fox jumps over the lazy dog. ".repeat(40)).unwrap();
+    std::fs::write(
+        &calib,
+        "the quick brown fox jumps over the lazy dog. ".repeat(40),
+    )
+    .unwrap();
     let out = dir.path().join("awq");
     let report = dir.path().join("search.json");
     let args = |samples: &str| {
@@ -257,7 +261,12 @@ fn calibrated_awq_is_read_by_numpy_bit_for_bit() {
             .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
             .collect();
         assert_eq!(theirs.len(), mine.len());
-        assert!(mine.iter().zip(&theirs).all(|(a, b)| a.to_bits() == b.to_bits()), "{prefix}");
+        assert!(
+            mine.iter()
+                .zip(&theirs)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{prefix}"
+        );
     }
 }
 

@@ -181,7 +181,10 @@ pub fn calibration_tokens(
             seq_len,
         });
     }
-    Ok(tokens[..need].chunks_exact(seq_len).map(<[u32]>::to_vec).collect())
+    Ok(tokens[..need]
+        .chunks_exact(seq_len)
+        .map(<[u32]>::to_vec)
+        .collect())
 }
 
 /// Runs the calibration samples through `model` and searches every block.
@@ -214,7 +217,9 @@ pub fn calibrate_awq(
     let mut groups = Vec::new();
     for layer in 0..c.n_layer {
         let inputs = std::mem::replace(&mut cap.layers[layer], [None, None, None, None]);
-        groups.extend(search_block(model, layer, inputs, opts, target, &mut folds)?);
+        groups.extend(search_block(
+            model, layer, inputs, opts, target, &mut folds,
+        )?);
         progress("search", layer + 1, c.n_layer);
     }
     Ok(AwqCalibration {
@@ -346,10 +351,12 @@ fn search_block(
                     continue;
                 }
                 let (mut w, _) = model.matrix_f32(l)?;
-                folds.apply(l, &mut w, n_in).map_err(|e| RuntimeError::Shape {
-                    tensor: l.clone(),
-                    what: e.to_string(),
-                })?;
+                folds
+                    .apply(l, &mut w, n_in)
+                    .map_err(|e| RuntimeError::Shape {
+                        tensor: l.clone(),
+                        what: e.to_string(),
+                    })?;
                 let s = folds
                     .get(l)
                     .and_then(|f| f.col_mul.clone())

@@ -35,7 +35,9 @@ fn f32_gguf(folder: &Path, out: &Path, folds: Option<&Folds>) {
 
 fn random_scales(rng: &mut SplitMix, n: usize) -> Vec<f32> {
     // Spread over [1/8, 8]: far from 1, so a missed fold shows.
-    (0..n).map(|_| 2f32.powf(rng.uniform() * 6.0 - 3.0)).collect()
+    (0..n)
+        .map(|_| 2f32.powf(rng.uniform() * 6.0 - 3.0))
+        .collect()
 }
 
 /// Every group AWQ folds, with random scales.
@@ -47,7 +49,11 @@ fn all_folds(m: &TinyModel, rng: &mut SplitMix) -> Folds {
         let s = random_scales(rng, m.hidden);
         f.add_scale(
             &s,
-            &[&n("attn_q.weight"), &n("attn_k.weight"), &n("attn_v.weight")],
+            &[
+                &n("attn_q.weight"),
+                &n("attn_k.weight"),
+                &n("attn_v.weight"),
+            ],
             &[&n("attn_norm.weight")],
         );
         if m.kv_heads == m.heads {
@@ -101,7 +107,10 @@ fn folding_scales_leaves_the_float_outputs_unchanged() {
         m.write(&hf).expect("write model");
         let mut rng = SplitMix(100 + k as u64);
         let folds = all_folds(&m, &mut rng);
-        let (plain, folded) = (dir.path().join("plain.gguf"), dir.path().join("folded.gguf"));
+        let (plain, folded) = (
+            dir.path().join("plain.gguf"),
+            dir.path().join("folded.gguf"),
+        );
         f32_gguf(&hf, &plain, None);
         f32_gguf(&hf, &folded, Some(&folds));
         let a = logits(&open(&plain), &tokens);
@@ -120,8 +129,13 @@ fn folding_scales_leaves_the_float_outputs_unchanged() {
         );
         // The folds really changed the weights (the check is not vacuous).
         let (wa, _) = open(&plain).matrix_f32("blk.0.ffn_down.weight").expect("w");
-        let (wb, _) = open(&folded).matrix_f32("blk.0.ffn_down.weight").expect("w");
-        assert!(wa.iter().zip(&wb).any(|(x, y)| (x - y).abs() > 1e-3 * x.abs().max(1e-3)));
+        let (wb, _) = open(&folded)
+            .matrix_f32("blk.0.ffn_down.weight")
+            .expect("w");
+        assert!(wa
+            .iter()
+            .zip(&wb)
+            .any(|(x, y)| (x - y).abs() > 1e-3 * x.abs().max(1e-3)));
     }
 }
 
@@ -150,7 +164,10 @@ fn calibration_search_runs_and_its_folds_keep_the_float_outputs() {
         clip: false,
         ..Default::default()
     };
-    for fq in [FakeQuant::Awq4 { group: 32 }, FakeQuant::Ggml(GgmlType::Q4_0)] {
+    for fq in [
+        FakeQuant::Awq4 { group: 32 },
+        FakeQuant::Ggml(GgmlType::Q4_0),
+    ] {
         let target = |_: &str| Target {
             fake_quant: fq,
             importance: None,

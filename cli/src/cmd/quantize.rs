@@ -6,17 +6,19 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use quern_formats::imatrix::Imatrix;
-use quern_quant::mix::Mix;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use quern_formats::imatrix::Imatrix;
 use quern_quant::awq::scale::ScaleOptions;
 use quern_quant::awq::FakeQuant;
+use quern_quant::mix::Mix;
 use quern_quant::pipeline::{
     planned_types, quantize_awq_folded, quantize_folded, AwqOptions, QuantizeOptions,
     QuantizeReport,
 };
 use quern_quant::GgmlType;
-use quern_runtime::awq::{calibrate_awq, calibration_tokens, AwqCalibOptions, AwqCalibration, Target};
+use quern_runtime::awq::{
+    calibrate_awq, calibration_tokens, AwqCalibOptions, AwqCalibration, Target,
+};
 use quern_runtime::{CpuBackend, Model};
 
 use crate::progress::{bytes_bar, BarProgress};
@@ -190,10 +192,9 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
     };
     let provenance = start_provenance(&args, &input);
     let calibration = if args.awq {
-        let types: HashMap<String, GgmlType> =
-            planned_types(&input, &options, imatrix.is_some())?
-                .into_iter()
-                .collect();
+        let types: HashMap<String, GgmlType> = planned_types(&input, &options, imatrix.is_some())?
+            .into_iter()
+            .collect();
         let target = |name: &str| Target {
             fake_quant: FakeQuant::Ggml(types.get(name).copied().unwrap_or(GgmlType::F16)),
             importance: imatrix.as_ref().and_then(|im| im.importance_for(name)),

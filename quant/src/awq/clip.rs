@@ -74,7 +74,10 @@ pub fn search_clip(
     }
     if blocks.len() != n_in * group {
         return Err(AwqSearchError::Shape {
-            what: format!("clip: {} Gram values for {n_in} inputs of group {group}", blocks.len()),
+            what: format!(
+                "clip: {} Gram values for {n_in} inputs of group {group}",
+                blocks.len()
+            ),
         });
     }
     let n_groups = n_in / group;
@@ -146,7 +149,12 @@ mod tests {
         let blocks = group_blocks(&gram(&x, t, n_in), n_in, group, &s);
         let r = search_clip(&w, n_in, group, &blocks, &ClipOptions::default()).expect("clip");
         assert!(r.err <= r.err_unclipped);
-        assert!(r.err < 0.95 * r.err_unclipped, "{} vs {}", r.err, r.err_unclipped);
+        assert!(
+            r.err < 0.95 * r.err_unclipped,
+            "{} vs {}",
+            r.err,
+            r.err_unclipped
+        );
         // Every group's own error: clipped no worse than unclipped.
         let mut clipped = w.clone();
         apply_clip(&mut clipped, group, &r.max);

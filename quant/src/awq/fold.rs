@@ -89,7 +89,10 @@ impl TensorFold {
             what,
         };
         if cols == 0 || !values.len().is_multiple_of(cols) {
-            return Err(err(format!("{} values are not rows of {cols}", values.len())));
+            return Err(err(format!(
+                "{} values are not rows of {cols}",
+                values.len()
+            )));
         }
         let rows = values.len() / cols;
         if let Some(d) = &self.row_div {
@@ -113,7 +116,9 @@ impl TensorFold {
             }
         }
         if let Some(c) = &self.clip {
-            if c.group == 0 || !cols.is_multiple_of(c.group) || c.max.len() * c.group != values.len()
+            if c.group == 0
+                || !cols.is_multiple_of(c.group)
+                || c.max.len() * c.group != values.len()
             {
                 return Err(err(format!(
                     "{} clip values of group {} for {rows} × {cols}",
@@ -134,17 +139,27 @@ mod tests {
     #[test]
     fn scales_compose_and_shapes_are_checked() {
         let mut f = Folds::default();
-        f.add_scale(&[2.0, 4.0], &["blk.0.ffn_up.weight"], &["blk.0.ffn_norm.weight"]);
-        f.add_scale(&[0.5, 0.5, 0.5], &["blk.0.ffn_down.weight"], &["blk.0.ffn_up.weight"]);
+        f.add_scale(
+            &[2.0, 4.0],
+            &["blk.0.ffn_up.weight"],
+            &["blk.0.ffn_norm.weight"],
+        );
+        f.add_scale(
+            &[0.5, 0.5, 0.5],
+            &["blk.0.ffn_down.weight"],
+            &["blk.0.ffn_up.weight"],
+        );
         // up: rows ÷ (0.5, 0.5, 0.5), columns × (2, 4).
         let mut up = vec![1.0f32; 6];
         f.apply("blk.0.ffn_up.weight", &mut up, 2).expect("apply");
         assert_eq!(up, vec![4.0, 8.0, 4.0, 8.0, 4.0, 8.0]);
         let mut norm = vec![1.0f32, 1.0];
-        f.apply("blk.0.ffn_norm.weight", &mut norm, 1).expect("apply");
+        f.apply("blk.0.ffn_norm.weight", &mut norm, 1)
+            .expect("apply");
         assert_eq!(norm, vec![0.5, 0.25]);
         let mut other = vec![3.0f32; 4];
-        f.apply("blk.0.attn_q.weight", &mut other, 2).expect("no fold");
+        f.apply("blk.0.attn_q.weight", &mut other, 2)
+            .expect("no fold");
         assert_eq!(other, vec![3.0; 4]);
         assert!(f.apply("blk.0.ffn_up.weight", &mut [0.0; 4], 2).is_err());
         f.add_clip(
@@ -155,7 +170,8 @@ mod tests {
             },
         );
         let mut down = vec![4.0f32, -4.0, 1.0, 4.0, 0.1, -4.0];
-        f.apply("blk.0.ffn_down.weight", &mut down, 3).expect("apply");
+        f.apply("blk.0.ffn_down.weight", &mut down, 3)
+            .expect("apply");
         assert_eq!(down, vec![1.0, -1.0, 0.5, 0.25, 0.05, -0.25]);
     }
 }

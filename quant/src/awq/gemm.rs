@@ -103,7 +103,12 @@ pub fn quadratic_form_sum(d: &[f32], g: &[f32], rows: usize, n: usize) -> f64 {
     let dg = matmul(d, g, rows, n, n);
     dg.par_chunks(n.max(1))
         .zip(d.par_chunks(n.max(1)))
-        .map(|(a, b)| a.iter().zip(b).map(|(x, y)| (*x as f64) * (*y as f64)).sum::<f64>())
+        .map(|(a, b)| {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (*x as f64) * (*y as f64))
+                .sum::<f64>()
+        })
         .sum()
 }
 
@@ -126,7 +131,13 @@ mod tests {
     #[test]
     fn matmul_matches_naive_on_ragged_shapes() {
         let mut rng = quern_formats::testutil::SplitMix(5);
-        for &(m, k, n) in &[(1, 1, 1), (4, 16, 16), (7, 33, 19), (9, 64, 50), (13, 5, 48)] {
+        for &(m, k, n) in &[
+            (1, 1, 1),
+            (4, 16, 16),
+            (7, 33, 19),
+            (9, 64, 50),
+            (13, 5, 48),
+        ] {
             let a: Vec<f32> = (0..m * k).map(|_| rng.uniform() - 0.5).collect();
             let b: Vec<f32> = (0..k * n).map(|_| rng.uniform() - 0.5).collect();
             let c = matmul(&a, &b, m, k, n);
@@ -148,6 +159,9 @@ mod tests {
             .map(|v| v * v)
             .sum();
         let via_gram = quadratic_form_sum(&d, &gram(&x, t, n), rows, n);
-        assert!((direct - via_gram).abs() < 1e-3 * direct, "{direct} vs {via_gram}");
+        assert!(
+            (direct - via_gram).abs() < 1e-3 * direct,
+            "{direct} vs {via_gram}"
+        );
     }
 }

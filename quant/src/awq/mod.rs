@@ -46,7 +46,9 @@ impl FakeQuant {
             FakeQuant::Awq4 { group } => {
                 if group == 0 || !cols.is_multiple_of(group) {
                     return Err(AwqSearchError::Shape {
-                        what: format!("{cols} input columns are not a multiple of the group size {group}"),
+                        what: format!(
+                            "{cols} input columns are not a multiple of the group size {group}"
+                        ),
                     });
                 }
                 w.par_chunks_mut(group)

@@ -113,14 +113,24 @@ pub fn search_scale(
 fn check(linears: &[Linear], n_in: usize, stats: &InputStats) -> Result<(), AwqSearchError> {
     let bad = |what: String| Err(AwqSearchError::Shape { what });
     if stats.mean_abs.len() != n_in {
-        return bad(format!("{} mean |x| values for {n_in} inputs", stats.mean_abs.len()));
+        return bad(format!(
+            "{} mean |x| values for {n_in} inputs",
+            stats.mean_abs.len()
+        ));
     }
     if stats.gram.len() != n_in * n_in {
-        return bad(format!("Gram matrix of {} values for {n_in} inputs", stats.gram.len()));
+        return bad(format!(
+            "Gram matrix of {} values for {n_in} inputs",
+            stats.gram.len()
+        ));
     }
     for (k, l) in linears.iter().enumerate() {
         if l.weight.len() != l.rows * n_in {
-            return bad(format!("linear {k}: {} weights, not {} × {n_in}", l.weight.len(), l.rows));
+            return bad(format!(
+                "linear {k}: {} weights, not {} × {n_in}",
+                l.weight.len(),
+                l.rows
+            ));
         }
         if l.importance.is_some_and(|v| v.len() != n_in) {
             return bad(format!("linear {k}: importance is not {n_in} long"));
@@ -176,15 +186,13 @@ fn weight_mean(linears: &[Linear], n_in: usize) -> Vec<f32> {
             rows += 1;
         }
     }
-    sum.iter().map(|v| (v / rows.max(1) as f64) as f32).collect()
+    sum.iter()
+        .map(|v| (v / rows.max(1) as f64) as f32)
+        .collect()
 }
 
 /// The weights `Q(W·diag(s))·diag(s)⁻¹` of one linear.
-pub fn scaled_fake_quant(
-    l: &Linear,
-    n_in: usize,
-    s: &[f32],
-) -> Result<Vec<f32>, AwqSearchError> {
+pub fn scaled_fake_quant(l: &Linear, n_in: usize, s: &[f32]) -> Result<Vec<f32>, AwqSearchError> {
     let mut w: Vec<f32> = l.weight.to_vec();
     for row in w.chunks_exact_mut(n_in) {
         for (v, &sj) in row.iter_mut().zip(s) {
@@ -300,7 +308,11 @@ mod tests {
                 }
             }
             direct /= (t * rows) as f64;
-            assert!((direct - r.loss).abs() < 1e-3 * direct, "{direct} vs {}", r.loss);
+            assert!(
+                (direct - r.loss).abs() < 1e-3 * direct,
+                "{direct} vs {}",
+                r.loss
+            );
         }
     }
 
