@@ -183,6 +183,93 @@ fn numpy_reader_and_ours_agree_bit_for_bit() {
     }
 }
 
+/// The activation-aware output (`--calib`) keeps the layout: the numpy reader
+/// reads it bit for bit too, and the search reports what it did.
+#[test]
+fn calibrated_awq_is_read_by_numpy_bit_for_bit() {
+    let m = model();
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("hf");
+    m.write(&src).unwrap();
+    let calib = dir.path().join("calib.txt");
+    std::fs::write(
+        &calib,
+        "the quick brown fox jumps over the lazy dog. ".repeat(40),
+    )
+    .unwrap();
+    let out = dir.path().join("awq");
+    let report = dir.path().join("search.json");
+    let args = |samples: &str| {
+        vec![
+            "quantize".to_string(),
+            src.to_str().unwrap().into(),
+            "--format".into(),
+            "awq".into(),
+            "--group-size".into(),
+            "64".into(),
+            "--calib".into(),
+            calib.to_str().unwrap().into(),
+            "--samples".into(),
+            samples.into(),
+            "--seq-len".into(),
+            "32".into(),
+            "-o".into(),
+            out.to_str().unwrap().into(),
+            "--awq-report".into(),
+            report.to_str().unwrap().into(),
+            "--quiet".into(),
+        ]
+    };
+    // Too short a text: a clear error, nothing written.
+    let a = args("100000");
+    let o = quern(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("calibration text too short"), "{err}");
+    assert!(!out.exists());
+
+    let a = args("4");
+    let o = quern(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(r["calibration_tokens"], 128);
+    // qkv, gate/up and down per block (GQA: o is not folded into v).
+    assert_eq!(r["groups"].as_array().unwrap().len(), 3 * m.layers);
+    let Some(py) = python("numpy, safetensors, transformers") else {
+        return;
+    };
+    for prefix in [
+        "model.layers.0.self_attn.v_proj",
+        "model.layers.1.mlp.up_proj",
+    ] {
+        let mine = ours(&out, prefix, 64);
+        let raw = dir.path().join("np.f32");
+        let o = Command::new(&py)
+            .args([
+                "-c",
+                NUMPY_READER,
+                out.to_str().unwrap(),
+                prefix,
+                raw.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let theirs: Vec<f32> = std::fs::read(&raw)
+            .unwrap()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        assert_eq!(theirs.len(), mine.len());
+        assert!(
+            mine.iter()
+                .zip(&theirs)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{prefix}"
+        );
+    }
+}
+
 #[test]
 fn awq_refuses_a_gguf_input_and_bad_groups() {
     let m = model();

@@ -264,24 +264,44 @@ pub fn quantize_rtn(
     for o in 0..out_features {
         let row = &weight[o * in_features..(o + 1) * in_features];
         for (g, chunk) in row.chunks_exact(group).enumerate() {
-            let (lo, hi) = chunk
-                .iter()
-                .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &x| {
-                    (lo.min(x), hi.max(x))
-                });
-            let scale = f16::from_f32((hi - lo).max(1e-5) / 15.0).to_f32();
+            let (scale, zero) = rtn_group(chunk);
             // A range beyond f16 (|w| ~ 1e6) cannot be stored.
             check_finite("scale (weight range too large for f16)", &[scale])?;
-            let zero = (-(lo / scale).round_ties_even()).clamp(0.0, 15.0);
             for (j, &x) in chunk.iter().enumerate() {
-                let level = ((x / scale).round_ties_even() + zero).clamp(0.0, 15.0);
-                q[o * in_features + g * group + j] = level as u8;
+                q[o * in_features + g * group + j] = rtn_level(x, scale, zero) as u8;
             }
             zeros[g * out_features + o] = zero as u8;
             scales[g * out_features + o] = scale;
         }
     }
     pack_linear(&q, &zeros, &scales, in_features, out_features, group)
+}
+
+/// The f16-rounded scale and the zero point [`quantize_rtn`] gives one group.
+pub fn rtn_group(chunk: &[f32]) -> (f32, f32) {
+    let (lo, hi) = chunk
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &x| {
+            (lo.min(x), hi.max(x))
+        });
+    let scale = f16::from_f32((hi - lo).max(1e-5) / 15.0).to_f32();
+    let zero = (-(lo / scale).round_ties_even()).clamp(0.0, 15.0);
+    (scale, zero)
+}
+
+/// The 4-bit level (0..=15, as a float) of `x` in a group with `scale` and `zero`.
+#[inline]
+pub fn rtn_level(x: f32, scale: f32, zero: f32) -> f32 {
+    ((x / scale).round_ties_even() + zero).clamp(0.0, 15.0)
+}
+
+/// Rounds `chunk` (one group) to the values [`quantize_rtn`] would store:
+/// AutoAWQ's pseudo-quantiser, used by the activation-aware search.
+pub fn fake_quantize_group(chunk: &mut [f32]) {
+    let (scale, zero) = rtn_group(chunk);
+    for x in chunk.iter_mut() {
+        *x = (rtn_level(*x, scale, zero) - zero) * scale;
+    }
 }
 
 /// The `quantization_config` a model's `config.json` carries for this layout.

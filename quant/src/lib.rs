@@ -3,6 +3,7 @@
 //! ggml's block layouts byte for byte, their quantisers and dequantisers, behind one
 //! table keyed by [`GgmlType`]: [`quantize_row`], [`dequantize_row`], [`quantize_matrix`].
 
+pub mod awq;
 pub mod block;
 pub mod error;
 mod fit;

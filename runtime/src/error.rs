@@ -40,6 +40,12 @@ pub enum RuntimeError {
     },
     #[error("{tokens} tokens do not fit the context of {ctx} tokens")]
     ContextFull { tokens: usize, ctx: usize },
+    #[error("calibration text too short: {tokens} tokens, but {samples} samples of {seq_len} tokens need {}; pass fewer --samples, a shorter --seq-len, or a longer text", samples * seq_len)]
+    CalibrationTooShort {
+        tokens: usize,
+        samples: usize,
+        seq_len: usize,
+    },
     #[error("token id {id} is outside the vocabulary of {vocab} tokens")]
     BadToken { id: u32, vocab: usize },
     #[error("{file}: tokenizer: {what}")]

@@ -14,6 +14,7 @@
 //! - [`tokenizer`], [`sampler`], [`chat`]: text in and out;
 //! - [`generate`]: prompt → tokens, and the timing loop `quern bench` uses.
 
+pub mod awq;
 pub mod backend;
 pub mod calibrate;
 pub mod chat;

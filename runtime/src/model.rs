@@ -362,6 +362,28 @@ impl Model {
         n
     }
 
+    /// The matrix stored under GGUF name `name` as f32 rows (`rows × cols`,
+    /// row-major, in the order the source stores them), and its row count.
+    pub fn matrix_f32(&self, name: &str) -> Result<(Vec<f32>, usize), RuntimeError> {
+        let t = self
+            .source
+            .tensor(name)
+            .ok_or_else(|| RuntimeError::MissingTensor {
+                file: self.path.clone(),
+                tensor: name.to_string(),
+            })?;
+        let n: u64 = t.shape.iter().product();
+        let rows = t.shape.get(1).copied().unwrap_or(1) as usize;
+        let mut out = vec![0f32; n as usize];
+        quern_quant::dequantize_row(t.ty, self.source.bytes(t.loc), &mut out).map_err(
+            |source| RuntimeError::Quant {
+                tensor: name.to_string(),
+                source,
+            },
+        )?;
+        Ok((out, rows))
+    }
+
     /// A fresh session holding up to `n_ctx` positions (capped at the context the
     /// model was trained for).
     pub fn session(&self, n_ctx: usize) -> Session {

@@ -1,14 +1,25 @@
 //! `quern quantize`: GGUF block quantisation with llama.cpp-compatible mixes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use quern_formats::imatrix::Imatrix;
+use quern_quant::awq::scale::ScaleOptions;
+use quern_quant::awq::FakeQuant;
 use quern_quant::mix::Mix;
-use quern_quant::pipeline::{quantize, quantize_awq, AwqOptions, QuantizeOptions, QuantizeReport};
+use quern_quant::pipeline::{
+    planned_types, quantize_awq_folded, quantize_folded, AwqOptions, QuantizeOptions,
+    QuantizeReport,
+};
+use quern_quant::GgmlType;
+use quern_runtime::awq::{
+    calibrate_awq, calibration_tokens, AwqCalibOptions, AwqCalibration, Target,
+};
+use quern_runtime::{CpuBackend, Model};
 
 use crate::progress::{bytes_bar, BarProgress};
 
@@ -41,6 +52,38 @@ pub struct QuantizeArgs {
     /// quantisation error per input column.
     #[arg(long)]
     pub imatrix: Option<PathBuf>,
+    /// Calibration text for activation-aware scaling (AWQ). With --format awq it
+    /// turns round-to-nearest into AWQ: per block, the input-channel scales and
+    /// the per-group clipping that minimise the linears' output error on these
+    /// tokens. For GGUF types it needs --awq. Never calibrate on evaluation text.
+    #[arg(long, value_name = "FILE")]
+    pub calib: Option<PathBuf>,
+    /// GGUF types: search AWQ scales with the target block formats as the
+    /// quantiser (weighted by --imatrix when given), fold them into the norms
+    /// and weights, then quantise as usual: a standard GGUF any llama.cpp runs.
+    /// Needs --calib and a Hugging Face folder.
+    #[arg(long, requires = "calib")]
+    pub awq: bool,
+    /// AWQ calibration: samples of --seq-len tokens taken from the start of --calib.
+    #[arg(long, default_value_t = 128)]
+    pub samples: usize,
+    /// AWQ calibration: tokens per sample.
+    #[arg(long, default_value_t = 512)]
+    pub seq_len: usize,
+    /// AWQ calibration: tokens (strided over all samples) the search's loss is
+    /// measured on; mean |x| uses every token.
+    #[arg(long, default_value_t = 4096)]
+    pub loss_tokens: usize,
+    /// AWQ: AutoAWQ's "duo" scales, mean|x|^α / mean|w|^(1-α), instead of the
+    /// paper's mean|x|^α.
+    #[arg(long)]
+    pub awq_duo: bool,
+    /// AWQ: skip the clipping search (--format awq only).
+    #[arg(long)]
+    pub no_clip: bool,
+    /// Write the AWQ search's per-group results (α, losses) as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub awq_report: Option<PathBuf>,
     /// Quantise tensors that are already quantised (loses accuracy; as llama.cpp).
     #[arg(long)]
     pub allow_requantize: bool,
@@ -74,6 +117,18 @@ fn start_provenance(
         if args.format == "awq" {
             params.push(("group_size", serde_json::json!(args.group_size)));
         }
+        if args.calib.is_some() {
+            params.push((
+                "awq",
+                serde_json::json!({
+                    "samples": args.samples,
+                    "seq_len": args.seq_len,
+                    "loss_tokens": args.loss_tokens,
+                    "duo": args.awq_duo,
+                    "clip": args.format == "awq" && !args.no_clip,
+                }),
+            ));
+        }
         if args.allow_requantize {
             params.push(("allow_requantize", serde_json::json!(true)));
         }
@@ -81,6 +136,7 @@ fn start_provenance(
             .imatrix
             .iter()
             .map(|p| ("imatrix", p.clone()))
+            .chain(args.calib.iter().map(|p| ("calib", p.clone())))
             .collect();
         crate::provenance::start("quantize", &args.input, input, params, inputs)
     })
@@ -121,24 +177,40 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
     let Some(mix) = args.ty else {
         bail!("--type is required for GGUF output");
     };
+    if args.calib.is_some() && !args.awq {
+        bail!("--calib for GGUF types needs --awq (AWQ scale search before block quantisation)");
+    }
     let imatrix = match &args.imatrix {
         Some(p) => Some(Imatrix::read(p).with_context(|| format!("{}", p.display()))?),
         None => None,
     };
     let quiet = args.quiet || args.json;
     let started = Instant::now();
-    let bar = bytes_bar(0, "quantizing", quiet);
     let options = QuantizeOptions {
         mix,
         allow_requantize: args.allow_requantize,
         model_name: args.name.clone(),
     };
     let provenance = start_provenance(&args, &input);
-    let report = quantize(
+    let calibration = if args.awq {
+        let types: HashMap<String, GgmlType> = planned_types(&input, &options, imatrix.is_some())?
+            .into_iter()
+            .collect();
+        let target = |name: &str| Target {
+            fake_quant: FakeQuant::Ggml(types.get(name).copied().unwrap_or(GgmlType::F16)),
+            importance: imatrix.as_ref().and_then(|im| im.importance_for(name)),
+        };
+        Some(run_awq_search(&args, &input, &target, quiet)?)
+    } else {
+        None
+    };
+    let bar = bytes_bar(0, "quantizing", quiet);
+    let report = quantize_folded(
         &input,
         &args.output,
         &options,
         imatrix.as_ref(),
+        calibration.as_ref().map(|c| &c.0.folds),
         &BarProgress(&bar),
     );
     bar.finish_and_clear();
@@ -148,8 +220,14 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
     if args.json {
         let mut j = report_json(&report, secs);
         j["provenance"] = serde_json::json!(provenance);
+        if let Some((c, search_secs)) = &calibration {
+            j["awq"] = awq_json(c, *search_secs);
+        }
         println!("{}", serde_json::to_string_pretty(&j)?);
     } else if !args.quiet {
+        if let Some((c, search_secs)) = &calibration {
+            print_awq(c, *search_secs);
+        }
         print_report(&report, secs);
         if let Some(p) = provenance {
             eprintln!("  provenance: {}", p.display());
@@ -168,16 +246,31 @@ fn run_awq(args: &QuantizeArgs, input: &std::path::Path) -> Result<()> {
     if args.imatrix.is_some() {
         bail!("--imatrix applies to GGUF block types, not to --format awq");
     }
+    if args.awq {
+        bail!("--awq is for GGUF types; with --format awq, --calib alone enables the AWQ search");
+    }
     let quiet = args.quiet || args.json;
     let started = Instant::now();
-    let bar = bytes_bar(0, "quantizing", quiet);
     let provenance = start_provenance(args, input);
-    let report = quantize_awq(
+    let group = args.group_size;
+    let calibration = match &args.calib {
+        Some(_) => {
+            let target = |_: &str| Target {
+                fake_quant: FakeQuant::Awq4 { group },
+                importance: None,
+            };
+            Some(run_awq_search(args, input, &target, quiet)?)
+        }
+        None => None,
+    };
+    let bar = bytes_bar(0, "quantizing", quiet);
+    let report = quantize_awq_folded(
         input,
         &args.output,
         &AwqOptions {
             group_size: args.group_size,
         },
+        calibration.as_ref().map(|c| &c.0.folds),
         &BarProgress(&bar),
     );
     bar.finish_and_clear();
@@ -194,13 +287,22 @@ fn run_awq(args: &QuantizeArgs, input: &std::path::Path) -> Result<()> {
             "kept_tensors": report.kept_tensors,
             "weights_bytes": report.weights_bytes,
             "seconds": secs,
+            "awq": calibration.as_ref().map(|(c, s)| awq_json(c, *s)),
         });
         println!("{}", serde_json::to_string_pretty(&j)?);
     } else if !args.quiet {
+        if let Some((c, search_secs)) = &calibration {
+            print_awq(c, *search_secs);
+        }
         eprintln!(
-            "wrote {} (AWQ gemm, 4-bit, group {}): {} linears quantised, {} tensors kept in f16, {:.1} MB of weights, {:.2} s",
+            "wrote {} (AWQ gemm, 4-bit, group {}{}): {} linears quantised, {} tensors kept in f16, {:.1} MB of weights, {:.2} s",
             report.output.display(),
             args.group_size,
+            if calibration.is_some() {
+                ", activation-aware"
+            } else {
+                ", round-to-nearest"
+            },
             report.quantized_linears,
             report.kept_tensors,
             report.weights_bytes as f64 / 1e6,
@@ -208,6 +310,118 @@ fn run_awq(args: &QuantizeArgs, input: &std::path::Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Runs the AWQ calibration pass and search on `input` (a float Hugging Face
+/// folder); returns the result and the seconds it took.
+fn run_awq_search(
+    args: &QuantizeArgs,
+    input: &std::path::Path,
+    target: &dyn Fn(&str) -> Target,
+    quiet: bool,
+) -> Result<(AwqCalibration, f64)> {
+    let Some(calib) = &args.calib else {
+        bail!("AWQ needs --calib FILE");
+    };
+    if !input.is_dir() {
+        bail!(
+            "{}: AWQ calibration needs a Hugging Face folder of float weights",
+            input.display()
+        );
+    }
+    let started = Instant::now();
+    let model = Model::open(input, Box::new(CpuBackend::new()))
+        .with_context(|| format!("{}", input.display()))?;
+    if model.source().format() != "safetensors" {
+        bail!(
+            "{}: AWQ calibration needs float (bf16/f16/f32) weights, not an already quantised {} folder",
+            input.display(),
+            model.source().format()
+        );
+    }
+    let c = &model.config;
+    if args.format == "awq" {
+        for (what, width) in [
+            ("hidden size", c.n_embd),
+            ("attention width", c.n_head * c.head_dim),
+            ("ffn width", c.n_ff),
+        ] {
+            if args.group_size == 0 || !width.is_multiple_of(args.group_size) {
+                bail!(
+                    "--group-size {} does not divide the {what} {width}; pick one that does (e.g. 64 or 32)",
+                    args.group_size
+                );
+            }
+        }
+    }
+    let text = std::fs::read_to_string(calib)
+        .with_context(|| format!("reading calibration text {}", calib.display()))?;
+    let samples = calibration_tokens(&model, &text, args.samples, args.seq_len)
+        .with_context(|| format!("{}", calib.display()))?;
+    let opts = AwqCalibOptions {
+        samples: args.samples,
+        seq_len: args.seq_len,
+        loss_tokens: args.loss_tokens,
+        scale: ScaleOptions {
+            grid: 20,
+            duo: args.awq_duo,
+        },
+        clip: args.format == "awq" && !args.no_clip,
+    };
+    let bar = ProgressBar::new(samples.len() as u64);
+    if quiet {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    bar.set_style(
+        ProgressStyle::with_template("{msg:14} [{bar:30}] {pos}/{len} eta {eta}")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    bar.set_message("AWQ forward");
+    let progress = |stage: &str, done: usize, total: usize| {
+        if stage == "search" && bar.message() != "AWQ search" {
+            bar.set_message("AWQ search");
+            bar.set_length(total as u64);
+            bar.reset();
+        }
+        bar.set_position(done as u64);
+    };
+    let result = calibrate_awq(&model, &samples, &opts, target, &progress);
+    bar.finish_and_clear();
+    let result = result?;
+    let secs = started.elapsed().as_secs_f64();
+    if let Some(path) = &args.awq_report {
+        let j = awq_json(&result, secs);
+        std::fs::write(path, serde_json::to_string_pretty(&j)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok((result, secs))
+}
+
+fn awq_json(c: &AwqCalibration, secs: f64) -> serde_json::Value {
+    serde_json::json!({
+        "calibration_tokens": c.tokens,
+        "search_seconds": secs,
+        "groups": c.groups,
+    })
+}
+
+fn print_awq(c: &AwqCalibration, secs: f64) {
+    let scaled = c.groups.iter().filter(|g| g.alpha.is_some()).count();
+    let gain: f64 = c
+        .groups
+        .iter()
+        .map(|g| g.loss / g.loss_unscaled.max(f64::MIN_POSITIVE))
+        .sum::<f64>()
+        / c.groups.len().max(1) as f64;
+    eprintln!(
+        "AWQ: {} calibration tokens, {} of {} groups scaled, mean loss ratio {:.3} (vs unscaled), {:.1} s",
+        c.tokens,
+        scaled,
+        c.groups.len(),
+        gain,
+        secs
+    );
 }
 
 /// Tensors and bytes per output type.

@@ -14,6 +14,9 @@ use quern_formats::safetensors::{Dtype, SafetensorsModel, TensorEntry};
 use quern_formats::safetensors_writer::{SafetensorsWriteError, SafetensorsWriter, StTensorSpec};
 use rayon::prelude::*;
 
+use crate::awq::fold::{FoldError, Folds};
+use quern_formats::arch::ModelSpec;
+
 use super::convert::{prepare_hf, ConvertError, OutType};
 use super::Progress;
 
@@ -80,6 +83,8 @@ pub enum AwqPipelineError {
         group: usize,
         hint: usize,
     },
+    #[error(transparent)]
+    Fold(#[from] FoldError),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -104,9 +109,23 @@ pub fn quantize_awq(
     options: &AwqOptions,
     progress: &dyn Progress,
 ) -> Result<AwqReport, AwqPipelineError> {
+    quantize_awq_folded(folder, output, options, None, progress)
+}
+
+/// [`quantize_awq`] with activation-aware scales and clipping (`folds`, by GGUF
+/// name, from the runtime's AWQ calibration) applied to the float weights
+/// before rounding: norms and preceding linears divided by the scales, the
+/// linears' columns multiplied by them, then clamped to the searched ranges.
+pub fn quantize_awq_folded(
+    folder: &Path,
+    output: &Path,
+    options: &AwqOptions,
+    folds: Option<&Folds>,
+    progress: &dyn Progress,
+) -> Result<AwqReport, AwqPipelineError> {
     // The same checks as convert: supported architecture, every tensor present
     // with the shape config.json implies, a tokenizer.
-    prepare_hf(folder, OutType::Auto, None)?;
+    let spec = prepare_hf(folder, OutType::Auto, None)?.spec;
     let config = HfConfig::from_folder(folder).map_err(ConvertError::from)?;
     let model = SafetensorsModel::open(folder).map_err(ConvertError::from)?;
     let group = options.group_size;
@@ -166,7 +185,7 @@ pub fn quantize_awq(
     for batch in jobs.chunks(16) {
         let produced: Vec<Vec<(String, Vec<u8>)>> = batch
             .par_iter()
-            .map(|job| produce(&model, job, group))
+            .map(|job| produce(&model, &spec, folds, job, group))
             .collect::<Result<_, _>>()?;
         for (name, bytes) in produced.into_iter().flatten() {
             writer.write_tensor(&name, &bytes)?;
@@ -254,6 +273,8 @@ fn specs_of(job: &Job, group: usize) -> Vec<StTensorSpec> {
 
 fn produce(
     model: &SafetensorsModel,
+    spec: &ModelSpec,
+    folds: Option<&Folds>,
     job: &Job,
     group: usize,
 ) -> Result<Vec<(String, Vec<u8>)>, AwqPipelineError> {
@@ -269,6 +290,19 @@ fn produce(
             source,
         }
     })?;
+    if let Some(folds) = folds {
+        let mapped = spec
+            .map_tensor(&entry.name)
+            .map_err(|e| AwqPipelineError::Convert(e.into()))?;
+        if let Some(m) = mapped {
+            let cols = if entry.shape.len() == 2 {
+                entry.shape[1] as usize
+            } else {
+                1
+            };
+            folds.apply(&m.gguf_name, &mut values, cols)?;
+        }
+    }
     match job {
         Job::Keep(t) => {
             let bytes = values

@@ -12,13 +12,15 @@ mod plan;
 pub mod quantize;
 mod write;
 
-pub use awq::{quantize_awq, AwqOptions, AwqPipelineError, AwqReport};
+pub use awq::{quantize_awq, quantize_awq_folded, AwqOptions, AwqPipelineError, AwqReport};
 pub use convert::{
     convert_hf_folder, open_hf_model, ConvertError, ConvertOptions, ConvertReport, HfModel, OutType,
 };
 pub use encode::EncodeError;
 pub use plan::TensorPlan;
-pub use quantize::{quantize, QuantizeError, QuantizeOptions, QuantizeReport};
+pub use quantize::{
+    planned_types, quantize, quantize_folded, QuantizeError, QuantizeOptions, QuantizeReport,
+};
 
 /// Progress of a long pipeline, in output bytes.
 pub trait Progress: Sync {

@@ -15,6 +15,7 @@ use super::encode::{encode, EncodeError};
 use super::plan::{TensorPlan, TensorSource};
 use super::write::write_gguf;
 use super::Progress;
+use crate::awq::fold::{FoldError, Folds, TensorFold};
 use crate::mix::{plan_with, Mix, PlanOptions, TensorContext};
 
 #[derive(Debug, Clone)]
@@ -78,6 +79,8 @@ pub enum QuantizeError {
         expected: usize,
         found: usize,
     },
+    #[error(transparent)]
+    Fold(#[from] FoldError),
     #[error("{file}: tensor {tensor}: {source}")]
     Encode {
         file: PathBuf,
@@ -103,7 +106,36 @@ pub fn quantize(
     imatrix: Option<&Imatrix>,
     progress: &dyn Progress,
 ) -> Result<QuantizeReport, QuantizeError> {
-    let (source, mut metadata, mut plans) = if input.is_dir() {
+    quantize_folded(input, output, options, imatrix, None, progress)
+}
+
+/// The type `quantize` would give each tensor (GGUF name, type), in file order.
+pub fn planned_types(
+    input: &Path,
+    options: &QuantizeOptions,
+    has_imatrix: bool,
+) -> Result<Vec<(String, GgmlType)>, QuantizeError> {
+    let planned = plan_quantize(input, options, has_imatrix)?;
+    Ok(planned
+        .plans
+        .into_iter()
+        .map(|p| (p.gguf_name, p.out_type))
+        .collect())
+}
+
+struct Planned {
+    source: Input,
+    metadata: Metadata,
+    plans: Vec<TensorPlan>,
+    arch: String,
+}
+
+fn plan_quantize(
+    input: &Path,
+    options: &QuantizeOptions,
+    has_imatrix: bool,
+) -> Result<Planned, QuantizeError> {
+    let (source, metadata, mut plans) = if input.is_dir() {
         let prepared = prepare_hf(input, OutType::Auto, options.model_name.clone())?;
         (Input::Hf(prepared.model), prepared.metadata, prepared.plans)
     } else {
@@ -144,18 +176,47 @@ pub fn quantize(
             tied_output: tied,
         })
         .collect();
-    let choices = plan_with(
-        options.mix,
-        &contexts,
-        PlanOptions {
-            has_imatrix: imatrix.is_some(),
-        },
-    );
+    let choices = plan_with(options.mix, &contexts, PlanOptions { has_imatrix });
     for (p, c) in plans.iter_mut().zip(&choices) {
         p.out_type = c.ty;
         p.fallback_from = c.fallback_from;
     }
-    let importance = importance_vectors(imatrix, &plans)?;
+    Ok(Planned {
+        source,
+        metadata,
+        plans,
+        arch,
+    })
+}
+
+/// [`quantize`] with AWQ scales (and clipping) folded into the tensors on the
+/// way (`folds` by GGUF name; see [`crate::awq::fold`]). The imatrix is
+/// rescaled consistently: a column multiplied by `s` sees inputs divided by
+/// `s`, so its importance (mean squared input) is divided by `s²`.
+pub fn quantize_folded(
+    input: &Path,
+    output: &Path,
+    options: &QuantizeOptions,
+    imatrix: Option<&Imatrix>,
+    folds: Option<&Folds>,
+    progress: &dyn Progress,
+) -> Result<QuantizeReport, QuantizeError> {
+    let Planned {
+        source,
+        mut metadata,
+        plans,
+        arch,
+    } = plan_quantize(input, options, imatrix.is_some())?;
+    let mut importance = importance_vectors(imatrix, &plans)?;
+    if let Some(folds) = folds {
+        for (name, v) in importance.iter_mut() {
+            if let Some(s) = folds.get(name).and_then(|f| f.col_mul.as_ref()) {
+                for (x, sj) in v.iter_mut().zip(s) {
+                    *x /= sj * sj;
+                }
+            }
+        }
+    }
     set_file_type(&mut metadata, options.mix.file_type());
 
     let out = AtomicFile::create(output)?;
@@ -165,7 +226,8 @@ pub fn quantize(
         &plans,
         |plan| {
             let weights = importance.get(plan.gguf_name.as_str()).map(Vec::as_slice);
-            produce(&source, input, plan, weights)
+            let fold = folds.and_then(|f| f.get(&plan.gguf_name));
+            produce(&source, input, plan, weights, fold)
         },
         progress,
     )?;
@@ -267,6 +329,7 @@ fn produce<'a>(
     input: &Path,
     plan: &'a TensorPlan,
     importance: Option<&[f32]>,
+    fold: Option<&TensorFold>,
 ) -> Result<Cow<'a, [u8]>, QuantizeError> {
     let (src, src_type, file, name) = match source {
         Input::Hf(model) => {
@@ -290,6 +353,35 @@ fn produce<'a>(
                 file.path().to_path_buf(),
                 t.name.clone(),
             )
+        }
+    };
+    let (src, src_type) = match fold {
+        None => (src, src_type),
+        Some(fold) => {
+            let permuted = matches!(
+                plan.source,
+                TensorSource::Input {
+                    permute_heads: Some(_),
+                    ..
+                }
+            );
+            if permuted && fold.row_div.is_some() {
+                return Err(QuantizeError::Fold(FoldError {
+                    tensor: name,
+                    what: "row scales on a tensor whose rows are permuted".into(),
+                }));
+            }
+            let mut values = vec![0f32; plan.n_elements() as usize];
+            crate::dequantize_row(src_type, &src, &mut values).map_err(|e| {
+                QuantizeError::Encode {
+                    file: file.clone(),
+                    tensor: name.clone(),
+                    source: e.into(),
+                }
+            })?;
+            fold.apply(&name, &mut values, plan.row_len())?;
+            let bytes: Vec<u8> = bytemuck::cast_slice(&values).to_vec();
+            (Cow::Owned(bytes), GgmlType::F32)
         }
     };
     encode(
