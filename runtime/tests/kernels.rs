@@ -62,6 +62,16 @@ const TYPES: &[GgmlType] = &[
     GgmlType::Iq4Xs,
 ];
 
+/// Rows of `cols` values of `w` quantised to `ty`, as the file stores them.
+fn quantized(ty: GgmlType, w: &[f32], cols: usize) -> Vec<u8> {
+    let rb = quern_quant::row_bytes(ty, cols).expect("whole blocks");
+    let mut data = vec![0u8; w.len() / cols * rb];
+    for (s, d) in w.chunks_exact(cols).zip(data.chunks_exact_mut(rb)) {
+        quern_quant::quantize_row(ty, s, None, d).expect("quantize");
+    }
+    data
+}
+
 fn check(ty: GgmlType, backend: &CpuBackend, cols: usize, rows: usize, n_tokens: usize, seed: u64) {
     let mut rng = Rng(seed);
     let w: Vec<f32> = (0..rows * cols).map(|_| rng.next()).collect();
@@ -172,11 +182,7 @@ fn four_row_kernels_on_ragged_shapes() {
     let x: Vec<f32> = (0..n * cols).map(|_| rng.next()).collect();
     for &ty in TYPES {
         let w: Vec<f32> = (0..rows * cols).map(|_| rng.next()).collect();
-        let rb = quern_quant::row_bytes(ty, cols).expect("blocks");
-        let mut data = vec![0u8; rows * rb];
-        for (s, d) in w.chunks_exact(cols).zip(data.chunks_exact_mut(rb)) {
-            quern_quant::quantize_row(ty, s, None, d).expect("quantize");
-        }
+        let data = quantized(ty, &w, cols);
         let view = WeightView {
             name: "t",
             ty,
@@ -225,11 +231,7 @@ fn avx2_and_portable_agree() {
     let x: Vec<f32> = (0..cols).map(|_| rng.next()).collect();
     for &ty in TYPES {
         let w: Vec<f32> = (0..4 * cols).map(|_| rng.next()).collect();
-        let rb = quern_quant::row_bytes(ty, cols).expect("blocks");
-        let mut data = vec![0u8; 4 * rb];
-        for (s, d) in w.chunks_exact(cols).zip(data.chunks_exact_mut(rb)) {
-            quern_quant::quantize_row(ty, s, None, d).expect("quantize");
-        }
+        let data = quantized(ty, &w, cols);
         let view = WeightView {
             name: "t",
             ty,

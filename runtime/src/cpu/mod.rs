@@ -33,18 +33,10 @@ type Dot4<A> = unsafe fn(&[u8], [&[A]; 4]) -> [f32; 4];
 /// Four weight rows against `T` activation rows: `out[t][r]`.
 type Tile<A, const T: usize> = unsafe fn(&[&[u8]; 4], &[&[A]; T]) -> [[f32; 4]; T];
 
-/// Four-row kernels: against one token (decode) and four (prefill).
-struct Tiles<A> {
-    one: Tile<A, 1>,
-    four: Tile<A, 4>,
-}
-
-impl<A> Clone for Tiles<A> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-impl<A> Copy for Tiles<A> {}
+/// Four weight rows against four tokens (prefill). Decode keeps the one-row
+/// kernels: four-row ones against one token were faster on cached weights
+/// (`kernel_speed`) but slower streaming a model from memory (BENCHMARKS.md).
+type Tiles<A> = Tile<A, 4>;
 
 /// How one weight format meets the activations.
 #[derive(Clone, Copy)]
@@ -127,30 +119,38 @@ impl CpuBackend {
                 GgmlType::Q8_0 => Kernel::Q16(
                     avx2::q8_0_row,
                     Some(avx2::q8_0_row_x4),
-                    self.tiles(tile::q8_0_4x1, tile::q8_0_4x4),
+                    self.tiles(tile::q8_0_4x4),
                 ),
                 GgmlType::Q4_0 => Kernel::Q8(
                     avx2::q4_0_row,
                     Some(avx2::q4_0_row_x4),
-                    self.tiles(tile::q4_0_4x1, tile::q4_0_4x4),
+                    self.tiles(tile::q4_0_4x4),
                 ),
                 GgmlType::Q4_1 => Kernel::Q8(
                     avx2::q4_1_row,
                     Some(avx2::q4_1_row_x4),
-                    self.tiles(tile::q4_1_4x1, tile::q4_1_4x4),
+                    self.tiles(tile::q4_1_4x4),
                 ),
                 GgmlType::Q5_0 => Kernel::Q8(
                     avx2::q5_0_row,
                     Some(avx2::q5_0_row_x4),
-                    self.tiles(tile::q5_0_4x1, tile::q5_0_4x4),
+                    self.tiles(tile::q5_0_4x4),
                 ),
                 GgmlType::Q5_1 => Kernel::Q8(
                     avx2::q5_1_row,
                     Some(avx2::q5_1_row_x4),
-                    self.tiles(tile::q5_1_4x1, tile::q5_1_4x4),
+                    self.tiles(tile::q5_1_4x4),
                 ),
-                GgmlType::Q4K => Kernel::Q8K(avx2::q4_k_row, Some(avx2::q4_k_row_x4), None),
-                GgmlType::Q6K => Kernel::Q8K(avx2::q6_k_row, Some(avx2::q6_k_row_x4), None),
+                GgmlType::Q4K => Kernel::Q8K(
+                    avx2::q4_k_row,
+                    Some(avx2::q4_k_row_x4),
+                    self.tiles(tile::q4_k_4x4),
+                ),
+                GgmlType::Q6K => Kernel::Q8K(
+                    avx2::q6_k_row,
+                    Some(avx2::q6_k_row_x4),
+                    self.tiles(tile::q6_k_4x4),
+                ),
                 GgmlType::Q5K => Kernel::Q8K(avx2::q5_k_row, Some(avx2::q5_k_row_x4), None),
                 GgmlType::Q2K => Kernel::Q8K(avx2::q2_k_row, Some(avx2::q2_k_row_x4), None),
                 GgmlType::Q3K => Kernel::Q8K(avx2::q3_k_row, Some(avx2::q3_k_row_x4), None),
@@ -164,8 +164,8 @@ impl CpuBackend {
 
     /// The four-row kernels, unless switched off (`QUERN_CPU_TILES=0`, to
     /// compare against the one-row kernels).
-    fn tiles<A>(&self, one: Tile<A, 1>, four: Tile<A, 4>) -> Option<Tiles<A>> {
-        self.tiles.then_some(Tiles { one, four })
+    fn tiles<A>(&self, four: Tiles<A>) -> Option<Tiles<A>> {
+        self.tiles.then_some(four)
     }
 
     fn kernel_for(&self, w: &WeightView<'_>) -> Result<Kernel, RuntimeError> {
@@ -314,14 +314,15 @@ impl Task<'_> {
                 }
             };
             match (self.kernel, self.acts) {
-                (Kernel::Q8(_, _, Some(tl)), Acts::Q8(a)) => {
-                    tiled4(&group, a, cols / 32, t0, t1, tl, put4)
+                _ if t1 - t0 < 4 => break,
+                (Kernel::Q8(one, _, Some(tl)), Acts::Q8(a)) => {
+                    tiled4(&group, a, cols / 32, t0, t1, tl, one, put4)
                 }
-                (Kernel::Q16(_, _, Some(tl)), Acts::Q16(a)) => {
-                    tiled4(&group, a, cols / 32, t0, t1, tl, put4)
+                (Kernel::Q16(one, _, Some(tl)), Acts::Q16(a)) => {
+                    tiled4(&group, a, cols / 32, t0, t1, tl, one, put4)
                 }
-                (Kernel::Q8K(_, _, Some(tl)), Acts::Q8K(a)) => {
-                    tiled4(&group, a, cols / 256, t0, t1, tl, put4)
+                (Kernel::Q8K(one, _, Some(tl)), Acts::Q8K(a)) => {
+                    tiled4(&group, a, cols / 256, t0, t1, tl, one, put4)
                 }
                 _ => break,
             }
@@ -355,7 +356,8 @@ impl Task<'_> {
 }
 
 /// Tokens `t0..t1` against four weight rows: four tokens at a time, the rest
-/// one by one.
+/// one by one, each row by `one_row`.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 unsafe fn tiled4<A>(
     rows: &[&[u8]; 4],
@@ -364,19 +366,20 @@ unsafe fn tiled4<A>(
     t0: usize,
     t1: usize,
     tiles: Tiles<A>,
+    one_row: Dot<A>,
     mut put: impl FnMut(usize, [f32; 4]),
 ) {
     let act = |t: usize| &a[t * nb..(t + 1) * nb];
     let mut t = t0;
     while t + 4 <= t1 {
-        let v = (tiles.four)(rows, &[act(t), act(t + 1), act(t + 2), act(t + 3)]);
+        let v = tiles(rows, &[act(t), act(t + 1), act(t + 2), act(t + 3)]);
         for (k, v) in v.into_iter().enumerate() {
             put(t + k, v);
         }
         t += 4;
     }
     while t < t1 {
-        put(t, (tiles.one)(rows, &[act(t)])[0]);
+        put(t, std::array::from_fn(|r| one_row(rows[r], act(t))));
         t += 1;
     }
 }
