@@ -2,7 +2,7 @@
 //! does not distort it much): one thread, each format's decode product (one
 //! token) and prefill product (64 tokens) on a 1536 × 576 matrix, 2048 x 2048.
 //!
-//!   cargo run --release -p quern-runtime --example kernel_speed
+//!   cargo run --release -p quern-runtime --example kernel_speed [-- --one-row]
 //!
 //! Prints GB/s of weights (decode) and GMAC/s (prefill) per CPU second.
 
@@ -26,8 +26,10 @@ fn main() {
         .num_threads(1)
         .build_global()
         .expect("rayon");
-    let backend = CpuBackend::new();
-    println!("isa {:?}", backend.isa());
+    // `--one-row`: the one-row kernels only, to compare with the four-row ones.
+    let one_row = std::env::args().any(|a| a == "--one-row");
+    let backend = CpuBackend::new().with_tiles(!one_row);
+    println!("isa {:?}, four-row kernels {}", backend.isa(), !one_row);
     let types = [
         GgmlType::Q8_0,
         GgmlType::Q4_0,
@@ -73,9 +75,10 @@ fn main() {
                 let s = (thread_cpu_seconds() - t) / reps as f64;
                 if n == 1 {
                     println!(
-                        "{rows}x{cols} {ty:>5} decode : {:7.1} us  {:6.1} GB/s of weights",
+                        "{rows}x{cols} {ty:>5} decode : {:7.1} us  {:6.1} GB/s of weights  {:6.1} GMAC/s",
                         s * 1e6,
-                        data.len() as f64 / s / 1e9
+                        data.len() as f64 / s / 1e9,
+                        (rows * cols) as f64 / s / 1e9
                     );
                 } else {
                     println!(

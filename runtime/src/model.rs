@@ -517,9 +517,7 @@ impl Model {
                 n,
                 &mut [&mut g, &mut h],
             )?;
-            for (hv, &gv) in h.iter_mut().zip(&g) {
-                *hv *= gv / (1.0 + (-gv).exp());
-            }
+            silu_mul(self.backend.as_ref(), &g, &mut h, c.n_ff);
             observer.linear_input(&[&names.down], &h, n);
             let down = self.matmul(&layer.down, &h, n)?;
             for (a, b) in x.iter_mut().zip(&down) {
@@ -663,10 +661,32 @@ fn attention(
     out
 }
 
-/// The attention output, written one head per task.
+/// `h *= silu(g)`, token rows of `ff` values shared among the backend's threads
+/// in prefill (the exponentials are a visible share of a small model's prefill).
+fn silu_mul(backend: &dyn Backend, g: &[f32], h: &mut [f32], ff: usize) {
+    let rows = h.len() / ff;
+    let one = |g: &[f32], h: &mut [f32]| {
+        for (hv, &gv) in h.iter_mut().zip(g) {
+            *hv *= gv / (1.0 + (-gv).exp());
+        }
+    };
+    if rows < 4 {
+        one(g, h);
+        return;
+    }
+    let out = HeadsOut(h.as_mut_ptr());
+    backend.parallel_for(rows, &|t| {
+        // SAFETY: task `t` alone writes row `t` of `h`, which has `rows * ff` values.
+        let hr = unsafe { std::slice::from_raw_parts_mut(out.get().add(t * ff), ff) };
+        one(&g[t * ff..(t + 1) * ff], hr);
+    });
+}
+
+/// An output written in disjoint pieces by parallel tasks (attention heads,
+/// token rows).
 #[derive(Clone, Copy)]
 struct HeadsOut(*mut f32);
-// SAFETY: tasks write disjoint heads (see `attention`).
+// SAFETY: tasks write disjoint pieces (see `attention`, `silu_mul`).
 unsafe impl Send for HeadsOut {}
 unsafe impl Sync for HeadsOut {}
 

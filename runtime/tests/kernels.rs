@@ -62,6 +62,16 @@ const TYPES: &[GgmlType] = &[
     GgmlType::Iq4Xs,
 ];
 
+/// Rows of `cols` values of `w` quantised to `ty`, as the file stores them.
+fn quantized(ty: GgmlType, w: &[f32], cols: usize) -> Vec<u8> {
+    let rb = quern_quant::row_bytes(ty, cols).expect("whole blocks");
+    let mut data = vec![0u8; w.len() / cols * rb];
+    for (s, d) in w.chunks_exact(cols).zip(data.chunks_exact_mut(rb)) {
+        quern_quant::quantize_row(ty, s, None, d).expect("quantize");
+    }
+    data
+}
+
 fn check(ty: GgmlType, backend: &CpuBackend, cols: usize, rows: usize, n_tokens: usize, seed: u64) {
     let mut rng = Rng(seed);
     let w: Vec<f32> = (0..rows * cols).map(|_| rng.next()).collect();
@@ -146,6 +156,49 @@ fn every_format_matches_float64_reference() {
     }
 }
 
+/// The four-row kernels (groups of four rows, four tokens at a time, the rest
+/// one by one) on row counts that are not multiples of four, token counts that
+/// are not multiples of four, and rows split across work items; and the same
+/// products from the one-row kernels agree with them.
+#[test]
+fn four_row_kernels_on_ragged_shapes() {
+    let tiled = CpuBackend::new();
+    if tiled.isa() != Isa::Avx2 {
+        eprintln!("notice: this CPU lacks AVX2; the four-row kernels were not tested");
+        return;
+    }
+    let mut seed = 1000;
+    for &ty in TYPES {
+        for cols in [256, 768] {
+            for (rows, n_tokens) in [(4, 1), (5, 2), (7, 4), (8, 5), (11, 9), (13, 1), (70, 67)] {
+                seed += 1;
+                check(ty, &tiled, cols, rows, n_tokens, seed);
+            }
+        }
+    }
+    let single = CpuBackend::new().with_tiles(false);
+    let mut rng = Rng(5);
+    let (cols, rows, n) = (512, 22, 7);
+    let x: Vec<f32> = (0..n * cols).map(|_| rng.next()).collect();
+    for &ty in TYPES {
+        let w: Vec<f32> = (0..rows * cols).map(|_| rng.next()).collect();
+        let data = quantized(ty, &w, cols);
+        let view = WeightView {
+            name: "t",
+            ty,
+            rows,
+            cols,
+            data: &data,
+        };
+        let (mut o1, mut o2) = (vec![f32::NAN; n * rows], vec![f32::NAN; n * rows]);
+        single.matmul(&view, &x, n, &mut o1).expect("one-row");
+        tiled.matmul(&view, &x, n, &mut o2).expect("four-row");
+        for (u, v) in o1.iter().zip(&o2) {
+            assert!((u - v).abs() <= 1e-4 * u.abs().max(1.0), "{ty}: {u} vs {v}");
+        }
+    }
+}
+
 #[test]
 fn short_rows_of_32_value_formats() {
     let backend = CpuBackend::new();
@@ -178,11 +231,7 @@ fn avx2_and_portable_agree() {
     let x: Vec<f32> = (0..cols).map(|_| rng.next()).collect();
     for &ty in TYPES {
         let w: Vec<f32> = (0..4 * cols).map(|_| rng.next()).collect();
-        let rb = quern_quant::row_bytes(ty, cols).expect("blocks");
-        let mut data = vec![0u8; 4 * rb];
-        for (s, d) in w.chunks_exact(cols).zip(data.chunks_exact_mut(rb)) {
-            quern_quant::quantize_row(ty, s, None, d).expect("quantize");
-        }
+        let data = quantized(ty, &w, cols);
         let view = WeightView {
             name: "t",
             ty,

@@ -240,7 +240,7 @@ pub unsafe fn q6_k_row(w: &[u8], a: &[ActQ8K]) -> f32 {
 /// 0xFF in byte j where bit j of `bits` is set, else 0.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn bit_bytes(bits: u32) -> __m256i {
+pub(super) unsafe fn bit_bytes(bits: u32) -> __m256i {
     let v = _mm256_set1_epi32(bits as i32);
     // Byte j of the result looks at byte j / 8 of `bits` (lanes are 16 bytes wide,
     // and every lane holds all four bytes after the broadcast).

@@ -11,6 +11,8 @@ mod avx2;
 mod float_tile;
 pub mod pool;
 pub mod portable;
+#[cfg(target_arch = "x86_64")]
+mod tile;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -35,6 +37,13 @@ type Q8KDot4 = Dot4<ActQ8K>;
 /// Either width of kernel over activations of block type `A`.
 type Dot<A> = unsafe fn(&[u8], &[A]) -> f32;
 type Dot4<A> = unsafe fn(&[u8], [&[A]; 4]) -> [f32; 4];
+/// Four weight rows against `T` activation rows: `out[t][r]`.
+type Tile<A, const T: usize> = unsafe fn(&[&[u8]; 4], &[&[A]; T]) -> [[f32; 4]; T];
+
+/// Four weight rows against four tokens (prefill). Decode keeps the one-row
+/// kernels: four-row ones against one token were faster on cached weights
+/// (`kernel_speed`) but slower streaming a model from memory (BENCHMARKS.md).
+type Tiles<A> = Tile<A, 4>;
 
 /// How one weight format meets the activations.
 #[derive(Clone, Copy)]
@@ -43,11 +52,11 @@ enum Kernel {
     /// `float_tile::ROWS` rows × `float_tile::TOKENS` tokens).
     Float(FloatDot, Option<FloatTile>),
     /// 32-value integer formats against [`ActQ8`] activations.
-    Q8(Q8Dot, Option<Q8Dot4>),
+    Q8(Q8Dot, Option<Q8Dot4>, Option<Tiles<ActQ8>>),
     /// Q8_0 against [`ActQ16`] activations.
-    Q16(Dot<ActQ16>, Option<Dot4<ActQ16>>),
+    Q16(Dot<ActQ16>, Option<Dot4<ActQ16>>, Option<Tiles<ActQ16>>),
     /// 256-value K-quants against [`ActQ8K`] activations.
-    Q8K(Q8KDot, Option<Q8KDot4>),
+    Q8K(Q8KDot, Option<Q8KDot4>, Option<Tiles<ActQ8K>>),
 }
 
 /// Which instruction set the kernels use.
@@ -60,6 +69,8 @@ pub enum Isa {
 pub struct CpuBackend {
     isa: Isa,
     pool: Pool,
+    /// Whether the four-row kernels are used where a format has them.
+    tiles: bool,
 }
 
 impl Default for CpuBackend {
@@ -86,7 +97,15 @@ impl CpuBackend {
         CpuBackend {
             isa,
             pool: Pool::new(rayon::current_num_threads()),
+            tiles: std::env::var_os("QUERN_CPU_TILES").is_none_or(|v| v != "0"),
         }
+    }
+
+    /// The same backend with the four-row kernels on or off (tests and
+    /// benchmarks compare them with the one-row kernels).
+    pub fn with_tiles(mut self, on: bool) -> Self {
+        self.tiles = on;
+        self
     }
 
     pub fn isa(&self) -> Isa {
@@ -105,22 +124,56 @@ impl CpuBackend {
                 GgmlType::F32 => Kernel::Float(avx2::f32_row, Some(float_tile::f32_tile)),
                 GgmlType::F16 => Kernel::Float(avx2::f16_row, Some(float_tile::f16_tile)),
                 GgmlType::Bf16 => Kernel::Float(avx2::bf16_row, Some(float_tile::bf16_tile)),
-                GgmlType::Q8_0 => Kernel::Q16(avx2::q8_0_row, Some(avx2::q8_0_row_x4)),
-                GgmlType::Q4_0 => Kernel::Q8(avx2::q4_0_row, Some(avx2::q4_0_row_x4)),
-                GgmlType::Q4_1 => Kernel::Q8(avx2::q4_1_row, Some(avx2::q4_1_row_x4)),
-                GgmlType::Q5_0 => Kernel::Q8(avx2::q5_0_row, Some(avx2::q5_0_row_x4)),
-                GgmlType::Q5_1 => Kernel::Q8(avx2::q5_1_row, Some(avx2::q5_1_row_x4)),
-                GgmlType::Q4K => Kernel::Q8K(avx2::q4_k_row, Some(avx2::q4_k_row_x4)),
-                GgmlType::Q6K => Kernel::Q8K(avx2::q6_k_row, Some(avx2::q6_k_row_x4)),
-                GgmlType::Q5K => Kernel::Q8K(avx2::q5_k_row, Some(avx2::q5_k_row_x4)),
-                GgmlType::Q2K => Kernel::Q8K(avx2::q2_k_row, Some(avx2::q2_k_row_x4)),
-                GgmlType::Q3K => Kernel::Q8K(avx2::q3_k_row, Some(avx2::q3_k_row_x4)),
-                GgmlType::Iq4Nl => Kernel::Q8(avx2::iq4_nl_row, Some(avx2::iq4_nl_row_x4)),
-                GgmlType::Iq4Xs => Kernel::Q8(avx2::iq4_xs_row, Some(avx2::iq4_xs_row_x4)),
+                GgmlType::Q8_0 => Kernel::Q16(
+                    avx2::q8_0_row,
+                    Some(avx2::q8_0_row_x4),
+                    self.tiles(tile::q8_0_4x4),
+                ),
+                GgmlType::Q4_0 => Kernel::Q8(
+                    avx2::q4_0_row,
+                    Some(avx2::q4_0_row_x4),
+                    self.tiles(tile::q4_0_4x4),
+                ),
+                GgmlType::Q4_1 => Kernel::Q8(
+                    avx2::q4_1_row,
+                    Some(avx2::q4_1_row_x4),
+                    self.tiles(tile::q4_1_4x4),
+                ),
+                GgmlType::Q5_0 => Kernel::Q8(
+                    avx2::q5_0_row,
+                    Some(avx2::q5_0_row_x4),
+                    self.tiles(tile::q5_0_4x4),
+                ),
+                GgmlType::Q5_1 => Kernel::Q8(
+                    avx2::q5_1_row,
+                    Some(avx2::q5_1_row_x4),
+                    self.tiles(tile::q5_1_4x4),
+                ),
+                GgmlType::Q4K => Kernel::Q8K(
+                    avx2::q4_k_row,
+                    Some(avx2::q4_k_row_x4),
+                    self.tiles(tile::q4_k_4x4),
+                ),
+                GgmlType::Q6K => Kernel::Q8K(
+                    avx2::q6_k_row,
+                    Some(avx2::q6_k_row_x4),
+                    self.tiles(tile::q6_k_4x4),
+                ),
+                GgmlType::Q5K => Kernel::Q8K(avx2::q5_k_row, Some(avx2::q5_k_row_x4), None),
+                GgmlType::Q2K => Kernel::Q8K(avx2::q2_k_row, Some(avx2::q2_k_row_x4), None),
+                GgmlType::Q3K => Kernel::Q8K(avx2::q3_k_row, Some(avx2::q3_k_row_x4), None),
+                GgmlType::Iq4Nl => Kernel::Q8(avx2::iq4_nl_row, Some(avx2::iq4_nl_row_x4), None),
+                GgmlType::Iq4Xs => Kernel::Q8(avx2::iq4_xs_row, Some(avx2::iq4_xs_row_x4), None),
                 other => return portable_kernel(other),
             });
         }
         portable_kernel(ty)
+    }
+
+    /// The four-row kernels, unless switched off (`QUERN_CPU_TILES=0`, to
+    /// compare against the one-row kernels).
+    fn tiles<A>(&self, four: Tiles<A>) -> Option<Tiles<A>> {
+        self.tiles.then_some(four)
     }
 
     fn kernel_for(&self, w: &WeightView<'_>) -> Result<Kernel, RuntimeError> {
@@ -136,18 +189,18 @@ fn portable_kernel(ty: GgmlType) -> Option<Kernel> {
         GgmlType::F32 => Kernel::Float(portable::f32_row, None),
         GgmlType::F16 => Kernel::Float(portable::f16_row, None),
         GgmlType::Bf16 => Kernel::Float(portable::bf16_row, None),
-        GgmlType::Q8_0 => Kernel::Q16(portable::q8_0_row, None),
-        GgmlType::Q4_0 => Kernel::Q8(portable::q4_0_row, None),
-        GgmlType::Q4_1 => Kernel::Q8(portable::q4_1_row, None),
-        GgmlType::Q5_0 => Kernel::Q8(portable::q5_0_row, None),
-        GgmlType::Q5_1 => Kernel::Q8(portable::q5_1_row, None),
-        GgmlType::Q4K => Kernel::Q8K(portable::q4_k_row, None),
-        GgmlType::Q6K => Kernel::Q8K(portable::q6_k_row, None),
-        GgmlType::Q5K => Kernel::Q8K(portable::q5_k_row, None),
-        GgmlType::Iq4Nl => Kernel::Q8(portable::iq4_nl_row, None),
-        GgmlType::Iq4Xs => Kernel::Q8(portable::iq4_xs_row, None),
-        GgmlType::Q2K => Kernel::Q8K(portable::q2_k_row, None),
-        GgmlType::Q3K => Kernel::Q8K(portable::q3_k_row, None),
+        GgmlType::Q8_0 => Kernel::Q16(portable::q8_0_row, None, None),
+        GgmlType::Q4_0 => Kernel::Q8(portable::q4_0_row, None, None),
+        GgmlType::Q4_1 => Kernel::Q8(portable::q4_1_row, None, None),
+        GgmlType::Q5_0 => Kernel::Q8(portable::q5_0_row, None, None),
+        GgmlType::Q5_1 => Kernel::Q8(portable::q5_1_row, None, None),
+        GgmlType::Q4K => Kernel::Q8K(portable::q4_k_row, None, None),
+        GgmlType::Q6K => Kernel::Q8K(portable::q6_k_row, None, None),
+        GgmlType::Q5K => Kernel::Q8K(portable::q5_k_row, None, None),
+        GgmlType::Iq4Nl => Kernel::Q8(portable::iq4_nl_row, None, None),
+        GgmlType::Iq4Xs => Kernel::Q8(portable::iq4_xs_row, None, None),
+        GgmlType::Q2K => Kernel::Q8K(portable::q2_k_row, None, None),
+        GgmlType::Q3K => Kernel::Q8K(portable::q3_k_row, None, None),
         _ => return None,
     })
 }
@@ -258,7 +311,36 @@ impl Task<'_> {
         if let (Kernel::Float(one, Some(tile)), Acts::Float(x)) = (self.kernel, self.acts) {
             r0 = float_tiles(&self.w, x, r0, r1, t0, t1, one, tile, put);
         }
-        for r in r0..r1 {
+        // Groups of four rows where the format has four-row kernels.
+        let mut r = r0;
+        while r + 4 <= r1 {
+            let group = [
+                self.w.row(r),
+                self.w.row(r + 1),
+                self.w.row(r + 2),
+                self.w.row(r + 3),
+            ];
+            let put4 = |t: usize, v: [f32; 4]| {
+                for (k, v) in v.into_iter().enumerate() {
+                    put(r + k, t, v);
+                }
+            };
+            match (self.kernel, self.acts) {
+                _ if t1 - t0 < 4 => break,
+                (Kernel::Q8(one, _, Some(tl)), Acts::Q8(a)) => {
+                    tiled4(&group, a, cols / 32, t0, t1, tl, one, put4)
+                }
+                (Kernel::Q16(one, _, Some(tl)), Acts::Q16(a)) => {
+                    tiled4(&group, a, cols / 32, t0, t1, tl, one, put4)
+                }
+                (Kernel::Q8K(one, _, Some(tl)), Acts::Q8K(a)) => {
+                    tiled4(&group, a, cols / 256, t0, t1, tl, one, put4)
+                }
+                _ => break,
+            }
+            r += 4;
+        }
+        for r in r..r1 {
             let row = self.w.row(r);
             match (self.kernel, self.acts) {
                 (Kernel::Float(f, _), Acts::Float(x)) => {
@@ -266,13 +348,13 @@ impl Task<'_> {
                         put(r, t, f(row, &x[t * cols..(t + 1) * cols]));
                     }
                 }
-                (Kernel::Q8(one, four), Acts::Q8(a)) => {
+                (Kernel::Q8(one, four, _), Acts::Q8(a)) => {
                     tiled(row, a, cols / 32, t0, t1, one, four, |t, v| put(r, t, v))
                 }
-                (Kernel::Q16(one, four), Acts::Q16(a)) => {
+                (Kernel::Q16(one, four, _), Acts::Q16(a)) => {
                     tiled(row, a, cols / 32, t0, t1, one, four, |t, v| put(r, t, v))
                 }
-                (Kernel::Q8K(one, four), Acts::Q8K(a)) => {
+                (Kernel::Q8K(one, four, _), Acts::Q8K(a)) => {
                     tiled(row, a, cols / 256, t0, t1, one, four, |t, v| put(r, t, v))
                 }
                 _ => {
@@ -327,6 +409,35 @@ unsafe fn float_tiles(
     r
 }
 
+/// Tokens `t0..t1` against four weight rows: four tokens at a time, the rest
+/// one by one, each row by `one_row`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn tiled4<A>(
+    rows: &[&[u8]; 4],
+    a: &[A],
+    nb: usize,
+    t0: usize,
+    t1: usize,
+    tiles: Tiles<A>,
+    one_row: Dot<A>,
+    mut put: impl FnMut(usize, [f32; 4]),
+) {
+    let act = |t: usize| &a[t * nb..(t + 1) * nb];
+    let mut t = t0;
+    while t + 4 <= t1 {
+        let v = tiles(rows, &[act(t), act(t + 1), act(t + 2), act(t + 3)]);
+        for (k, v) in v.into_iter().enumerate() {
+            put(t + k, v);
+        }
+        t += 4;
+    }
+    while t < t1 {
+        put(t, std::array::from_fn(|r| one_row(rows[r], act(t))));
+        t += 1;
+    }
+}
+
 /// Tokens `t0..t1` against one weight row: four at a time where the format has a
 /// four-row kernel, the rest one by one.
 #[allow(clippy::too_many_arguments)]
@@ -365,7 +476,8 @@ impl CpuBackend {
         let token_blocks = n_tokens.div_ceil(TOKEN_BLOCK);
         let want_items = self.pool.threads() * 16;
         let per = rows * token_blocks / want_items.max(1);
-        per.clamp(4, 256)
+        // A multiple of four: the four-row kernels take whole groups.
+        per.clamp(4, 256).next_multiple_of(4)
     }
 
     fn run_tasks(&self, tasks: &[Task<'_>]) {
