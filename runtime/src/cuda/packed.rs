@@ -152,16 +152,14 @@ fn repack_row(ty: GgmlType, src: &[u8], q: &mut [u8], s: &mut [u8], d: &mut [u8]
                 for u in 0..4 {
                     let dst = &mut q[(i * 4 + u) * 48..(i * 4 + u + 1) * 48];
                     let e0 = 64 * u;
-                    for j in 0..32 {
-                        dst[j] =
-                            (q6k_code(b, e0 + j) & 15) | ((q6k_code(b, e0 + 32 + j) & 15) << 4);
+                    let (lo, hi) = dst.split_at_mut(32);
+                    for (j, v) in lo.iter_mut().enumerate() {
+                        *v = (q6k_code(b, e0 + j) & 15) | ((q6k_code(b, e0 + 32 + j) & 15) << 4);
                     }
-                    for j in 0..16 {
-                        let mut h = 0u8;
-                        for g in 0..4 {
-                            h |= (q6k_code(b, e0 + 16 * g + j) >> 4) << (2 * g);
-                        }
-                        dst[32 + j] = h;
+                    for (j, v) in hi.iter_mut().enumerate() {
+                        *v = (0..4).fold(0u8, |h, g| {
+                            h | ((q6k_code(b, e0 + 16 * g + j) >> 4) << (2 * g))
+                        });
                     }
                 }
             }
