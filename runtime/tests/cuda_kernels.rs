@@ -20,16 +20,23 @@ fn backend() -> Option<CudaBackend> {
 }
 
 /// Whether the CPU backend quantises the activations to 8 bits for `ty` (then it
-/// is only close to the exact product, not equal to it).
+/// is only close to the exact product, not equal to it). Q8_0 weights meet 16-bit
+/// activation codes there (`cpu/act.rs`), so the GPU's 8-bit ones differ from them.
 fn cpu_quantises_acts(ty: GgmlType) -> bool {
+    // Blocks of 32 (Q4_0/1, Q5_0/1, IQ4_NL/XS) or of 256 (the K formats), as
+    // `CpuBackend`'s kernel table chooses.
     matches!(
         ty,
-        GgmlType::Q8_0
-            | GgmlType::Q4_0
+        GgmlType::Q4_0
             | GgmlType::Q4_1
             | GgmlType::Q5_0
             | GgmlType::Q5_1
+            | GgmlType::Iq4Nl
+            | GgmlType::Iq4Xs
+            | GgmlType::Q2K
+            | GgmlType::Q3K
             | GgmlType::Q4K
+            | GgmlType::Q5K
             | GgmlType::Q6K
     )
 }

@@ -8,11 +8,15 @@
 #                      from `cargo test --release --no-run -p quern-runtime`),
 #                      run.sh, torch_gemv.py, summary.py
 #
-# Steps (each logged, each limited in time so the call ends inside its limit):
+# Steps (each logged, each limited in time so the call ends inside its limit;
+# T_* variables set the limits, KERNEL_TYPES limits step 2 to some formats,
+# VARIANTS / VARIANT_TYPES / STACK_MIXES choose step 3b's runs):
 #   1. GPU tests with QUERN_REQUIRE_CUDA=1 (a missing device fails them);
 #   2. quern bench --device cuda --kernels --json;
-#   2b. the same for other kernel geometries, on a few formats (variants.txt);
 #   3. torch_gemv.py (int4 weight-only and bf16 peers, same shapes and method);
+#   3b. the benchmark for other kernel geometries and the older kernels, on the
+#       repacked formats, and the weight products of one Llama-3-8B-shaped decode
+#       step (--stack) for a few mixes (variants.txt);
 #   4. summary.md from 2 and 3;
 #   5. compute-sanitizer --tool memcheck over the kernel tests.
 set -u -o pipefail
@@ -33,31 +37,33 @@ step "machine"
 } 2>&1 | tee "$OUT/machine.txt"
 
 step "GPU tests"
-timeout 240 "$DIR/cuda_kernels" --test-threads=1 2>&1 | tee "$OUT/tests.log" || status=1
-timeout 120 "$DIR/cuda_model" --test-threads=1 2>&1 | tee -a "$OUT/tests.log" || status=1
-timeout 120 "$DIR/runtime_lib" cuda:: --test-threads=1 2>&1 | tee -a "$OUT/tests.log" || status=1
+timeout ${T_KERNELS_TEST:-240} "$DIR/cuda_kernels" --test-threads=1 2>&1 | tee "$OUT/tests.log" || status=1
+timeout ${T_MODEL_TEST:-120} "$DIR/cuda_model" --test-threads=1 2>&1 | tee -a "$OUT/tests.log" || status=1
+timeout ${T_LIB_TEST:-120} "$DIR/runtime_lib" cuda:: --test-threads=1 2>&1 | tee -a "$OUT/tests.log" || status=1
 
 step "kernel benchmark"
 # The SM clock every 200 ms while the benchmark runs (clocks are only read).
 nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw --format=csv -lms 200 >"$OUT/clocks.csv" 2>&1 &
 smi=$!
-timeout 240 "$DIR/quern" bench --device cuda --kernels --json >"$OUT/kernels.json" || status=1
+timeout ${T_BENCH:-200} "$DIR/quern" bench --device cuda --kernels --json ${KERNEL_TYPES:+--types "$KERNEL_TYPES"} >"$OUT/kernels.json" || status=1
 kill $smi 2>/dev/null
 
-step "geometry variants"
-# The kernels' rows per warp and warps per block, for a few formats: what tuning
-# would choose from (the default geometry is the run above).
-# Each variant: rows per warp, warps per block, QUERN_CUDA_FLOAT_ACTS (1: float
-# activations for the integer formats too).
-for v in ${VARIANTS:-"1,1,1,2,4 8 0" "1,1,2,4,4 4 1"}; do
-  set -- $v
-  echo "-- QUERN_CUDA_GEMV_ROWS=$1 QUERN_CUDA_GEMV_WARPS=$2 QUERN_CUDA_FLOAT_ACTS=$3"
-  QUERN_CUDA_GEMV_ROWS=$1 QUERN_CUDA_GEMV_WARPS=$2 QUERN_CUDA_FLOAT_ACTS=$3 timeout 120 \
-    "$DIR/quern" bench --device cuda --kernels --types "${VARIANT_TYPES:-Q4_0,Q4_K,Q8_0}" || status=1
-done 2>&1 | tee "$OUT/variants.txt"
-
 step "PyTorch peers"
-timeout 180 python3 "$DIR/torch_gemv.py" "$OUT/torch_gemv.json" 2>&1 | tail -30 || status=1
+timeout ${T_TORCH:-180} python3 "$DIR/torch_gemv.py" "$OUT/torch_gemv.json" 2>&1 | tail -30 || status=1
+
+step "geometry variants and the decode-step stack"
+# Other kernel geometries on the formats with repacked kernels, and the older
+# kernels over the file layout (QUERN_CUDA_PACKED=0), for comparison; the default
+# geometry is the run above. Each variant: environment assignments.
+for v in ${VARIANTS:-"QUERN_CUDA_PACKED=0" "QUERN_CUDA_MMV_ROWS=1" "QUERN_CUDA_MMV_ROWS=4" "QUERN_CUDA_MMV_UNROLL=4" "QUERN_CUDA_MMV_UNROLL=1 QUERN_CUDA_MMV_ROWS=4"}; do
+  echo "-- $v"
+  env $v timeout ${T_VARIANT:-60} "$DIR/quern" bench --device cuda --kernels --types "${VARIANT_TYPES:-Q4_0,Q4_K,Q6_K,Q8_0}" || status=1
+done 2>&1 | tee "$OUT/variants.txt"
+# The weight products of one Llama-3-8B-shaped decode step as one CUDA graph.
+for mix in ${STACK_MIXES:-Q4_K_M Q4_0 Q8_0}; do
+  echo "-- stack llama-8b $mix"
+  timeout ${T_STACK:-90} "$DIR/quern" bench --device cuda --kernels --stack llama-8b --types "$mix" || status=1
+done 2>&1 | tee -a "$OUT/variants.txt"
 
 step "summary"
 python3 "$DIR/summary.py" "$OUT/kernels.json" "$OUT/torch_gemv.json" | tee "$OUT/summary.md" || status=1
@@ -65,7 +71,7 @@ python3 "$DIR/summary.py" "$OUT/kernels.json" "$OUT/torch_gemv.json" | tee "$OUT
 step "compute-sanitizer memcheck"
 if command -v compute-sanitizer >/dev/null; then
   timeout "${MEMCHECK_TIMEOUT:-200}" compute-sanitizer --tool memcheck --error-exitcode 9 \
-    "$DIR/cuda_kernels" --test-threads=1 2>&1 | tail -40 | tee "$OUT/memcheck.log"
+    "$DIR/cuda_kernels" --test-threads=1 ${MEMCHECK_FILTER:-} 2>&1 | tail -40 | tee "$OUT/memcheck.log"
   rc=${PIPESTATUS[0]}
   echo "memcheck exit status $rc" | tee -a "$OUT/memcheck.log"
   [ "$rc" = 0 ] || status=1

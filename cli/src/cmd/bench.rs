@@ -48,6 +48,12 @@ pub struct BenchArgs {
     /// Q4_0,Q4_K); default all the CUDA backend multiplies.
     #[arg(long, value_delimiter = ',', requires = "kernels")]
     pub types: Vec<String>,
+    /// With --kernels: instead of single products, time the weight products of one
+    /// decode step of a model shape (`llama-8b`: Llama-3-8B, 128256 outputs) as
+    /// one CUDA graph, typed by the quantisation mix given with --types (one name,
+    /// e.g. Q4_K_M), against the floor (weight bytes over copy bandwidth).
+    #[arg(long, requires = "kernels")]
+    pub stack: Option<String>,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {

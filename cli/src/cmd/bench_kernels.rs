@@ -19,6 +19,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         bail!("--kernels uses random weights of each format: give no model file");
     }
     let be = cuda()?;
+    if let Some(shape) = &args.stack {
+        return stack(&be, shape, args);
+    }
     let mut cfg = KernelBenchConfig::default();
     if !args.types.is_empty() {
         cfg.types = args
@@ -38,7 +41,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let geo = be.geometry();
     if !args.json {
         println!(
-            "device {} ({}, driver {}, NVRTC {}.{}); {} warps per block, rows per warp {:?} for batches 1, 2, 4, 8, 16; weights rotated over {} MiB of copies, median of {} graph replays of {} launches",
+            "device {} ({}, driver {}, NVRTC {}.{}); {} warps per block, rows per warp {:?} for batches 1, 2, 4, 8, 16 (repacked formats: rows per block {:?}, {} units per step); weights rotated over {} MiB of copies, median of {} graph replays of {} launches",
             be.device_name(),
             tc.arch,
             tc.driver_version,
@@ -46,6 +49,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             tc.nvrtc_version.1,
             geo.warps,
             geo.rows_per_warp,
+            geo.mmv_rows,
+            geo.mmv_unroll,
             cfg.rotate_bytes >> 20,
             cfg.samples,
             cfg.group
@@ -100,7 +105,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             "arch": report.arch,
             "driver_version": report.driver_version,
             "nvrtc_version": format!("{}.{}", tc.nvrtc_version.0, tc.nvrtc_version.1),
-            "geometry": {"warps_per_block": geo.warps, "rows_per_warp": geo.rows_per_warp},
+            "geometry": {
+                "warps_per_block": geo.warps,
+                "rows_per_warp": geo.rows_per_warp,
+                "packed_rows_per_block": geo.mmv_rows,
+                "packed_unroll": geo.mmv_unroll,
+                "packed_warps": geo.mmv_warps,
+            },
             "copy": {"bytes": report.copy.bytes, "us": report.copy.us, "gb_s": copy},
             "method": {
                 "timer": "CUDA events around replays of a CUDA graph of a group of launches (rotating weight copies), median over replays",
@@ -130,6 +141,66 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         copy,
         report.copy.bytes >> 20,
         report.copy.us
+    );
+    Ok(())
+}
+
+/// `--stack llama-8b --types MIX`: the weight products of one decode step.
+fn stack(be: &quern_runtime::cuda::CudaBackend, shape: &str, args: &BenchArgs) -> Result<()> {
+    use quern_runtime::cuda::bench::{llama_8b_tensors, stack as run_stack};
+    if shape != "llama-8b" {
+        bail!("--stack: {shape:?} is not a known shape (llama-8b)");
+    }
+    let [mix] = args.types.as_slice() else {
+        bail!("--stack needs one quantisation mix in --types, e.g. --types Q4_K_M");
+    };
+    let mix = quern_quant::mix::Mix::parse(mix)?;
+    let vocab = 128_256;
+    let tensors = llama_8b_tensors(mix, vocab)?;
+    let r = run_stack(be, &tensors, 1, 30)?;
+    let floor = r.floor_us();
+    let by_type: Vec<_> = r
+        .by_type
+        .iter()
+        .map(|(t, b, n)| json!({"type": t.name(), "bytes": b, "matrices": n}))
+        .collect();
+    if args.json {
+        let v = json!({
+            "device": r.device,
+            "shape": shape,
+            "vocab": vocab,
+            "mix": mix.name(),
+            "batch": r.batch,
+            "launches": r.launches,
+            "weight_bytes": r.weight_bytes,
+            "by_type": by_type,
+            "copy_gb_s": r.copy.gb_s,
+            "us_median": r.us_median,
+            "us_min": r.us_min,
+            "tokens_per_s": 1e6 / r.us_median,
+            "floor_us": floor,
+            "floor_tokens_per_s": 1e6 / floor,
+            "fraction_of_floor": floor / r.us_median,
+            "what": "the weight products of one decode step only (every matrix once, its activation quantiser included), as one CUDA graph; no attention, norms or host work",
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!(
+        "{shape} {} (vocab {vocab}), {} products, {:.2} GB of weights per step; copy {:.0} GB/s",
+        mix.name(),
+        r.launches,
+        r.weight_bytes as f64 / 1e9,
+        r.copy.gb_s
+    );
+    println!(
+        "weight products of one step: {:.1} µs (min {:.1}) = {:.0} tok/s; floor {:.1} µs = {:.0} tok/s; {:.1}% of the floor",
+        r.us_median,
+        r.us_min,
+        1e6 / r.us_median,
+        floor,
+        1e6 / floor,
+        100.0 * floor / r.us_median
     );
     Ok(())
 }

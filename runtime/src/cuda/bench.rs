@@ -315,3 +315,204 @@ pub fn run(
         results,
     })
 }
+
+/// One weight product of a decode step: (GGUF name, type, input features, output
+/// features).
+#[derive(Debug, Clone)]
+pub struct StackTensor {
+    pub name: String,
+    pub ty: GgmlType,
+    pub in_features: usize,
+    pub out_features: usize,
+}
+
+/// The weight matrices of a Llama-3-8B-shaped model (4096 hidden, 32 layers, 32
+/// query and 8 key/value heads of 128, 14336 feed-forward, `vocab` outputs) with
+/// the types llama.cpp's recipe for `mix` gives them (`quern_quant::mix`). The
+/// token embedding is left out: decode reads one row of it.
+pub fn llama_8b_tensors(
+    mix: quern_quant::mix::Mix,
+    vocab: usize,
+) -> Result<Vec<StackTensor>, crate::RuntimeError> {
+    let (layers, hidden, kv, ffn) = (32usize, 4096usize, 1024usize, 14336usize);
+    let mut shapes: Vec<(String, usize, usize)> = vec![("token_embd.weight".into(), hidden, vocab)];
+    for i in 0..layers {
+        for (n, k, o) in [
+            ("attn_q", hidden, hidden),
+            ("attn_k", hidden, kv),
+            ("attn_v", hidden, kv),
+            ("attn_output", hidden, hidden),
+            ("ffn_gate", hidden, ffn),
+            ("ffn_up", hidden, ffn),
+            ("ffn_down", ffn, hidden),
+        ] {
+            shapes.push((format!("blk.{i}.{n}.weight"), k, o));
+        }
+    }
+    shapes.push(("output.weight".into(), hidden, vocab));
+    let ctx: Vec<quern_quant::mix::TensorContext> = shapes
+        .iter()
+        .map(|(name, k, o)| quern_quant::mix::TensorContext {
+            name: name.clone(),
+            shape: vec![*k as u64, *o as u64],
+            n_layers: layers,
+            n_heads: 32,
+            n_kv_heads: 8,
+            arch: "llama".into(),
+            n_experts: 0,
+            tied_output: false,
+        })
+        .collect();
+    let plan = quern_quant::mix::plan(mix, &ctx);
+    let mut out = Vec::new();
+    for ((name, k, o), c) in shapes.into_iter().zip(plan) {
+        if name == "token_embd.weight" {
+            continue;
+        }
+        if super::format_id(c.ty).is_none() {
+            return Err(crate::RuntimeError::Cuda {
+                tensor: name,
+                source: CudaError::Unsupported(c.ty),
+            });
+        }
+        out.push(StackTensor {
+            name,
+            ty: c.ty,
+            in_features: k,
+            out_features: o,
+        });
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Clone)]
+pub struct StackBench {
+    pub device: String,
+    pub copy: CopyBandwidth,
+    pub batch: usize,
+    /// Weight bytes one step reads (file layout).
+    pub weight_bytes: usize,
+    pub launches: usize,
+    /// One step: every product once, as one CUDA graph.
+    pub us_median: f64,
+    pub us_min: f64,
+    /// (bytes of each type, count of matrices) by type.
+    pub by_type: Vec<(GgmlType, usize, usize)>,
+}
+
+impl StackBench {
+    /// Weight bytes over copy bandwidth: the time of one step if every byte moved
+    /// at the copy's rate.
+    pub fn floor_us(&self) -> f64 {
+        self.weight_bytes as f64 / (self.copy.gb_s * 1e3)
+    }
+}
+
+/// Times every product of `tensors` once per step (each on its own device copy of
+/// random weights, `batch` activation rows, the integer formats' activation
+/// quantiser included) as one CUDA graph: the weight products of one decode step
+/// with nothing else (no attention, norms or host work).
+pub fn stack(
+    be: &CudaBackend,
+    tensors: &[StackTensor],
+    batch: usize,
+    samples: usize,
+) -> Result<StackBench, crate::RuntimeError> {
+    let cuda = |source: CudaError| crate::RuntimeError::Cuda {
+        tensor: "stack benchmark".into(),
+        source,
+    };
+    let mut types: Vec<GgmlType> = tensors.iter().map(|t| t.ty).collect();
+    types.sort_by_key(|t| t.id());
+    types.dedup();
+    be.prepare_types(&types).map_err(cuda)?;
+    let copy = copy_bandwidth(be, 1 << 30).map_err(cuda)?;
+    let st = be.stream().clone();
+    // One upload per distinct (type, shape), copied on the device for the others.
+    let mut first: std::collections::HashMap<(GgmlType, usize, usize), usize> =
+        std::collections::HashMap::new();
+    let mut ws: Vec<DeviceWeight> = Vec::with_capacity(tensors.len());
+    for (i, t) in tensors.iter().enumerate() {
+        let key = (t.ty, t.in_features, t.out_features);
+        let w = if let Some(&j) = first.get(&key) {
+            ws[j].duplicate(&st).map_err(cuda)?
+        } else {
+            let data = random_weights(t.ty, t.out_features, t.in_features, 16, 11 + i as u64)?;
+            let view = WeightView {
+                name: &t.name,
+                ty: t.ty,
+                rows: t.out_features,
+                cols: t.in_features,
+                data: &data,
+            };
+            first.insert(key, i);
+            be.upload(&view).map_err(cuda)?
+        };
+        ws.push(w);
+    }
+    let max_k = tensors.iter().map(|t| t.in_features).max().unwrap_or(0);
+    let max_n = tensors.iter().map(|t| t.out_features).max().unwrap_or(0);
+    let mut rng = Rng(0x57ac);
+    let xs: Vec<f32> = (0..batch * max_k.div_ceil(8) * 8)
+        .map(|_| rng.next_f32())
+        .collect();
+    let xd = st
+        .clone_htod(&xs)
+        .ctx("uploading activations")
+        .map_err(cuda)?;
+    let yd: CudaSlice<f32> = st
+        .alloc_zeros(batch * max_n)
+        .ctx("allocating outputs")
+        .map_err(cuda)?;
+    let ptrs: Vec<u64> = ws.iter().map(|w| be.weight_ptr(w)).collect();
+    let (xp, _gx) = xd.device_ptr(&st);
+    let (yp, _gy) = yd.device_ptr(&st);
+    let step = || -> Result<(), CudaError> {
+        for (w, &p) in ws.iter().zip(&ptrs) {
+            // SAFETY: xd holds batch * max_k floats and yd batch * max_n.
+            unsafe { be.launch_gemv_raw(w, p, xp, yp, batch)? };
+        }
+        Ok(())
+    };
+    step().map_err(cuda)?;
+    st.synchronize().ctx("warm-up").map_err(cuda)?;
+    st.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
+        .ctx("capturing a graph")
+        .map_err(cuda)?;
+    let captured = step();
+    let graph = st
+        .end_capture(CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH)
+        .ctx("instantiating the graph")
+        .map_err(cuda)?;
+    captured.map_err(cuda)?;
+    let graph = graph
+        .ok_or_else(|| CudaError::Driver {
+            what: "capturing the stack graph".into(),
+            detail: "nothing was captured".into(),
+        })
+        .map_err(cuda)?;
+    let (us, us_min) = time_groups(be, 3, samples, 1, |_| {
+        graph.launch().ctx("replaying the graph")
+    })
+    .map_err(cuda)?;
+    let mut by_type: Vec<(GgmlType, usize, usize)> = Vec::new();
+    for w in &ws {
+        match by_type.iter_mut().find(|e| e.0 == w.ty) {
+            Some(e) => {
+                e.1 += w.file_bytes();
+                e.2 += 1;
+            }
+            None => by_type.push((w.ty, w.file_bytes(), 1)),
+        }
+    }
+    Ok(StackBench {
+        device: be.device_name().to_string(),
+        copy,
+        batch,
+        weight_bytes: ws.iter().map(|w| w.file_bytes()).sum(),
+        launches: ws.len(),
+        us_median: us,
+        us_min,
+        by_type,
+    })
+}

@@ -70,7 +70,16 @@ fn options(tc: &Toolchain) -> Vec<String> {
     if let Some(inc) = &tc.include {
         o.push(format!("--include-path={}", inc.display()));
     }
+    if verbose() {
+        o.push("--ptxas-options=-v".to_string());
+    }
     o
+}
+
+/// `QUERN_CUDA_PTXAS_VERBOSE=1`: print each compile's resource report (registers,
+/// spills, shared memory) to stderr.
+fn verbose() -> bool {
+    std::env::var("QUERN_CUDA_PTXAS_VERBOSE").as_deref() == Ok("1")
 }
 
 /// Where was the module found: whether it was compiled now, and the cache file.
@@ -145,6 +154,11 @@ fn compile(name: &str, src: &str, opts: &[String]) -> Result<Vec<u8>, CudaError>
     let out = unsafe {
         let r = match nvrtc::compile_program(prog, opts) {
             Ok(()) => {
+                if verbose() {
+                    if let Ok(l) = nvrtc::get_program_log(prog) {
+                        eprintln!("{name}:\n{}", CStr::from_ptr(l.as_ptr()).to_string_lossy());
+                    }
+                }
                 let mut size = 0usize;
                 let s = nvrtc_sys::nvrtcGetCUBINSize(prog, &mut size);
                 if s != nvrtc_sys::nvrtcResult::NVRTC_SUCCESS || size == 0 {

@@ -19,6 +19,7 @@
 pub mod bench;
 pub mod compile;
 mod error;
+pub mod packed;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,6 +38,7 @@ pub use error::CudaError;
 use error::DriverContext;
 
 const GEMV_SRC: &str = include_str!("gemv.cu");
+const PACKED_SRC: &str = include_str!("packed.cu");
 
 /// Warps per thread block, and rows per warp for each entry of [`BATCHES`], by
 /// default: one row per warp leaves the most warps in flight for small batches,
@@ -47,12 +49,38 @@ const GEMV_SRC: &str = include_str!("gemv.cu");
 const WARPS: usize = 4;
 const ROWS_PER_WARP: [usize; 5] = [1, 1, 2, 4, 4];
 
+/// Rows per thread block of the repacked formats' kernels (`packed.cu`) for each
+/// entry of [`BATCHES`], and units each thread loads before it multiplies.
+/// `QUERN_CUDA_MMV_ROWS` (one value or five), `QUERN_CUDA_MMV_UNROLL` (1, 2, 4)
+/// and `QUERN_CUDA_MMV_WARPS` (1..8; by default from the row length) override them.
+const MMV_ROWS: [usize; 5] = [2, 2, 2, 2, 2];
+const MMV_UNROLL: usize = 2;
+
 /// The kernels' launch geometry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Geometry {
     pub warps: usize,
     /// Per entry of the compiled batch sizes (1, 2, 4, 8, 16).
     pub rows_per_warp: [usize; 5],
+    /// Repacked formats: rows per block for each batch size.
+    pub mmv_rows: [usize; 5],
+    /// Repacked formats: units per thread per step.
+    pub mmv_unroll: usize,
+    /// Repacked formats: warps per block, when fixed.
+    pub mmv_warps: Option<usize>,
+}
+
+fn env_list(name: &str, ok: impl Fn(&usize) -> bool) -> Option<[usize; 5]> {
+    let v = std::env::var(name).ok()?;
+    let vals: Vec<usize> = v
+        .split(',')
+        .map(|p| p.trim().parse::<usize>().ok().filter(&ok))
+        .collect::<Option<_>>()?;
+    match vals.len() {
+        1 => Some([vals[0]; 5]),
+        5 => Some([vals[0], vals[1], vals[2], vals[3], vals[4]]),
+        _ => None,
+    }
 }
 
 impl Geometry {
@@ -63,23 +91,23 @@ impl Geometry {
             .and_then(|v| v.parse::<usize>().ok())
             .filter(ok)
             .unwrap_or(WARPS);
-        let rows = std::env::var("QUERN_CUDA_GEMV_ROWS")
+        let rows = env_list("QUERN_CUDA_GEMV_ROWS", ok).unwrap_or(ROWS_PER_WARP);
+        let mmv_rows = env_list("QUERN_CUDA_MMV_ROWS", ok).unwrap_or(MMV_ROWS);
+        let mmv_unroll = std::env::var("QUERN_CUDA_MMV_UNROLL")
             .ok()
-            .and_then(|v| {
-                let vals: Vec<usize> = v
-                    .split(',')
-                    .map(|p| p.trim().parse::<usize>().ok().filter(ok))
-                    .collect::<Option<_>>()?;
-                match vals.len() {
-                    1 => Some([vals[0]; 5]),
-                    5 => Some([vals[0], vals[1], vals[2], vals[3], vals[4]]),
-                    _ => None,
-                }
-            })
-            .unwrap_or(ROWS_PER_WARP);
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|v| [1, 2, 4].contains(v))
+            .unwrap_or(MMV_UNROLL);
+        let mmv_warps = std::env::var("QUERN_CUDA_MMV_WARPS")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|v| (1..=8).contains(v));
         Geometry {
             warps,
             rows_per_warp: rows,
+            mmv_rows,
+            mmv_unroll,
+            mmv_warps,
         }
     }
 }
@@ -168,6 +196,8 @@ struct GemvModule {
     funcs: Vec<CudaFunction>,
     /// The same on 8-bit activations, with the kernel that makes them.
     qfuncs: Option<(Vec<CudaFunction>, CudaFunction)>,
+    /// The repacked layout's kernels (8-bit activations), with their quantiser.
+    pfuncs: Option<(Vec<CudaFunction>, CudaFunction)>,
     /// Dynamic shared memory of each batch size's kernels.
     smem: Vec<u32>,
 }
@@ -180,6 +210,8 @@ pub struct DeviceWeight {
     /// Row length the kernel walks ([`padded_cols`]).
     k: usize,
     stride: usize,
+    /// The repacked layout ([`packed`]), when the matrix is in it.
+    packed: Option<packed::PackedLayout>,
     buf: CudaSlice<u8>,
 }
 
@@ -202,6 +234,7 @@ impl DeviceWeight {
             cols: self.cols,
             k: self.k,
             stride: self.stride,
+            packed: self.packed,
             buf: stream
                 .clone_dtod(&self.buf)
                 .ctx("copying weights on the device")?,
@@ -422,6 +455,10 @@ impl CudaBackend {
         for (b, r) in BATCHES.iter().zip(g.rows_per_warp) {
             src.push_str(&format!("#define RB{b} {r}\n"));
         }
+        for (b, r) in BATCHES.iter().zip(g.mmv_rows) {
+            src.push_str(&format!("#define MR{b} {r}\n"));
+        }
+        src.push_str(&format!("#define MUN {}\n", g.mmv_unroll));
         src.push_str(&gemv_source(ty).unwrap_or_default());
         let (cubin, origin) = compile::cubin(&module_name(ty), &src, &self.toolchain)?;
         Ok((cubin, origin.compiled))
@@ -501,9 +538,26 @@ impl CudaBackend {
         } else {
             None
         };
+        let pfuncs = if packed::has_packed(ty) {
+            let mut p = Vec::with_capacity(BATCHES.len());
+            for b in BATCHES {
+                p.push(
+                    module
+                        .load_function(&format!("mmv_b{b}"))
+                        .ctx(&format!("finding mmv_b{b} in {name}"))?,
+                );
+            }
+            let quant = module
+                .load_function("quantize_act_ds")
+                .ctx(&format!("finding quantize_act_ds in {name}"))?;
+            Some((p, quant))
+        } else {
+            None
+        };
         let m = Arc::new(GemvModule {
             funcs,
             qfuncs,
+            pfuncs,
             smem,
         });
         lock(&self.modules).insert(ty, m.clone());
@@ -514,6 +568,24 @@ impl CudaBackend {
     /// of 16 bytes (float rows also to a multiple of 8 elements, with zeros).
     pub fn upload(&self, w: &WeightView<'_>) -> Result<DeviceWeight, CudaError> {
         format_id(w.ty).ok_or(CudaError::Unsupported(w.ty))?;
+        if packed::use_packed(w.ty) {
+            if let Some((host, layout)) = packed::repack(w.ty, w.rows, w.cols, w.data) {
+                let buf = self.stream.clone_htod(&host).ctx(&format!(
+                    "uploading {} ({} bytes)",
+                    w.name,
+                    w.data.len()
+                ))?;
+                return Ok(DeviceWeight {
+                    ty: w.ty,
+                    rows: w.rows,
+                    cols: w.cols,
+                    k: w.cols,
+                    stride: layout.q_stride,
+                    packed: Some(layout),
+                    buf,
+                });
+            }
+        }
         let row_bytes = w.row_bytes();
         let k = padded_cols(w.ty, w.cols);
         let kbytes = k / w.ty.block_size() * w.ty.type_size();
@@ -534,6 +606,7 @@ impl CudaBackend {
             cols: w.cols,
             k,
             stride,
+            packed: None,
             buf,
         })
     }
@@ -565,6 +638,9 @@ impl CudaBackend {
         n_tokens: usize,
     ) -> Result<(), CudaError> {
         let (m, _) = self.module(w.ty)?;
+        if let (Some(layout), Some(pf)) = (&w.packed, &m.pfuncs) {
+            return self.launch_packed(w, layout, pf, w_ptr, x_ptr, y_ptr, n_tokens);
+        }
         let g = self.geometry;
         let cfg = |bi: usize| {
             let rows_per_block = g.warps * g.rows_per_warp[bi];
@@ -658,6 +734,95 @@ impl CudaBackend {
             t0 += nt;
         }
         drop(act_guard);
+        Ok(())
+    }
+
+    /// The repacked formats' path of [`Self::launch_gemv_raw`]: the activations
+    /// to 8 bits with (d, d·Σq) per block of 32, then one `mmv_b*` launch per 16
+    /// tokens.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn launch_packed(
+        &self,
+        w: &DeviceWeight,
+        l: &packed::PackedLayout,
+        (funcs, quant): &(Vec<CudaFunction>, CudaFunction),
+        w_ptr: u64,
+        x_ptr: u64,
+        y_ptr: u64,
+        n_tokens: usize,
+    ) -> Result<(), CudaError> {
+        let g = self.geometry;
+        let mut act_guard = lock(&self.act_q8);
+        // n*k codes, then a float pair per 32 (16-byte aligned).
+        let codes = (n_tokens * w.k).div_ceil(16) * 16;
+        let need = codes + n_tokens * w.k / 32 * 8;
+        if act_guard.as_ref().is_none_or(|b| b.len() < need) {
+            *act_guard = Some(
+                self.stream
+                    .alloc_zeros::<u8>(need.max(1 << 16))
+                    .ctx("allocating 8-bit activations")?,
+            );
+        }
+        let Some(buf) = act_guard.as_ref() else {
+            unreachable!("just allocated");
+        };
+        let (p, _g) = buf.device_ptr(&self.stream);
+        let (xq, xa) = (p, p + codes as u64);
+        let nblocks = (n_tokens * w.k / 32) as i64;
+        let threads = 256u32;
+        self.stream
+            .launch_builder(quant)
+            .arg(&x_ptr)
+            .arg(&nblocks)
+            .arg(&xq)
+            .arg(&xa)
+            .launch(LaunchConfig {
+                grid_dim: ((nblocks as u64 * 32).div_ceil(threads as u64) as u32, 1, 1),
+                block_dim: (threads, 1, 1),
+                shared_mem_bytes: 0,
+            })
+            .ctx("launching the activation quantiser")?;
+        // Enough warps that each thread has about `unroll` units per row.
+        let warps = g
+            .mmv_warps
+            .unwrap_or_else(|| l.units.div_ceil(32 * g.mmv_unroll).clamp(1, 8));
+        let (qs, ss, ds) = (l.q_stride as i64, l.s_stride as i64, l.d_stride as i64);
+        let (sp, dp) = (w_ptr + l.s_offset as u64, w_ptr + l.d_offset as u64);
+        let (rows, units, k) = (w.rows as i32, l.units as i32, w.k as i32);
+        let mut t0 = 0;
+        while t0 < n_tokens {
+            let nt = (n_tokens - t0).min(MAX_BATCH);
+            let bi = BATCHES
+                .iter()
+                .position(|&b| b >= nt)
+                .unwrap_or(BATCHES.len() - 1);
+            let yp = y_ptr + (t0 * w.rows * 4) as u64;
+            let xqt = xq + (t0 * w.k) as u64;
+            let xat = xa + (t0 * w.k / 32 * 8) as u64;
+            let nt_i = nt as i32;
+            self.stream
+                .launch_builder(&funcs[bi])
+                .arg(&w_ptr)
+                .arg(&qs)
+                .arg(&sp)
+                .arg(&ss)
+                .arg(&dp)
+                .arg(&ds)
+                .arg(&rows)
+                .arg(&units)
+                .arg(&k)
+                .arg(&xqt)
+                .arg(&xat)
+                .arg(&yp)
+                .arg(&nt_i)
+                .launch(LaunchConfig {
+                    grid_dim: (w.rows.div_ceil(g.mmv_rows[bi]) as u32, 1, 1),
+                    block_dim: ((warps * 32) as u32, 1, 1),
+                    shared_mem_bytes: 0,
+                })
+                .map_err(|e| CudaError::driver(format!("launching the {} gemv", w.ty), e))?;
+            t0 += nt;
+        }
         Ok(())
     }
 
@@ -764,7 +929,7 @@ fn module_name(ty: GgmlType) -> String {
 
 /// The source of the module for `ty`, as compiled.
 pub fn gemv_source(ty: GgmlType) -> Option<String> {
-    format_id(ty).map(|id| format!("#define QFMT {id}\n{GEMV_SRC}"))
+    format_id(ty).map(|id| format!("#define QFMT {id}\n{GEMV_SRC}\n{PACKED_SRC}"))
 }
 
 #[cfg(test)]

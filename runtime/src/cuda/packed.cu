@@ -1,0 +1,327 @@
+// quern's GEMV kernels over repacked weights (appended to gemv.cu, which gives
+// the types, h2f and QFMT), for the formats that matter most in decode: Q4_0,
+// Q8_0, Q4_K and Q6_K.
+//
+// The host repacks each matrix at upload into up to three regions (rows of each
+// padded to 16 bytes; see cuda/packed.rs):
+//   Q  the codes, UW 32-bit words per unit of UE weights, units back to back, so
+//      a thread reads a unit with 16-byte loads and neighbouring threads read
+//      neighbouring bytes;
+//   S  the per-unit or per-super-block scales (Q4_0/Q8_0: the f16 d of each
+//      block; Q4_K: the 16-byte header d, dmin, scales[12] of each super-block;
+//      Q6_K: the 16 signed 8-bit scales of each super-block);
+//   D  Q6_K only: the f16 d of each super-block.
+// The weights' values are the file's, bit for bit; only where the bytes lie
+// changes.
+//
+// Work split: a block of blockDim.x threads (whole warps) owns R consecutive rows
+// and splits each row's units across all its threads (thread i takes units i,
+// i + blockDim.x, ...), UN units at a time, so several 16-byte loads per row are
+// in flight before the first is used. Activations are 8-bit (blocks of 32: codes
+// xq and per block (d, d·Σq), made by quantize_act_ds) and read through L1, where
+// every block of the SM finds them. Sums are reduced across the warp with
+// shuffles and across warps in shared memory.
+
+#if QFMT == 3 || QFMT == 7 || QFMT == 10 || QFMT == 12
+#define PACKED 1
+
+#if QFMT == 3  // Q4_0: 32 weights, 16 bytes of nibbles (byte i: weight i, i + 16)
+#define UE 32
+#define UW 4
+#elif QFMT == 7  // Q8_0: 32 signed bytes
+#define UE 32
+#define UW 8
+#elif QFMT == 10  // Q4_K: 64 weights (two sub-blocks; byte i: weight i, i + 32)
+#define UE 64
+#define UW 8
+#else  // Q6_K: 64 weights: 32 bytes of low nibbles (byte i: weight i, i + 32),
+       // then 16 bytes of high bit pairs (byte i: weights i, i + 16, i + 32, i + 48)
+#define UE 64
+#define UW 12
+#endif
+
+#ifndef MR1
+#define MR1 2
+#endif
+#ifndef MR2
+#define MR2 2
+#endif
+#ifndef MR4
+#define MR4 2
+#endif
+#ifndef MR8
+#define MR8 2
+#endif
+#ifndef MR16
+#define MR16 2
+#endif
+#ifndef MUN
+#define MUN 2
+#endif
+#define MAXWARPS 8
+
+// A 16-byte load that does not keep the line in L1 (weights are read once).
+__device__ __forceinline__ uint4 ld_stream(const void* p) {
+    uint4 v;
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+        : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+        : "l"(p));
+    return v;
+}
+
+// An integer of magnitude < 2^22 to float without the slower I2F.
+__device__ __forceinline__ float i2f_small(int v) {
+    return __int_as_float(0x4B400000 + v) - 12582912.0f;
+}
+
+struct Unit {
+    u32 q[UW];
+#if QFMT == 10
+    uint4 h;
+#else
+    u32 s;
+#endif
+#if QFMT == 12
+    u32 d;
+#endif
+};
+
+__device__ __forceinline__ void load_unit(Unit& w, const u8* __restrict__ q, const u8* __restrict__ s,
+                                          const u8* __restrict__ d, int u) {
+    const uint4* qp = (const uint4*)(q + (long long)u * (UW * 4));
+#pragma unroll
+    for (int i = 0; i < UW / 4; i++) {
+        uint4 v = ld_stream(qp + i);
+        w.q[4 * i] = v.x;
+        w.q[4 * i + 1] = v.y;
+        w.q[4 * i + 2] = v.z;
+        w.q[4 * i + 3] = v.w;
+    }
+#if QFMT == 3 || QFMT == 7
+    w.s = __ldg((const u16*)s + u);
+#elif QFMT == 10
+    w.h = __ldg((const uint4*)s + (u >> 2));
+#else
+    w.s = __ldg((const u32*)s + u);
+    w.d = __ldg((const u16*)d + (u >> 2));
+#endif
+}
+
+// One token's activations for one unit: UE codes as words, (d, d·Σq) per 32, and
+// (Q6_K) the code sums of each group of 16.
+struct Act {
+    int x[UE / 4];
+    float2 a[UE / 32];
+#if QFMT == 12
+    int sx[4];
+#endif
+};
+
+__device__ __forceinline__ void load_act(Act& v, const i8* __restrict__ xq, const float2* __restrict__ xa,
+                                         long long e) {
+    const uint4* p = (const uint4*)(xq + e);
+#pragma unroll
+    for (int i = 0; i < UE / 16; i++) {
+        uint4 t = __ldg(p + i);
+        v.x[4 * i] = (int)t.x;
+        v.x[4 * i + 1] = (int)t.y;
+        v.x[4 * i + 2] = (int)t.z;
+        v.x[4 * i + 3] = (int)t.w;
+    }
+#pragma unroll
+    for (int i = 0; i < UE / 32; i++) v.a[i] = __ldg(xa + (e >> 5) + i);
+#if QFMT == 12
+#pragma unroll
+    for (int g = 0; g < 4; g++) {
+        int s = 0;
+#pragma unroll
+        for (int m = 0; m < 4; m++) s = __dp4a(v.x[4 * g + m], 0x01010101, s);
+        v.sx[g] = s;
+    }
+#endif
+}
+
+// The unit's dot product with one token's activations.
+__device__ __forceinline__ float dot_unit(const Unit& w, const Act& v, int u) {
+#if QFMT == 3
+    int s = 0;
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        s = __dp4a((int)(w.q[k] & 0x0F0F0F0Fu), v.x[k], s);
+        s = __dp4a((int)((w.q[k] >> 4) & 0x0F0F0F0Fu), v.x[4 + k], s);
+    }
+    // Codes are stored + 8: Σ (q - 8) x = Σ q x - 8 Σ x.
+    return h2f((u16)w.s) * (v.a[0].x * i2f_small(s) - 8.0f * v.a[0].y);
+#elif QFMT == 7
+    int s = 0;
+#pragma unroll
+    for (int k = 0; k < 8; k++) s = __dp4a((int)w.q[k], v.x[k], s);
+    return h2f((u16)w.s) * v.a[0].x * i2f_small(s);
+#elif QFMT == 10
+    int s0 = 0, s1 = 0;
+#pragma unroll
+    for (int k = 0; k < 8; k++) {
+        s0 = __dp4a((int)(w.q[k] & 0x0F0F0F0Fu), v.x[k], s0);
+        s1 = __dp4a((int)((w.q[k] >> 4) & 0x0F0F0F0Fu), v.x[8 + k], s1);
+    }
+    // The 6-bit scale and min of sub-blocks 2g and 2g + 1 (g = u mod 4) from the
+    // header's 12 bytes (words y, z, w): for g < 2 the low 6 bits of bytes 2g, 2g+1
+    // (scales) and 4+2g, 5+2g (mins); for g >= 2 a nibble of bytes 8+2(g-2)..
+    // with the top two bits of bytes 2(g-2).. and 4+2(g-2)..
+    const int g = u & 3;
+    const int sh = 16 * (g & 1);
+    const u32 ly = w.h.y >> sh, lz = w.h.z >> sh, lw = w.h.w >> sh;
+    u32 sc0, sc1, m0, m1;
+    if (g < 2) {
+        sc0 = ly & 63;
+        sc1 = (ly >> 8) & 63;
+        m0 = lz & 63;
+        m1 = (lz >> 8) & 63;
+    } else {
+        sc0 = (lw & 15) | (((ly >> 6) & 3) << 4);
+        sc1 = ((lw >> 8) & 15) | (((ly >> 14) & 3) << 4);
+        m0 = ((lw >> 4) & 15) | (((lz >> 6) & 3) << 4);
+        m1 = ((lw >> 12) & 15) | (((lz >> 14) & 3) << 4);
+    }
+    const float d = h2f((u16)(w.h.x & 0xFFFF)), dmin = h2f((u16)(w.h.x >> 16));
+    const float dot = u2f(sc0) * v.a[0].x * i2f_small(s0) + u2f(sc1) * v.a[1].x * i2f_small(s1);
+    const float mins = u2f(m0) * v.a[0].y + u2f(m1) * v.a[1].y;
+    return d * dot - dmin * mins;
+#else
+    int gs[4];
+#pragma unroll
+    for (int g = 0; g < 4; g++) {
+        int s = 0;
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            const int m = 4 * g + k;
+            const u32 lo = m < 8 ? (w.q[m] & 0x0F0F0F0Fu) : ((w.q[m - 8] >> 4) & 0x0F0F0F0Fu);
+            const u32 hi = (w.q[8 + (m & 3)] >> (2 * (m >> 2))) & 0x03030303u;
+            s = __dp4a((int)(lo | (hi << 4)), v.x[m], s);
+        }
+        // Codes are stored + 32: Σ (q - 32) x = Σ q x - 32 Σ x.
+        gs[g] = s - 32 * v.sx[g];
+    }
+    const int sc0 = (int)(i8)(w.s & 0xFF), sc1 = (int)(i8)((w.s >> 8) & 0xFF);
+    const int sc2 = (int)(i8)((w.s >> 16) & 0xFF), sc3 = (int)(i8)(w.s >> 24);
+    const float lo = (float)(sc0 * gs[0] + sc1 * gs[1]);
+    const float hi = (float)(sc2 * gs[2] + sc3 * gs[3]);
+    return h2f((u16)w.d) * (v.a[0].x * lo + v.a[1].x * hi);
+#endif
+}
+
+// y[t][r] for rows blockIdx.x * R .. + R and tokens t < nt (nt <= B); K weights per
+// row, nunits = K / UE units. Q, S, D: the regions, row r at r * qs, r * ss, r * ds.
+template <int B, int R>
+__device__ __forceinline__ void mmv(const u8* __restrict__ Q, long long qs, const u8* __restrict__ S,
+                                    long long ss, const u8* __restrict__ D, long long ds, int rows,
+                                    int nunits, int K, const i8* __restrict__ xq,
+                                    const float2* __restrict__ xa, float* __restrict__ y, int nt) {
+    __shared__ float red[MAXWARPS][R * B];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int nth = blockDim.x;
+    const int row0 = blockIdx.x * R;
+    const u8* qr[R];
+    const u8* sr[R];
+    const u8* dr[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        // Rows past the end re-read the last row; their sums are never stored.
+        const long long rr = imin(row0 + r, rows - 1);
+        qr[r] = Q + rr * qs;
+        sr[r] = S + rr * ss;
+        dr[r] = D + rr * ds;
+    }
+    float acc[R][B];
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int t = 0; t < B; t++) acc[r][t] = 0.0f;
+
+    for (int u0 = tid; u0 < nunits; u0 += nth * MUN) {
+        // Every load of the step first (units past the end re-read the last one),
+        // then the arithmetic.
+        Unit w[MUN][R];
+#pragma unroll
+        for (int i = 0; i < MUN; i++) {
+            const int u = imin(u0 + i * nth, nunits - 1);
+#pragma unroll
+            for (int r = 0; r < R; r++) load_unit(w[i][r], qr[r], sr[r], dr[r], u);
+        }
+#pragma unroll
+        for (int i = 0; i < MUN; i++) {
+            const int uu = u0 + i * nth;
+            const bool ok = uu < nunits;
+            const int u = ok ? uu : nunits - 1;
+#pragma unroll
+            for (int t = 0; t < B; t++) {
+                const int tt = t < nt ? t : nt - 1;
+                Act v;
+                load_act(v, xq, xa, (long long)tt * K + (long long)u * UE);
+#pragma unroll
+                for (int r = 0; r < R; r++) {
+                    const float p = dot_unit(w[i][r], v, u);
+                    acc[r][t] += ok ? p : 0.0f;
+                }
+            }
+        }
+    }
+
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int t = 0; t < B; t++) {
+            float s = acc[r][t];
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+            if (lane == 0) red[warp][r * B + t] = s;
+        }
+    __syncthreads();
+    const int nw = nth >> 5;
+    for (int i = tid; i < R * B; i += nth) {
+        const int r = i / B, t = i % B;
+        float s = 0.0f;
+        for (int k = 0; k < nw; k++) s += red[k][i];
+        if (t < nt && row0 + r < rows) y[(long long)t * rows + row0 + r] = s;
+    }
+}
+
+#define MMV_ENTRY(NAME, BB, RR)                                                                    \
+    extern "C" __global__ void __launch_bounds__(MAXWARPS * 32)                                    \
+        NAME(const u8* Q, long long qs, const u8* S, long long ss, const u8* D, long long ds,      \
+             int rows, int nunits, int K, const i8* xq, const float2* xa, float* y, int nt) {      \
+        mmv<BB, RR>(Q, qs, S, ss, D, ds, rows, nunits, K, xq, xa, y, nt);                          \
+    }
+MMV_ENTRY(mmv_b1, 1, MR1)
+MMV_ENTRY(mmv_b2, 2, MR2)
+MMV_ENTRY(mmv_b4, 4, MR4)
+MMV_ENTRY(mmv_b8, 8, MR8)
+MMV_ENTRY(mmv_b16, 16, MR16)
+
+// x (n rows of K floats, K a multiple of 32) to 8-bit codes and, per block of 32,
+// (d, d·Σq): the CPU backend's rounding (d = amax / 127, half away from zero).
+// One warp per block of 32.
+extern "C" __global__ void quantize_act_ds(const float* __restrict__ x, long long nblocks,
+                                           i8* __restrict__ xq, float2* __restrict__ xa) {
+    long long blk = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    int lane = threadIdx.x & 31;
+    if (blk >= nblocks) return;
+    float v = x[blk * 32 + lane];
+    float amax = fabsf(v);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    float d = amax / 127.0f;
+    float id = d > 0.0f ? 1.0f / d : 0.0f;
+    int q = (int)roundf(v * id);
+    xq[blk * 32 + lane] = (i8)q;
+    int s = q;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if (lane == 0) {
+        float2 r;
+        r.x = d;
+        r.y = d * (float)s;
+        xa[blk] = r;
+    }
+}
+#endif

@@ -1,0 +1,230 @@
+//! The device layout of the formats with their own GEMV kernels (`packed.cu`):
+//! each matrix is rewritten at upload into regions of codes and of scales, so a
+//! thread reads a unit of weights with 16-byte loads. The values are the file's
+//! bit for bit; only where the bytes lie changes.
+
+use quern_formats::GgmlType;
+
+/// Where the regions of a repacked matrix lie in its device buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackedLayout {
+    /// Weights per unit (a thread's piece of a row).
+    pub unit_elems: usize,
+    /// Units per row.
+    pub units: usize,
+    /// Row stride of the code region (starts at 0).
+    pub q_stride: usize,
+    pub s_offset: usize,
+    pub s_stride: usize,
+    /// Q6_K's super-block scales; 0 and unused otherwise.
+    pub d_offset: usize,
+    pub d_stride: usize,
+}
+
+/// Whether `ty` has a repacked layout and kernels.
+pub fn has_packed(ty: GgmlType) -> bool {
+    matches!(
+        ty,
+        GgmlType::Q4_0 | GgmlType::Q8_0 | GgmlType::Q4K | GgmlType::Q6K
+    )
+}
+
+/// Whether uploads of `ty` use the repacked layout: [`has_packed`] unless
+/// `QUERN_CUDA_PACKED=0` (the older kernels over the file layout, for comparison)
+/// or `QUERN_CUDA_FLOAT_ACTS=1` (float activations: the older kernels too).
+pub fn use_packed(ty: GgmlType) -> bool {
+    has_packed(ty)
+        && std::env::var("QUERN_CUDA_PACKED").as_deref() != Ok("0")
+        && super::quantises_activations(ty)
+}
+
+/// (weights per unit, code bytes per unit).
+fn unit_shape(ty: GgmlType) -> Option<(usize, usize)> {
+    Some(match ty {
+        GgmlType::Q4_0 => (32, 16),
+        GgmlType::Q8_0 => (32, 32),
+        GgmlType::Q4K => (64, 32),
+        GgmlType::Q6K => (64, 48),
+        _ => return None,
+    })
+}
+
+fn align16(n: usize) -> usize {
+    n.div_ceil(16) * 16
+}
+
+/// The layout of a `rows × cols` matrix of `ty`, or None when `ty` has none.
+pub fn layout(ty: GgmlType, rows: usize, cols: usize) -> Option<PackedLayout> {
+    let (ue, ub) = unit_shape(ty)?;
+    if rows == 0 || cols == 0 || !cols.is_multiple_of(ty.block_size()) || !cols.is_multiple_of(ue) {
+        return None;
+    }
+    let units = cols / ue;
+    let blocks = cols / ty.block_size();
+    let q_stride = align16(units * ub);
+    // Scales: Q4_0/Q8_0 the f16 d of each block; Q4_K the 16-byte header of each
+    // super-block; Q6_K the 16 scales of each super-block, and its d apart.
+    let (s_row, d_row) = match ty {
+        GgmlType::Q4_0 | GgmlType::Q8_0 => (blocks * 2, 0),
+        GgmlType::Q4K => (blocks * 16, 0),
+        _ => (blocks * 16, blocks * 2),
+    };
+    let s_stride = align16(s_row);
+    let d_stride = align16(d_row);
+    let s_offset = rows * q_stride;
+    let d_offset = s_offset + rows * s_stride;
+    Some(PackedLayout {
+        unit_elems: ue,
+        units,
+        q_stride,
+        s_offset,
+        s_stride,
+        d_offset,
+        d_stride,
+    })
+}
+
+impl PackedLayout {
+    pub fn total_bytes(&self, rows: usize) -> usize {
+        self.d_offset + rows * self.d_stride
+    }
+}
+
+/// The 6-bit code of weight `e` (0..256) of a Q6_K super-block (`ql[128]`,
+/// `qh[64]`, scales, d), as the format defines it (value = d · scale · (code − 32)).
+fn q6k_code(b: &[u8], e: usize) -> u8 {
+    let low = (b[(e >> 7) * 64 + (e & 63)] >> (((e >> 6) & 1) * 4)) & 15;
+    let high = (b[128 + (e >> 7) * 32 + (e & 31)] >> (((e >> 5) & 3) * 2)) & 3;
+    low | (high << 4)
+}
+
+/// Rewrites `data` (`rows` rows of `cols` weights of `ty`, the file layout) into the
+/// device layout. None when `ty` has none.
+pub fn repack(
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    data: &[u8],
+) -> Option<(Vec<u8>, PackedLayout)> {
+    let l = layout(ty, rows, cols)?;
+    let row_bytes = cols / ty.block_size() * ty.type_size();
+    if data.len() != rows * row_bytes {
+        return None;
+    }
+    let mut out = vec![0u8; l.total_bytes(rows)];
+    let (qreg, rest) = out.split_at_mut(l.s_offset);
+    let (sreg, dreg) = rest.split_at_mut(l.d_offset - l.s_offset);
+    let drows: Vec<&mut [u8]> = if l.d_stride > 0 {
+        dreg.chunks_exact_mut(l.d_stride).collect()
+    } else {
+        (0..rows).map(|_| <&mut [u8]>::default()).collect()
+    };
+    // Rows in parallel: an 8B model's output matrix is half a gigabyte.
+    use rayon::prelude::*;
+    qreg.par_chunks_exact_mut(l.q_stride)
+        .zip(sreg.par_chunks_exact_mut(l.s_stride))
+        .zip(drows.into_par_iter())
+        .zip(data.par_chunks_exact(row_bytes))
+        .for_each(|(((q, s), d), src)| repack_row(ty, src, q, s, d));
+    Some((out, l))
+}
+
+/// One row of [`repack`]: `src` in the file layout into its code, scale and d rows.
+fn repack_row(ty: GgmlType, src: &[u8], q: &mut [u8], s: &mut [u8], d: &mut [u8]) {
+    for (i, b) in src.chunks_exact(ty.type_size()).enumerate() {
+        match ty {
+            GgmlType::Q4_0 => {
+                s[i * 2..i * 2 + 2].copy_from_slice(&b[..2]);
+                q[i * 16..i * 16 + 16].copy_from_slice(&b[2..18]);
+            }
+            GgmlType::Q8_0 => {
+                s[i * 2..i * 2 + 2].copy_from_slice(&b[..2]);
+                q[i * 32..i * 32 + 32].copy_from_slice(&b[2..34]);
+            }
+            GgmlType::Q4K => {
+                // The file's code bytes are already four units of 32.
+                s[i * 16..i * 16 + 16].copy_from_slice(&b[..16]);
+                q[i * 128..i * 128 + 128].copy_from_slice(&b[16..144]);
+            }
+            _ => {
+                s[i * 16..i * 16 + 16].copy_from_slice(&b[192..208]);
+                d[i * 2..i * 2 + 2].copy_from_slice(&b[208..210]);
+                for u in 0..4 {
+                    let dst = &mut q[(i * 4 + u) * 48..(i * 4 + u + 1) * 48];
+                    let e0 = 64 * u;
+                    let (lo, hi) = dst.split_at_mut(32);
+                    for (j, v) in lo.iter_mut().enumerate() {
+                        *v = (q6k_code(b, e0 + j) & 15) | ((q6k_code(b, e0 + 32 + j) & 15) << 4);
+                    }
+                    for (j, v) in hi.iter_mut().enumerate() {
+                        *v = (0..4).fold(0u8, |h, g| {
+                            h | ((q6k_code(b, e0 + 16 * g + j) >> 4) << (2 * g))
+                        });
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Decodes weight `e` of row `r` from the packed layout the way packed.cu
+    /// does, as (code, scale words), to check the rewrite against the file layout.
+    fn q6k_from_packed(buf: &[u8], l: &PackedLayout, r: usize, e: usize) -> (u8, i8, [u8; 2]) {
+        let q = &buf[r * l.q_stride..];
+        let (u, k) = (e / 64, e % 64);
+        let unit = &q[u * 48..u * 48 + 48];
+        let low = if k < 32 {
+            unit[k] & 15
+        } else {
+            unit[k - 32] >> 4
+        };
+        let high = (unit[32 + (k % 16)] >> (2 * (k / 16))) & 3;
+        let s = &buf[l.s_offset + r * l.s_stride..];
+        let sc = s[(e / 256) * 16 + (e % 256) / 16] as i8;
+        let d = &buf[l.d_offset + r * l.d_stride..];
+        let dd = [d[(e / 256) * 2], d[(e / 256) * 2 + 1]];
+        (low | (high << 4), sc, dd)
+    }
+
+    #[test]
+    fn q6k_repack_keeps_every_code_and_scale() {
+        let (rows, cols) = (3, 512);
+        let ts = GgmlType::Q6K.type_size();
+        // Arbitrary bytes (not zeros): every code and scale is checked.
+        let data: Vec<u8> = (0..rows * cols / 256 * ts)
+            .map(|i| (i as u32).wrapping_mul(2_654_435_761).rotate_left(7) as u8)
+            .collect();
+        let (buf, l) = repack(GgmlType::Q6K, rows, cols, &data).expect("packed");
+        for r in 0..rows {
+            for e in 0..cols {
+                let b = &data[(r * cols + e) / 256 * ts..][..ts];
+                let (code, sc, d) = q6k_from_packed(&buf, &l, r, e);
+                assert_eq!(code, q6k_code(b, e % 256), "row {r} weight {e}");
+                assert_eq!(sc, b[192 + (e % 256) / 16] as i8);
+                assert_eq!(d, [b[208], b[209]]);
+            }
+        }
+    }
+
+    #[test]
+    fn regions_are_aligned_and_disjoint() {
+        for ty in [GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q6K] {
+            for (rows, cols) in [(37, 512), (5, 4352), (1, 256)] {
+                let l = layout(ty, rows, cols).expect("layout");
+                assert_eq!(l.q_stride % 16, 0);
+                assert_eq!(l.s_offset % 16, 0);
+                assert_eq!(l.d_offset % 16, 0);
+                assert_eq!(l.s_offset, rows * l.q_stride);
+                assert!(l.d_offset >= l.s_offset + rows * l.s_stride);
+                assert_eq!(l.units * l.unit_elems, cols);
+            }
+        }
+        // Rows the units do not divide have no packed layout.
+        assert!(layout(GgmlType::Q4K, 2, 96).is_none());
+        assert!(layout(GgmlType::Q5K, 2, 256).is_none());
+    }
+}
