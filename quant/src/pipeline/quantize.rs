@@ -379,7 +379,13 @@ fn produce<'a>(
                     source: e.into(),
                 }
             })?;
-            fold.apply(&name, &mut values, plan.row_len())?;
+            // A vector (a norm's weight) is one column of per-row values.
+            let cols = if plan.shape.len() == 1 {
+                1
+            } else {
+                plan.row_len()
+            };
+            fold.apply(&name, &mut values, cols)?;
             let bytes: Vec<u8> = bytemuck::cast_slice(&values).to_vec();
             (Cow::Owned(bytes), GgmlType::F32)
         }
