@@ -68,8 +68,9 @@ run)
         need_models
         [ -f "$W/s135-f32.gguf" ] || "$BIN/quern" convert "$W/s135" -o "$W/s135-f32.gguf" --outtype f32 --quiet --no-provenance
         QUERN_BIN="$BIN/quern" LLAMA_IMATRIX="$BIN/llama-imatrix" PIN="taskset -c 0,1" \
-            MODEL="$W/s135-f32.gguf" TEXT="$D/calib.txt" RESULTS_MD="$O/calibrate.md" \
-            bash "$REPO/bench/calibrate.sh" || echo "calibrate bench failed" >&2
+            TEXT="$D/calib.txt" CHUNKS="${CALIB_CHUNKS:-8}" OUT="$W/calib" QUERN_PYTHON=python3 \
+            bash "$REPO/bench/calibrate.sh" "$W/s135-f32.gguf" > "$O/calibrate.md" 2>&1 || echo "calibrate bench failed" >&2
+
     fi
     if has registry; then
         PATH="$BIN:$PATH" DOCKER_REGISTRY="$BIN/docker-registry" BENCH_DIR="$W/reg" \

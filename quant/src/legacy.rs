@@ -16,11 +16,10 @@ pub(crate) fn signed_absmax(x: &[f32]) -> f32 {
     }
     let amax = tail
         .iter()
-        .fold(lanes.iter().fold(0f32, |a, &b| a.max(b)), |a, v| a.max(v.abs()));
-    x.iter()
-        .copied()
-        .find(|v| v.abs() == amax)
-        .unwrap_or(0.0)
+        .fold(lanes.iter().fold(0f32, |a, &b| a.max(b)), |a, v| {
+            a.max(v.abs())
+        });
+    x.iter().copied().find(|v| v.abs() == amax).unwrap_or(0.0)
 }
 
 /// Minimum and maximum of a block, in eight lanes (see [`signed_absmax`]).
@@ -35,8 +34,12 @@ pub(crate) fn min_max(x: &[f32]) -> (f32, f32) {
             hi[i] = hi[i].max(c[i]);
         }
     }
-    let lo = tail.iter().fold(lo.iter().fold(first, |a, &b| a.min(b)), |a, &v| a.min(v));
-    let hi = tail.iter().fold(hi.iter().fold(first, |a, &b| a.max(b)), |a, &v| a.max(v));
+    let lo = tail
+        .iter()
+        .fold(lo.iter().fold(first, |a, &b| a.min(b)), |a, &v| a.min(v));
+    let hi = tail
+        .iter()
+        .fold(hi.iter().fold(first, |a, &b| a.max(b)), |a, &v| a.max(v));
     (lo, hi)
 }
 
