@@ -6,28 +6,15 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
 
 use quern_formats::imatrix::Imatrix;
 use quern_formats::testutil::TinyModel;
 use quern_quant::mix::Mix;
-use quern_quant::pipeline::{
-    convert_hf_folder, quantize, ConvertOptions, NoProgress, OutType, QuantizeOptions,
-};
+use quern_quant::pipeline::{quantize, NoProgress, OutType, QuantizeOptions};
 use quern_runtime::calibrate::{self, CalibrateError, CalibrateOptions, Calibration};
 use quern_runtime::{CpuBackend, Model};
 
-fn tiny_gguf(m: &TinyModel, dir: &Path, outtype: OutType) -> PathBuf {
-    let folder = dir.join("hf");
-    m.write(&folder).expect("write tiny model");
-    let out = dir.join("model.gguf");
-    let opts = ConvertOptions {
-        outtype,
-        model_name: None,
-    };
-    convert_hf_folder(&folder, &out, &opts, &NoProgress).expect("convert");
-    out
-}
+use common::tiny_gguf;
 
 /// Pseudo-random token ids below `vocab`.
 fn tokens(n: usize, vocab: usize) -> Vec<u32> {

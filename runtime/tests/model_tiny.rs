@@ -6,8 +6,10 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+mod common;
+
 use quern_formats::testutil::TinyModel;
-use quern_quant::pipeline::{convert_hf_folder, ConvertOptions, NoProgress, OutType};
+use quern_quant::pipeline::{NoProgress, OutType};
 use quern_runtime::{CpuBackend, Model};
 
 struct Reference {
@@ -162,15 +164,7 @@ impl Reference {
 }
 
 fn convert(m: &TinyModel, dir: &Path, outtype: OutType) -> std::path::PathBuf {
-    let folder = dir.join("hf");
-    m.write(&folder).expect("write tiny model");
-    let out = dir.join("model.gguf");
-    let opts = ConvertOptions {
-        outtype,
-        model_name: None,
-    };
-    convert_hf_folder(&folder, &out, &opts, &NoProgress).expect("convert");
-    out
+    common::tiny_gguf(m, dir, outtype)
 }
 
 fn rel_err(got: &[f32], want: &[f64]) -> f64 {

@@ -161,3 +161,22 @@ pub fn cuda_backend() -> Option<quern_runtime::cuda::CudaBackend> {
         }
     }
 }
+
+/// `m` written as a Hugging Face folder under `dir/hf` and converted to
+/// `dir/model.gguf` in `outtype`.
+pub fn tiny_gguf(
+    m: &quern_formats::testutil::TinyModel,
+    dir: &Path,
+    outtype: quern_quant::pipeline::OutType,
+) -> PathBuf {
+    use quern_quant::pipeline::{convert_hf_folder, ConvertOptions, NoProgress};
+    let folder = dir.join("hf");
+    m.write(&folder).expect("write tiny model");
+    let out = dir.join("model.gguf");
+    let opts = ConvertOptions {
+        outtype,
+        model_name: None,
+    };
+    convert_hf_folder(&folder, &out, &opts, &NoProgress).expect("convert");
+    out
+}
