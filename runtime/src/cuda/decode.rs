@@ -34,10 +34,7 @@ const MAX_GROUP: usize = 8;
 const MAX_HEAD_DIM: usize = 256;
 
 fn cuda_err(source: CudaError) -> RuntimeError {
-    RuntimeError::Cuda {
-        tensor: "device forward pass".into(),
-        source,
-    }
+    RuntimeError::CudaForward(source)
 }
 
 fn unsupported(what: String) -> RuntimeError {
