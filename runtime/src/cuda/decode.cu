@@ -13,8 +13,9 @@
 // repeated f32 multiplication, accurate expf/sinf/cosf (no fast-math).
 
 #ifndef ACH
-#define ACH 64  // cache positions per attention chunk
+#define ACH 32  // cache positions per attention chunk (at most 32: a lane each)
 #endif
+#define MAXCH 1024  // chunks per context (n_ctx <= MAXCH * ACH)
 #define MAXG 8     // query heads per KV head
 #define NEG_INF __int_as_float(0xff800000)
 #define MAXHD 256  // head dimension
@@ -143,11 +144,15 @@ extern "C" __global__ void qkv_post(float* __restrict__ q, const float* __restri
 // c*ACH .. c*ACH+ACH-1 (those below the token's length) and every query head of
 // its group; writes per query head the chunk's max score m, sum of exp(s - m)
 // l, and the exp-weighted sum of values acc, as part[(t, h, c)] = acc[hd], m, l.
-extern "C" __global__ void attn_partial(const float* __restrict__ q, const float* __restrict__ kc,
-                                        const float* __restrict__ vc, float* __restrict__ part,
-                                        const int* __restrict__ params, int n_head, int n_kv,
-                                        int hd, int n_chunks, float scale) {
-    __shared__ float qs[MAXG * MAXHD];
+// Decode is latency-bound here, not bandwidth-bound (a layer's cache is a few
+// MB at most): every thread issues its loads together, one dot product or one
+// float4 of outputs per thread, and many short chunks run side by side.
+extern "C" __global__ void __launch_bounds__(128)
+attn_partial(const float* __restrict__ q, const float* __restrict__ kc,
+             const float* __restrict__ vc, float* __restrict__ part,
+             const int* __restrict__ params, int n_head, int n_kv, int hd, int n_chunks,
+             float scale) {
+    __shared__ __align__(16) float qs[MAXG * MAXHD];
     __shared__ float sc[MAXG * ACH];
     __shared__ float ms[MAXG], ls[MAXG];
     int kvh = blockIdx.x, c = blockIdx.y, t = blockIdx.z;
@@ -160,53 +165,62 @@ extern "C" __global__ void attn_partial(const float* __restrict__ q, const float
     const float* qt = q + ((long long)t * n_head + kvh * G) * hd;
     for (int e = threadIdx.x; e < G * hd; e += blockDim.x) qs[e] = qt[e];
     __syncthreads();
-    for (int j = warp; j < nj; j += nwarps) {
-        const float* kr = kc + (long long)(c0 + j) * kvd + kvh * hd;
-        float acc[MAXG];
-#pragma unroll
-        for (int g = 0; g < MAXG; g++) acc[g] = 0.0f;
-        for (int d = lane; d < hd; d += 32) {
-            float kv = kr[d];
-#pragma unroll
-            for (int g = 0; g < MAXG; g++)
-                if (g < G) acc[g] += qs[g * hd + d] * kv;
-        }
-#pragma unroll
-        for (int g = 0; g < MAXG; g++) {
-            if (g < G) {
-                float s = warp_sum(acc[g]);
-                if (lane == 0) sc[g * ACH + j] = s * scale;
+    // Scores: thread e takes position e / G and query head e % G (the G threads
+    // of one position share its key row through L1).
+    int hd4 = hd >> 2;
+    for (int e = threadIdx.x; e < nj * G; e += blockDim.x) {
+        int j = e / G, g = e - j * G;
+        const float4* kr = (const float4*)(kc + (long long)(c0 + j) * kvd + kvh * hd);
+        const float4* qr = (const float4*)(qs + g * hd);
+        float a0 = 0.0f, a1 = 0.0f;
+#pragma unroll 8
+        for (int d = 0; d < hd4; d += 2) {
+            float4 k0 = kr[d], q0 = qr[d];
+            a0 += q0.x * k0.x + q0.y * k0.y + q0.z * k0.z + q0.w * k0.w;
+            if (d + 1 < hd4) {
+                float4 k1 = kr[d + 1], q1 = qr[d + 1];
+                a1 += q1.x * k1.x + q1.y * k1.y + q1.z * k1.z + q1.w * k1.w;
             }
         }
+        sc[g * ACH + j] = (a0 + a1) * scale;
     }
     __syncthreads();
+    // Softmax pieces per query head: lane j holds position j (ACH <= 32).
     for (int g = warp; g < G; g += nwarps) {
-        float m = NEG_INF;
-        for (int j = lane; j < nj; j += 32) m = fmaxf(m, sc[g * ACH + j]);
-        m = warp_max(m);
-        float l = 0.0f;
-        for (int j = lane; j < nj; j += 32) {
-            float p = expf(sc[g * ACH + j] - m);
-            sc[g * ACH + j] = p;
-            l += p;
-        }
-        l = warp_sum(l);
+        float s = lane < nj ? sc[g * ACH + lane] : NEG_INF;
+        float m = warp_max(s);
+        float p = lane < nj ? expf(s - m) : 0.0f;
+        float l = warp_sum(p);
+        if (lane < nj) sc[g * ACH + lane] = p;
         if (lane == 0) {
             ms[g] = m;
             ls[g] = l;
         }
     }
     __syncthreads();
+    // Values: thread e takes query head e / (hd/4) and a float4 of dimensions.
     int stride = hd + 2;
-    for (int e = threadIdx.x; e < G * hd; e += blockDim.x) {
-        int g = e / hd, d = e - g * hd;
-        const float* vr = vc + (long long)c0 * kvd + kvh * hd + d;
-        float a = 0.0f;
-        for (int j = 0; j < nj; j++) a += sc[g * ACH + j] * vr[(long long)j * kvd];
+    for (int e = threadIdx.x; e < G * hd4; e += blockDim.x) {
+        int g = e / hd4, d4 = e - g * hd4;
+        const float4* vr = (const float4*)(vc + (long long)c0 * kvd + kvh * hd) + d4;
+        int kvd4 = kvd >> 2;
+        float4 a = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll 8
+        for (int j = 0; j < nj; j++) {
+            float w = sc[g * ACH + j];
+            float4 v = vr[(long long)j * kvd4];
+            a.x += w * v.x;
+            a.y += w * v.y;
+            a.z += w * v.z;
+            a.w += w * v.w;
+        }
         int h = kvh * G + g;
         float* p = part + (((long long)t * n_head + h) * n_chunks + c) * stride;
-        p[d] = a;
-        if (d == 0) {
+        p[4 * d4] = a.x;
+        p[4 * d4 + 1] = a.y;
+        p[4 * d4 + 2] = a.z;
+        p[4 * d4 + 3] = a.w;
+        if (d4 == 0) {
             p[hd] = ms[g];
             p[hd + 1] = ls[g];
         }
@@ -214,23 +228,38 @@ extern "C" __global__ void attn_partial(const float* __restrict__ q, const float
 }
 
 // Attention, second pass: block (h, t) merges the chunks of query head h.
+// Every warp finds the overall max; warp 0 leaves each chunk's weight
+// l_c * exp(m_c - M) in shared memory for the value sums.
 extern "C" __global__ void attn_combine(const float* __restrict__ part, float* __restrict__ out,
                                         const int* __restrict__ params, int n_head, int hd,
                                         int n_chunks) {
-    int h = blockIdx.x, t = blockIdx.y;
+    __shared__ float wc[MAXCH];
+    __shared__ float total;
+    int h = blockIdx.x, t = blockIdx.y, lane = threadIdx.x & 31;
     int len = params[0] + t + 1;
     int nc = (len + ACH - 1) / ACH;
     int stride = hd + 2;
     const float* p = part + ((long long)t * n_head + h) * n_chunks * stride;
-    float m = NEG_INF;
-    for (int c = 0; c < nc; c++) m = fmaxf(m, p[c * stride + hd]);
-    float l = 0.0f;
-    for (int c = 0; c < nc; c++) l += p[c * stride + hd + 1] * expf(p[c * stride + hd] - m);
-    float inv = 1.0f / l;
+    if (threadIdx.x < 32) {
+        float m = NEG_INF;
+        for (int c = lane; c < nc; c += 32) m = fmaxf(m, p[c * stride + hd]);
+        m = warp_max(m);
+        float l = 0.0f;
+        for (int c = lane; c < nc; c += 32) {
+            float w = p[c * stride + hd + 1] * expf(p[c * stride + hd] - m);
+            wc[c] = w;
+            l += w;
+        }
+        l = warp_sum(l);
+        if (lane == 0) total = l;
+    }
+    __syncthreads();
+    float inv = 1.0f / total;
     float* o = out + ((long long)t * n_head + h) * hd;
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
         float a = 0.0f;
-        for (int c = 0; c < nc; c++) a += p[c * stride + d] * expf(p[c * stride + hd] - m);
+#pragma unroll 4
+        for (int c = 0; c < nc; c++) a += p[c * stride + d] * wc[c];
         o[d] = a * inv;
     }
 }
@@ -245,48 +274,59 @@ extern "C" __global__ void silu_mul(const float* __restrict__ g, float* __restri
     }
 }
 
-// The index of the largest of n logits (the first on ties; NaNs never win), one
-// block of 1024 threads.
-extern "C" __global__ void argmax(const float* __restrict__ x, int n, int* __restrict__ out) {
-    __shared__ float bv[32];
-    __shared__ int bi[32];
-    float best = NEG_INF;
-    int idx = 0x7fffffff;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        float v = x[i];
-        if (v > best || (v == best && i < idx)) {
-            best = v;
-            idx = i;
-        }
+// The index of the largest of n logits (the first on ties; NaNs never win), in
+// two launches: argmax_part's blocks each leave their best (value, index) in
+// scratch, argmax_final (one block of ARGB threads) picks among them.
+#define ARGB 256
+__device__ __forceinline__ void better(float& bv, int& bi, float v, int i) {
+    if (v > bv || (v == bv && i < bi)) {
+        bv = v;
+        bi = i;
     }
+}
+__device__ void block_argmax(float best, int idx, float* sv, int* si) {
+    __shared__ float wv[32];
+    __shared__ int wi[32];
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        float ov = __shfl_xor_sync(0xffffffffu, best, o);
-        int oi = __shfl_xor_sync(0xffffffffu, idx, o);
-        if (ov > best || (ov == best && oi < idx)) {
-            best = ov;
-            idx = oi;
-        }
-    }
+    for (int o = 16; o > 0; o >>= 1)
+        better(best, idx, __shfl_xor_sync(0xffffffffu, best, o), __shfl_xor_sync(0xffffffffu, idx, o));
     if (lane == 0) {
-        bv[warp] = best;
-        bi[warp] = idx;
+        wv[warp] = best;
+        wi[warp] = idx;
     }
     __syncthreads();
     if (warp == 0) {
         int nw = blockDim.x >> 5;
-        best = lane < nw ? bv[lane] : NEG_INF;
-        idx = lane < nw ? bi[lane] : 0x7fffffff;
+        best = lane < nw ? wv[lane] : NEG_INF;
+        idx = lane < nw ? wi[lane] : 0x7fffffff;
 #pragma unroll
-        for (int o = 16; o > 0; o >>= 1) {
-            float ov = __shfl_xor_sync(0xffffffffu, best, o);
-            int oi = __shfl_xor_sync(0xffffffffu, idx, o);
-            if (ov > best || (ov == best && oi < idx)) {
-                best = ov;
-                idx = oi;
-            }
+        for (int o = 16; o > 0; o >>= 1)
+            better(best, idx, __shfl_xor_sync(0xffffffffu, best, o), __shfl_xor_sync(0xffffffffu, idx, o));
+        if (lane == 0) {
+            *sv = best;
+            *si = idx;
         }
-        if (lane == 0) out[0] = idx == 0x7fffffff ? 0 : idx;
     }
+}
+
+extern "C" __global__ void __launch_bounds__(ARGB)
+argmax_part(const float* __restrict__ x, int n, float* __restrict__ sv, int* __restrict__ si) {
+    float best = NEG_INF;
+    int idx = 0x7fffffff;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x)
+        better(best, idx, x[i], i);
+    block_argmax(best, idx, sv + blockIdx.x, si + blockIdx.x);
+}
+
+extern "C" __global__ void __launch_bounds__(ARGB)
+argmax_final(const float* __restrict__ sv, const int* __restrict__ si, int parts,
+             int* __restrict__ out) {
+    float best = NEG_INF;
+    int idx = 0x7fffffff;
+    for (int i = threadIdx.x; i < parts; i += blockDim.x) better(best, idx, sv[i], si[i]);
+    __shared__ float rv;
+    __shared__ int ri;
+    block_argmax(best, idx, &rv, &ri);
+    if (threadIdx.x == 0) out[0] = ri == 0x7fffffff ? 0 : ri;
 }

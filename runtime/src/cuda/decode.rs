@@ -28,7 +28,11 @@ use crate::model::{Model, RopeMode};
 /// Tokens per prefill batch (bounds the activation buffers).
 pub const PREFILL_BATCH: usize = 64;
 /// Cache positions per attention chunk (`ACH` in decode.cu).
-const ACH: usize = 64;
+const ACH: usize = 32;
+/// Chunks per context at most (`MAXCH`).
+const MAX_CHUNKS: usize = 1024;
+/// Blocks of the argmax's first pass.
+const ARG_PARTS: usize = 128;
 /// Limits of decode.cu's attention (`MAXG`, `MAXHD`).
 const MAX_GROUP: usize = 8;
 const MAX_HEAD_DIM: usize = 256;
@@ -50,7 +54,8 @@ struct Kernels {
     attn_partial: CudaFunction,
     attn_combine: CudaFunction,
     silu_mul: CudaFunction,
-    argmax: CudaFunction,
+    argmax_part: CudaFunction,
+    argmax_final: CudaFunction,
 }
 
 /// A matrix on the device and its data's address.
@@ -98,6 +103,9 @@ struct Buffers {
     /// `[pos0]`: the first new token's position.
     params: CudaSlice<i32>,
     best: CudaSlice<i32>,
+    /// The argmax's per-block bests.
+    arg_v: CudaSlice<f32>,
+    arg_i: CudaSlice<i32>,
 }
 
 /// A model's forward pass on the GPU with its own KV cache (one conversation).
@@ -144,9 +152,15 @@ impl<'m> DeviceModel<'m> {
         let n_ctx = n_ctx.min(c.n_ctx_train).max(1);
         let (hd, nh, nkv) = (c.head_dim, c.n_head, c.n_kv_head);
         let group = nh / nkv;
-        if group > MAX_GROUP || hd > MAX_HEAD_DIM || hd % 2 != 0 {
+        if group > MAX_GROUP || hd > MAX_HEAD_DIM || hd % 4 != 0 {
             return Err(unsupported(format!(
-                "{nh} query heads over {nkv} KV heads of {hd} (at most {MAX_GROUP} per KV head, {MAX_HEAD_DIM} dimensions)"
+                "{nh} query heads over {nkv} KV heads of {hd} (at most {MAX_GROUP} per KV head, {MAX_HEAD_DIM} dimensions, a multiple of 4)"
+            )));
+        }
+        if n_ctx.div_ceil(ACH) > MAX_CHUNKS {
+            return Err(unsupported(format!(
+                "a context of {n_ctx} positions (at most {})",
+                MAX_CHUNKS * ACH
             )));
         }
         let st = be.stream().clone();
@@ -254,6 +268,11 @@ impl<'m> DeviceModel<'m> {
             best: st
                 .alloc_zeros(1)
                 .ctx("allocating parameters")
+                .map_err(cuda_err)?,
+            arg_v: alloc(ARG_PARTS)?,
+            arg_i: st
+                .alloc_zeros(ARG_PARTS)
+                .ctx("allocating argmax scratch")
                 .map_err(cuda_err)?,
         };
         st.synchronize()
@@ -424,10 +443,11 @@ impl<'m> DeviceModel<'m> {
     fn poison_outputs(&self) -> Result<(), CudaError> {
         let b = &self.buf;
         for s in [
-            &b.xn, &b.q, &b.k, &b.v, &b.attn, &b.delta, &b.g, &b.h, &b.part, &b.logits,
+            &b.xn, &b.q, &b.k, &b.v, &b.attn, &b.delta, &b.g, &b.h, &b.part, &b.logits, &b.arg_v,
         ] {
             poison_slice(self.be, s)?;
         }
+        poison_slice(self.be, &b.arg_i)?;
         poison_slice(self.be, &b.best)
     }
 
@@ -590,16 +610,30 @@ impl<'m> DeviceModel<'m> {
         let vocab = c.vocab as i32;
         let best = ptr_of(be, &b.best);
         let last = lg + ((rows - 1) * c.vocab * 4) as u64;
-        st.launch_builder(&self.k.argmax)
+        let (av, ai) = (p(&b.arg_v), ptr_of(be, &b.arg_i));
+        st.launch_builder(&self.k.argmax_part)
             .arg(&last)
             .arg(&vocab)
+            .arg(&av)
+            .arg(&ai)
+            .launch(LaunchConfig {
+                grid_dim: (ARG_PARTS as u32, 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            })
+            .ctx("launching argmax_part")?;
+        let parts = ARG_PARTS as i32;
+        st.launch_builder(&self.k.argmax_final)
+            .arg(&av)
+            .arg(&ai)
+            .arg(&parts)
             .arg(&best)
             .launch(LaunchConfig {
                 grid_dim: (1, 1, 1),
-                block_dim: (1024, 1, 1),
+                block_dim: (256, 1, 1),
                 shared_mem_bytes: 0,
             })
-            .ctx("launching argmax")?;
+            .ctx("launching argmax_final")?;
         Ok(())
     }
 }
@@ -636,11 +670,46 @@ fn load_kernels(be: &CudaBackend) -> Result<Kernels, CudaError> {
         attn_partial: f("attn_partial")?,
         attn_combine: f("attn_combine")?,
         silu_mul: f("silu_mul")?,
-        argmax: f("argmax")?,
+        argmax_part: f("argmax_part")?,
+        argmax_final: f("argmax_final")?,
     })
 }
 
 /// The source of the decode module, as compiled.
 pub fn decode_source() -> String {
     format!("#define ACH {ACH}\n{DECODE_SRC}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The decode kernels compile for sm_90 where NVRTC is installed (no GPU is
+    /// needed for that); elsewhere says so and passes.
+    #[test]
+    fn decode_module_compiles_with_nvrtc() {
+        // SAFETY: only tries to dlopen the library.
+        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+            eprintln!("skipped: NVRTC not found");
+            return;
+        }
+        let tc = super::super::Toolchain {
+            arch: "sm_90".into(),
+            driver_version: 0,
+            nvrtc_version: super::super::compile::nvrtc_version(),
+            include: None,
+        };
+        let cubin = super::super::compile::compile_uncached("test_decode", &decode_source(), &tc)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(cubin.len() > 1000, "{} bytes of cubin", cubin.len());
+    }
+
+    #[test]
+    fn limits_match_the_kernel_source() {
+        assert!(DECODE_SRC.contains(&format!("#define MAXCH {MAX_CHUNKS}")));
+        assert!(DECODE_SRC.contains(&format!("#define MAXG {MAX_GROUP}")));
+        assert!(DECODE_SRC.contains(&format!("#define MAXHD {MAX_HEAD_DIM}")));
+        // A lane per position in the softmax.
+        assert!(ACH <= 32);
+    }
 }
