@@ -161,8 +161,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Some(CpuBackend::new().read_bandwidth(3))
     } else {
         let be = cuda_backend(&model).context("the model is not on the GPU")?;
-        let copy = copy_bandwidth(be, 1 << 30)
-            .map_err(|source| quern_runtime::RuntimeError::CudaForward(source))?;
+        let copy = copy_bandwidth(be, 1 << 30).map_err(quern_runtime::RuntimeError::CudaForward)?;
         Some(copy.gb_s * 1e9)
     };
     let floor = bandwidth.map(|bw| bw / size as f64);

@@ -228,8 +228,8 @@ attn_partial(const float* __restrict__ q, const float* __restrict__ kc,
 }
 
 // Attention, second pass: block (h, t) merges the chunks of query head h.
-// Every warp finds the overall max; warp 0 leaves each chunk's weight
-// l_c * exp(m_c - M) in shared memory for the value sums.
+// Warp 0 finds the overall max M, leaves each chunk's weight exp(m_c - M) in
+// shared memory for the value sums, and the total sum_c l_c exp(m_c - M).
 extern "C" __global__ void attn_combine(const float* __restrict__ part, float* __restrict__ out,
                                         const int* __restrict__ params, int n_head, int hd,
                                         int n_chunks) {
@@ -246,9 +246,9 @@ extern "C" __global__ void attn_combine(const float* __restrict__ part, float* _
         m = warp_max(m);
         float l = 0.0f;
         for (int c = lane; c < nc; c += 32) {
-            float w = p[c * stride + hd + 1] * expf(p[c * stride + hd] - m);
+            float w = expf(p[c * stride + hd] - m);
             wc[c] = w;
-            l += w;
+            l += p[c * stride + hd + 1] * w;
         }
         l = warp_sum(l);
         if (lane == 0) total = l;

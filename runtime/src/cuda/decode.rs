@@ -29,6 +29,8 @@ use crate::model::{Model, RopeMode};
 pub const PREFILL_BATCH: usize = 64;
 /// Cache positions per attention chunk (`ACH` in decode.cu).
 const ACH: usize = 32;
+// The softmax gives each position of a chunk a lane.
+const _: () = assert!(ACH <= 32);
 /// Chunks per context at most (`MAXCH`).
 const MAX_CHUNKS: usize = 1024;
 /// Blocks of the argmax's first pass.
@@ -108,11 +110,37 @@ struct Buffers {
     arg_i: CudaSlice<i32>,
 }
 
+/// Kernel groups left out of every pass, for timing what each costs
+/// (`QUERN_CUDA_DECODE_SKIP=norm,post,attn,silu`; the results are then wrong:
+/// a measurement aid only, as METHOD.md's "time variants that leave one stage
+/// out").
+#[derive(Debug, Clone, Copy, Default)]
+struct Skip {
+    norm: bool,
+    post: bool,
+    attn: bool,
+    silu: bool,
+}
+
+impl Skip {
+    fn from_env() -> Skip {
+        let v = std::env::var("QUERN_CUDA_DECODE_SKIP").unwrap_or_default();
+        let has = |w: &str| v.split(',').any(|p| p.trim() == w);
+        Skip {
+            norm: has("norm"),
+            post: has("post"),
+            attn: has("attn"),
+            silu: has("silu"),
+        }
+    }
+}
+
 /// A model's forward pass on the GPU with its own KV cache (one conversation).
 pub struct DeviceModel<'m> {
     // Declared first so that it is dropped before the buffers it refers to.
     graph: Option<CudaGraph>,
     use_graph: bool,
+    skip: Skip,
     model: &'m Model,
     be: &'m CudaBackend,
     k: Kernels,
@@ -281,6 +309,7 @@ impl<'m> DeviceModel<'m> {
         Ok(DeviceModel {
             graph: None,
             use_graph: std::env::var("QUERN_CUDA_GRAPH").as_deref() != Ok("0"),
+            skip: Skip::from_env(),
             model,
             be,
             k,
@@ -513,82 +542,93 @@ impl<'m> DeviceModel<'m> {
         for (li, l) in self.layers.iter().enumerate() {
             // The previous block's down projection joins the residual here.
             let dl = if li == 0 { 0 } else { delta };
-            norm(x, dl, p(&l.attn_norm), xn, n)?;
+            let sk = self.skip;
+            if !sk.norm {
+                norm(x, dl, p(&l.attn_norm), xn, n)?;
+            }
             gemv(&l.wq, xn, q, n)?;
             gemv(&l.wk, xn, kb, n)?;
             gemv(&l.wv, xn, vb, n)?;
             let (kc, vc) = (p(&l.k_cache), p(&l.v_cache));
-            st.launch_builder(&self.k.qkv_post)
-                .arg(&q)
-                .arg(&kb)
-                .arg(&vb)
-                .arg(&opt_ptr(be, &l.bq))
-                .arg(&opt_ptr(be, &l.bk))
-                .arg(&opt_ptr(be, &l.bv))
-                .arg(&opt_ptr(be, &l.q_norm))
-                .arg(&opt_ptr(be, &l.k_norm))
-                .arg(&ff_ptr)
-                .arg(&kc)
-                .arg(&vc)
-                .arg(&params)
-                .arg(&nh_i)
-                .arg(&nkv_i)
-                .arg(&hd_i)
-                .arg(&nrot_i)
-                .arg(&neox)
-                .arg(&eps)
-                .arg(&ratio)
-                .arg(&rope_scale)
-                .launch(LaunchConfig {
-                    grid_dim: ((nh + nkv) as u32, n as u32, 1),
-                    block_dim: (post_threads, 1, 1),
-                    shared_mem_bytes: 0,
-                })
-                .ctx("launching qkv_post")?;
-            st.launch_builder(&self.k.attn_partial)
-                .arg(&q)
-                .arg(&kc)
-                .arg(&vc)
-                .arg(&part)
-                .arg(&params)
-                .arg(&nh_i)
-                .arg(&nkv_i)
-                .arg(&hd_i)
-                .arg(&n_chunks)
-                .arg(&scale)
-                .launch(LaunchConfig {
-                    grid_dim: (nkv as u32, self.n_chunks as u32, n as u32),
-                    block_dim: (128, 1, 1),
-                    shared_mem_bytes: 0,
-                })
-                .ctx("launching attn_partial")?;
-            st.launch_builder(&self.k.attn_combine)
-                .arg(&part)
-                .arg(&attn)
-                .arg(&params)
-                .arg(&nh_i)
-                .arg(&hd_i)
-                .arg(&n_chunks)
-                .launch(LaunchConfig {
-                    grid_dim: (nh as u32, n as u32, 1),
-                    block_dim: (post_threads.min(256), 1, 1),
-                    shared_mem_bytes: 0,
-                })
-                .ctx("launching attn_combine")?;
+            if !sk.post {
+                st.launch_builder(&self.k.qkv_post)
+                    .arg(&q)
+                    .arg(&kb)
+                    .arg(&vb)
+                    .arg(&opt_ptr(be, &l.bq))
+                    .arg(&opt_ptr(be, &l.bk))
+                    .arg(&opt_ptr(be, &l.bv))
+                    .arg(&opt_ptr(be, &l.q_norm))
+                    .arg(&opt_ptr(be, &l.k_norm))
+                    .arg(&ff_ptr)
+                    .arg(&kc)
+                    .arg(&vc)
+                    .arg(&params)
+                    .arg(&nh_i)
+                    .arg(&nkv_i)
+                    .arg(&hd_i)
+                    .arg(&nrot_i)
+                    .arg(&neox)
+                    .arg(&eps)
+                    .arg(&ratio)
+                    .arg(&rope_scale)
+                    .launch(LaunchConfig {
+                        grid_dim: ((nh + nkv) as u32, n as u32, 1),
+                        block_dim: (post_threads, 1, 1),
+                        shared_mem_bytes: 0,
+                    })
+                    .ctx("launching qkv_post")?;
+            }
+            if !sk.attn {
+                st.launch_builder(&self.k.attn_partial)
+                    .arg(&q)
+                    .arg(&kc)
+                    .arg(&vc)
+                    .arg(&part)
+                    .arg(&params)
+                    .arg(&nh_i)
+                    .arg(&nkv_i)
+                    .arg(&hd_i)
+                    .arg(&n_chunks)
+                    .arg(&scale)
+                    .launch(LaunchConfig {
+                        grid_dim: (nkv as u32, self.n_chunks as u32, n as u32),
+                        block_dim: (128, 1, 1),
+                        shared_mem_bytes: 0,
+                    })
+                    .ctx("launching attn_partial")?;
+                st.launch_builder(&self.k.attn_combine)
+                    .arg(&part)
+                    .arg(&attn)
+                    .arg(&params)
+                    .arg(&nh_i)
+                    .arg(&hd_i)
+                    .arg(&n_chunks)
+                    .launch(LaunchConfig {
+                        grid_dim: (nh as u32, n as u32, 1),
+                        block_dim: (post_threads.min(256), 1, 1),
+                        shared_mem_bytes: 0,
+                    })
+                    .ctx("launching attn_combine")?;
+            }
             gemv(&l.wo, attn, delta, n)?;
-            norm(x, delta, p(&l.ffn_norm), xn, n)?;
+            if !sk.norm {
+                norm(x, delta, p(&l.ffn_norm), xn, n)?;
+            }
             gemv(&l.gate, xn, g, n)?;
             gemv(&l.up, xn, h, n)?;
-            st.launch_builder(&self.k.silu_mul)
-                .arg(&g)
-                .arg(&h)
-                .arg(&ffn)
-                .launch(LaunchConfig {
-                    grid_dim: ((n * ff).div_ceil(256) as u32, 1, 1),
-                    block_dim: (256, 1, 1),
-                    shared_mem_bytes: 0,
-                })
-                .ctx("launching silu_mul")?;
+            if !sk.silu {
+                st.launch_builder(&self.k.silu_mul)
+                    .arg(&g)
+                    .arg(&h)
+                    .arg(&ffn)
+                    .launch(LaunchConfig {
+                        grid_dim: ((n * ff).div_ceil(256) as u32, 1, 1),
+                        block_dim: (256, 1, 1),
+                        shared_mem_bytes: 0,
+                    })
+                    .ctx("launching silu_mul")?;
+            }
             gemv(&l.down, h, delta, n)?;
         }
         let Some(rows) = logits else {
@@ -709,7 +749,5 @@ mod tests {
         assert!(DECODE_SRC.contains(&format!("#define MAXCH {MAX_CHUNKS}")));
         assert!(DECODE_SRC.contains(&format!("#define MAXG {MAX_GROUP}")));
         assert!(DECODE_SRC.contains(&format!("#define MAXHD {MAX_HEAD_DIM}")));
-        // A lane per position in the softmax.
-        assert!(ACH <= 32);
     }
 }
