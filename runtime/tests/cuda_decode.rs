@@ -207,3 +207,61 @@ fn q4_k_device_decode_is_close_to_cpu() {
         check(&format!("{} Q4_K_S", m.architecture), &q, 3e-2);
     }
 }
+
+#[test]
+fn greedy_generation_on_the_device_matches_the_cpu() {
+    // `quern run --device cuda` drives DeviceModel through generate_with: the
+    // same greedy tokens as the CPU model (f32 weights, so no near-tie flips).
+    let Some(be) = common::cuda_backend() else {
+        return;
+    };
+    use quern_runtime::generate::{generate_with, HostDecoder};
+    use quern_runtime::{Sampler, SamplerConfig};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = hf_to_gguf(&TinyModel::qwen2(), dir.path(), OutType::F32);
+    let gpu = Model::open(&path, Box::new(be)).expect("open on cuda");
+    let cpu = Model::open(&path, Box::new(CpuBackend::new())).expect("open on cpu");
+    let greedy = || {
+        Sampler::new(SamplerConfig {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 1,
+        })
+    };
+    let prompt = &TOKENS[..6];
+    let mut on_gpu = Vec::new();
+    let mut dm = DeviceModel::new(&gpu, 64).expect("device model");
+    let n = generate_with(
+        &mut dm,
+        prompt,
+        20,
+        &mut greedy(),
+        |_| false,
+        |id| {
+            on_gpu.push(id);
+            true
+        },
+    )
+    .expect("generate on the device");
+    assert_eq!(n, 20);
+    let mut on_cpu = Vec::new();
+    let mut s = cpu.session(64);
+    let mut host = HostDecoder {
+        model: &cpu,
+        session: &mut s,
+    };
+    generate_with(
+        &mut host,
+        prompt,
+        20,
+        &mut greedy(),
+        |_| false,
+        |id| {
+            on_cpu.push(id);
+            true
+        },
+    )
+    .expect("generate on the cpu");
+    assert_eq!(on_gpu, on_cpu);
+}

@@ -24,8 +24,8 @@
 #      `quern bench --synthetic llama-8b --type T --device cuda` for each T of
 #      DECODE_TYPES (pp DECODE_PP, tg DECODE_TG, DECODE_REPS repetitions), and
 #      once without the CUDA graph (QUERN_CUDA_GRAPH=0, the first type), and
-#      once per entry of DECODE_SKIPS with those kernel groups left out
-#      (QUERN_CUDA_DECODE_SKIP, e.g. DECODE_SKIPS="attn norm,post,attn,silu").
+#      once per entry of DECODE_VARIANTS (environment assignments joined by
+#      ':', e.g. DECODE_VARIANTS="QUERN_CUDA_ATTN_CHUNK=16 QUERN_CUDA_DECODE_SKIP=attn").
 # STEPS (default "tests kernels torch variants summary memcheck decode") picks
 # the steps; a test executable whose T_* limit is 0 is skipped.
 set -u -o pipefail
@@ -126,11 +126,12 @@ first=${types%% *}
 echo "-- synthetic llama-8b $first, QUERN_CUDA_GRAPH=0 (kernels launched one by one)" | tee -a "$OUT/decode.txt"
 QUERN_CUDA_GRAPH=0 timeout ${T_DECODE:-120} "$DIR/quern" bench --synthetic llama-8b --type "$first" --device cuda \
   --synthetic-dir "$sdir" -p 0 -n ${DECODE_TG:-128} -r ${DECODE_REPS:-3} 2>&1 | tee -a "$OUT/decode.txt" || status=1
-# Where decode's time goes: the same step with kernel groups left out
-# (QUERN_CUDA_DECODE_SKIP; the logits are then wrong, only the time counts).
-for sk in ${DECODE_SKIPS:-}; do
-  echo "-- synthetic llama-8b $first, QUERN_CUDA_DECODE_SKIP=$sk" | tee -a "$OUT/decode.txt"
-  QUERN_CUDA_DECODE_SKIP=$sk timeout ${T_DECODE:-120} "$DIR/quern" bench --synthetic llama-8b --type "$first" --device cuda \
+# Variants of the first type's decode, each a list of environment assignments
+# (DECODE_VARIANTS), e.g. QUERN_CUDA_ATTN_CHUNK=16, or QUERN_CUDA_DECODE_SKIP=attn
+# to see what a kernel group costs (the logits are then wrong, only the time counts).
+for v in ${DECODE_VARIANTS:-}; do
+  echo "-- synthetic llama-8b $first, ${v//:/ }" | tee -a "$OUT/decode.txt"
+  env ${v//:/ } timeout ${T_DECODE:-120} "$DIR/quern" bench --synthetic llama-8b --type "$first" --device cuda \
     --synthetic-dir "$sdir" -p 0 -n ${DECODE_TG:-128} -r ${DECODE_REPS:-3} --no-floor 2>&1 | tee -a "$OUT/decode.txt" || status=1
 done
 fi

@@ -27,8 +27,17 @@ use crate::model::{Model, RopeMode};
 
 /// Tokens per prefill batch (bounds the activation buffers).
 pub const PREFILL_BATCH: usize = 64;
-/// Cache positions per attention chunk (`ACH` in decode.cu).
+/// Cache positions per attention chunk (`ACH` in decode.cu) by default;
+/// `QUERN_CUDA_ATTN_CHUNK` (8, 16 or 32) overrides it, for tuning runs.
 const ACH: usize = 32;
+
+fn attn_chunk() -> usize {
+    std::env::var("QUERN_CUDA_ATTN_CHUNK")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|v| [8, 16, 32].contains(v))
+        .unwrap_or(ACH)
+}
 // The softmax gives each position of a chunk a lane.
 const _: () = assert!(ACH <= 32);
 /// Chunks per context at most (`MAXCH`).
@@ -185,14 +194,15 @@ impl<'m> DeviceModel<'m> {
                 "{nh} query heads over {nkv} KV heads of {hd} (at most {MAX_GROUP} per KV head, {MAX_HEAD_DIM} dimensions, a multiple of 4)"
             )));
         }
-        if n_ctx.div_ceil(ACH) > MAX_CHUNKS {
+        let ach = attn_chunk();
+        if n_ctx.div_ceil(ach) > MAX_CHUNKS {
             return Err(unsupported(format!(
                 "a context of {n_ctx} positions (at most {})",
-                MAX_CHUNKS * ACH
+                MAX_CHUNKS * ach
             )));
         }
         let st = be.stream().clone();
-        let k = load_kernels(be).map_err(cuda_err)?;
+        let k = load_kernels(be, ach).map_err(cuda_err)?;
         let mut types: Vec<quern_formats::GgmlType> = Vec::new();
         let (out_view, out_norm) = model.output_weights();
         types.push(out_view.ty);
@@ -264,7 +274,7 @@ impl<'m> DeviceModel<'m> {
         let output = mat(&out_view)?;
         let output_norm = up(out_norm)?;
         let freq_factors = model.rope_freq_factors().map(up).transpose()?;
-        let n_chunks = n_ctx.div_ceil(ACH);
+        let n_chunks = n_ctx.div_ceil(ach);
         let b = PREFILL_BATCH;
         let (d, qd, ff) = (c.n_embd, nh * hd, c.n_ff);
         let alloc = |n: usize| -> Result<CudaSlice<f32>, RuntimeError> {
@@ -692,8 +702,8 @@ fn poison_slice<T>(be: &CudaBackend, s: &CudaSlice<T>) -> Result<(), CudaError> 
         .ctx("poisoning a buffer")
 }
 
-fn load_kernels(be: &CudaBackend) -> Result<Kernels, CudaError> {
-    let src = decode_source();
+fn load_kernels(be: &CudaBackend, ach: usize) -> Result<Kernels, CudaError> {
+    let src = decode_source_with(ach);
     let (cubin, _) = super::compile::cubin("quern_decode", &src, be.toolchain())?;
     let module = be
         .context()
@@ -715,9 +725,13 @@ fn load_kernels(be: &CudaBackend) -> Result<Kernels, CudaError> {
     })
 }
 
-/// The source of the decode module, as compiled.
+/// The source of the decode module, as compiled by default.
 pub fn decode_source() -> String {
-    format!("#define ACH {ACH}\n{DECODE_SRC}")
+    decode_source_with(ACH)
+}
+
+fn decode_source_with(ach: usize) -> String {
+    format!("#define ACH {ach}\n{DECODE_SRC}")
 }
 
 #[cfg(test)]
