@@ -117,22 +117,26 @@ step "device-resident decode, synthetic Llama-3-8B shape"
 sdir=${SYNTH_DIR:-/dev/shm}
 [ -d "$sdir" ] || sdir=/tmp
 types=${DECODE_TYPES:-"Q4_K_M Q4_0 Q8_0"}
+# The device tool returns at most 8 files: with every step, this output joins
+# variants.txt instead of adding a ninth.
+dlog="$OUT/decode.txt"
+want variants && dlog="$OUT/variants.txt"
 for t in $types; do
   echo "-- synthetic llama-8b $t"
   timeout ${T_DECODE:-120} "$DIR/quern" bench --synthetic llama-8b --type "$t" --device cuda \
     --synthetic-dir "$sdir" -p ${DECODE_PP:-512} -n ${DECODE_TG:-128} -r ${DECODE_REPS:-3} || status=1
-done 2>&1 | tee "$OUT/decode.txt"
+done 2>&1 | tee -a "$dlog"
 first=${types%% *}
-echo "-- synthetic llama-8b $first, QUERN_CUDA_GRAPH=0 (kernels launched one by one)" | tee -a "$OUT/decode.txt"
+echo "-- synthetic llama-8b $first, QUERN_CUDA_GRAPH=0 (kernels launched one by one)" | tee -a "$dlog"
 QUERN_CUDA_GRAPH=0 timeout ${T_DECODE:-120} "$DIR/quern" bench --synthetic llama-8b --type "$first" --device cuda \
-  --synthetic-dir "$sdir" -p 0 -n ${DECODE_TG:-128} -r ${DECODE_REPS:-3} 2>&1 | tee -a "$OUT/decode.txt" || status=1
+  --synthetic-dir "$sdir" -p 0 -n ${DECODE_TG:-128} -r ${DECODE_REPS:-3} 2>&1 | tee -a "$dlog" || status=1
 # Variants of the first type's decode, each a list of environment assignments
 # (DECODE_VARIANTS), e.g. QUERN_CUDA_ATTN_CHUNK=16, or QUERN_CUDA_DECODE_SKIP=attn
 # to see what a kernel group costs (the logits are then wrong, only the time counts).
 for v in ${DECODE_VARIANTS:-}; do
-  echo "-- synthetic llama-8b $first, ${v//:/ }" | tee -a "$OUT/decode.txt"
+  echo "-- synthetic llama-8b $first, ${v//:/ }" | tee -a "$dlog"
   env ${v//:/ } timeout ${T_DECODE:-120} "$DIR/quern" bench --synthetic llama-8b --type "$first" --device cuda \
-    --synthetic-dir "$sdir" -p 0 -n ${DECODE_TG:-128} -r ${DECODE_REPS:-3} --no-floor 2>&1 | tee -a "$OUT/decode.txt" || status=1
+    --synthetic-dir "$sdir" -p 0 -n ${DECODE_TG:-128} -r ${DECODE_REPS:-3} --no-floor 2>&1 | tee -a "$dlog" || status=1
 done
 fi
 step "done, status $status"

@@ -40,7 +40,7 @@ pub struct BenchArgs {
     /// Skip measuring the memory read bandwidth (the CPU's decode floor).
     #[arg(long)]
     pub no_floor: bool,
-    /// Where the weight products run.
+    /// Where the model runs (cuda: the whole forward pass on the first GPU).
     #[arg(long, value_enum, default_value_t = crate::device::Device::Cpu)]
     pub device: crate::device::Device,
     /// Instead of a model: time each format's GEMV kernel (4096x4096, 4096x14336,

@@ -1,4 +1,4 @@
-//! `quern run`: generate text from a GGUF model on the CPU, streaming tokens.
+//! `quern run`: generate text from a model on the CPU or the GPU, streaming tokens.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -50,7 +50,7 @@ pub struct RunArgs {
     /// Print prompt and generation speed to stderr at the end.
     #[arg(long)]
     pub stats: bool,
-    /// Where the weight products run.
+    /// Where the model runs (cuda: the whole forward pass on the first GPU).
     #[arg(long, value_enum, default_value_t = crate::device::Device::Cpu)]
     pub device: crate::device::Device,
 }
