@@ -20,26 +20,33 @@ use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{CudaFunction, CudaGraph, CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
 
 use super::error::DriverContext;
-use super::{act_bytes, CudaBackend, CudaError, DeviceWeight, DECODE_SRC};
+use super::{act_bytes, ActKind, CudaBackend, CudaError, DeviceWeight, DECODE_SRC};
 use crate::backend::WeightView;
 use crate::error::RuntimeError;
 use crate::model::{Model, RopeMode};
 
 /// Tokens per prefill batch (bounds the activation buffers).
 pub const PREFILL_BATCH: usize = 64;
-/// Cache positions per attention chunk (`ACH` in decode.cu) by default;
-/// `QUERN_CUDA_ATTN_CHUNK` (8, 16 or 32) overrides it, for tuning runs.
+/// Cache positions per attention chunk (`ACH` in decode.cu): 8 for contexts up
+/// to 4096 positions (more, shorter blocks: decode's attention is latency-bound;
+/// measured +3 % on the 8B shape at 512 positions against 32), 32 beyond (the
+/// combine walks every chunk, and `MAXCH` bounds them). `QUERN_CUDA_ATTN_CHUNK`
+/// (8, 16 or 32) overrides it, for tuning runs.
 const ACH: usize = 32;
+const ACH_SHORT: usize = 8;
+const SHORT_CTX: usize = 4096;
 
-fn attn_chunk() -> usize {
+fn attn_chunk(n_ctx: usize) -> usize {
     std::env::var("QUERN_CUDA_ATTN_CHUNK")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
         .filter(|v| [8, 16, 32].contains(v))
-        .unwrap_or(ACH)
+        .unwrap_or(if n_ctx <= SHORT_CTX { ACH_SHORT } else { ACH })
 }
-// The softmax gives each position of a chunk a lane.
-const _: () = assert!(ACH <= 32);
+
+// The softmax gives each position of a chunk a lane; short contexts fit MAXCH.
+const _: () = assert!(ACH <= 32 && ACH_SHORT <= 32);
+const _: () = assert!(SHORT_CTX.div_ceil(ACH_SHORT) <= MAX_CHUNKS);
 /// Chunks per context at most (`MAXCH`).
 const MAX_CHUNKS: usize = 1024;
 /// Blocks of the argmax's first pass.
@@ -194,7 +201,7 @@ impl<'m> DeviceModel<'m> {
                 "{nh} query heads over {nkv} KV heads of {hd} (at most {MAX_GROUP} per KV head, {MAX_HEAD_DIM} dimensions, a multiple of 4)"
             )));
         }
-        let ach = attn_chunk();
+        let ach = attn_chunk(n_ctx);
         if n_ctx.div_ceil(ach) > MAX_CHUNKS {
             return Err(unsupported(format!(
                 "a context of {n_ctx} positions (at most {})",
@@ -535,10 +542,22 @@ impl<'m> DeviceModel<'m> {
                 .ctx("launching rms_norm")
                 .map(|_| ())
         };
-        let gemv = |m: &Mat, x: u64, y: u64, rows: usize| -> Result<(), CudaError> {
+        // The kind of quantised activations `act` holds for the current input.
+        let mut held: Option<ActKind> = None;
+        // `same_input`: x is the previous product's input, unchanged since (q/k/v
+        // and gate/up share one input: quantised once per kind).
+        let mut gemv = |m: &Mat, x: u64, y: u64, rows: usize, same_input: bool| {
+            let kind = m.w.act_kind();
+            if !same_input {
+                held = None;
+            }
+            let quantise = kind != ActKind::Float && held != Some(kind);
+            if quantise {
+                held = Some(kind);
+            }
             // x holds rows × m.w.k floats (k == cols, checked at load), y rows ×
             // m.w.rows, act act_bytes(max k, PREFILL_BATCH) bytes.
-            be.launch_gemv_act(&m.w, m.ptr, x, y, rows, act)
+            be.launch_gemv_act(&m.w, m.ptr, x, y, rows, act, quantise)
         };
         let (nh_i, nkv_i, hd_i, nrot_i) = (nh as i32, nkv as i32, hd as i32, c.n_rot as i32);
         let neox = (c.rope_mode == RopeMode::Neox) as i32;
@@ -556,9 +575,9 @@ impl<'m> DeviceModel<'m> {
             if !sk.norm {
                 norm(x, dl, p(&l.attn_norm), xn, n)?;
             }
-            gemv(&l.wq, xn, q, n)?;
-            gemv(&l.wk, xn, kb, n)?;
-            gemv(&l.wv, xn, vb, n)?;
+            gemv(&l.wq, xn, q, n, false)?;
+            gemv(&l.wk, xn, kb, n, true)?;
+            gemv(&l.wv, xn, vb, n, true)?;
             let (kc, vc) = (p(&l.k_cache), p(&l.v_cache));
             if !sk.post {
                 st.launch_builder(&self.k.qkv_post)
@@ -621,12 +640,12 @@ impl<'m> DeviceModel<'m> {
                     })
                     .ctx("launching attn_combine")?;
             }
-            gemv(&l.wo, attn, delta, n)?;
+            gemv(&l.wo, attn, delta, n, false)?;
             if !sk.norm {
                 norm(x, delta, p(&l.ffn_norm), xn, n)?;
             }
-            gemv(&l.gate, xn, g, n)?;
-            gemv(&l.up, xn, h, n)?;
+            gemv(&l.gate, xn, g, n, false)?;
+            gemv(&l.up, xn, h, n, true)?;
             if !sk.silu {
                 st.launch_builder(&self.k.silu_mul)
                     .arg(&g)
@@ -639,7 +658,7 @@ impl<'m> DeviceModel<'m> {
                     })
                     .ctx("launching silu_mul")?;
             }
-            gemv(&l.down, h, delta, n)?;
+            gemv(&l.down, h, delta, n, false)?;
         }
         let Some(rows) = logits else {
             // A prefill chunk whose logits nobody reads: the KV cache is all it
@@ -656,7 +675,7 @@ impl<'m> DeviceModel<'m> {
         };
         norm(x + row_off, dl, p(&self.output_norm), xn, rows)?;
         let lg = p(&b.logits);
-        gemv(&self.output, xn, lg, rows)?;
+        gemv(&self.output, xn, lg, rows, false)?;
         let vocab = c.vocab as i32;
         let best = ptr_of(be, &b.best);
         let last = lg + ((rows - 1) * c.vocab * 4) as u64;
@@ -756,6 +775,16 @@ mod tests {
         let cubin = super::super::compile::compile_uncached("test_decode", &decode_source(), &tc)
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(cubin.len() > 1000, "{} bytes of cubin", cubin.len());
+    }
+
+    #[test]
+    fn chunk_size_follows_the_context() {
+        if std::env::var_os("QUERN_CUDA_ATTN_CHUNK").is_some() {
+            return;
+        }
+        assert_eq!(attn_chunk(512), 8);
+        assert_eq!(attn_chunk(SHORT_CTX), 8);
+        assert_eq!(attn_chunk(SHORT_CTX + 1), 32);
     }
 
     #[test]

@@ -192,6 +192,31 @@ pub fn quantises_activations(ty: GgmlType) -> bool {
     int_path(ty) && std::env::var("QUERN_CUDA_FLOAT_ACTS").as_deref() != Ok("1")
 }
 
+/// The form a weight's kernels take their activations in: which quantiser (if
+/// any) fills the 8-bit buffer. Products of one input whose weights share a
+/// kind can share one quantisation ([`CudaBackend::launch_gemv_act`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActKind {
+    /// f32 activations, no quantiser.
+    Float,
+    /// 8-bit codes and a scale per 32 (`quantize_act`, gemv.cu).
+    Q8,
+    /// 8-bit codes with (d, d·Σq) per 32 (`quantize_act_ds`, packed.cu).
+    Packed,
+}
+
+impl DeviceWeight {
+    pub fn act_kind(&self) -> ActKind {
+        if self.packed.is_some() {
+            ActKind::Packed
+        } else if quantises_activations(self.ty) {
+            ActKind::Q8
+        } else {
+            ActKind::Float
+        }
+    }
+}
+
 /// Bytes of 8-bit activations (codes, then per 32 a scale or a scale pair) the
 /// GEMV of `n_tokens` rows of `k` values needs, for either kernel family.
 pub fn act_bytes(k: usize, n_tokens: usize) -> usize {
@@ -665,15 +690,19 @@ impl CudaBackend {
         };
         let (act, _g) = buf.device_ptr(&self.stream);
         // SAFETY: the caller's promise, and `act` holds act_bytes(k, n_tokens).
-        unsafe { self.launch_gemv_act(w, w_ptr, x_ptr, y_ptr, n_tokens, act) }
+        unsafe { self.launch_gemv_act(w, w_ptr, x_ptr, y_ptr, n_tokens, act, true) }
     }
 
     /// [`Self::launch_gemv_raw`] with the caller's buffer for the 8-bit
-    /// activations, so that a captured graph owns every address it uses.
+    /// activations, so that a captured graph owns every address it uses. With
+    /// `quantise` false the activations' quantiser is not launched: `act` must
+    /// already hold `x` quantised for this weight's [`ActKind`] (several
+    /// products of one input share one quantisation).
     ///
     /// # Safety
     /// As [`Self::launch_gemv_raw`]; `act` must hold [`act_bytes`]`(k, n_tokens)`
     /// bytes of device memory that nothing else uses while the launches run.
+    #[allow(clippy::too_many_arguments)]
     pub unsafe fn launch_gemv_act(
         &self,
         w: &DeviceWeight,
@@ -682,10 +711,11 @@ impl CudaBackend {
         y_ptr: u64,
         n_tokens: usize,
         act: u64,
+        quantise: bool,
     ) -> Result<(), CudaError> {
         let (m, _) = self.module(w.ty)?;
         if let (Some(layout), Some(pf)) = (&w.packed, &m.pfuncs) {
-            return self.launch_packed(w, layout, pf, w_ptr, x_ptr, y_ptr, n_tokens, act);
+            return self.launch_packed(w, layout, pf, w_ptr, x_ptr, y_ptr, n_tokens, act, quantise);
         }
         let g = self.geometry;
         let cfg = |bi: usize| {
@@ -704,7 +734,7 @@ impl CudaBackend {
             _ => None,
         };
         // The 8-bit activations: n*k codes, then n*k/32 scales (16-byte aligned).
-        let (xq_ptr, xd_ptr) = if let Some((_, quant)) = q8 {
+        let (xq_ptr, xd_ptr) = if let Some((_, quant)) = q8.filter(|_| quantise) {
             let codes = (n_tokens * w.k).div_ceil(16) * 16;
             let nblocks = (n_tokens * w.k / 32) as i64;
             let threads = 256u32;
@@ -724,6 +754,8 @@ impl CudaBackend {
                 })
                 .ctx("launching the activation quantiser")?;
             (xq, xd)
+        } else if q8.is_some() {
+            (act, act + ((n_tokens * w.k).div_ceil(16) * 16) as u64)
         } else {
             (0, 0)
         };
@@ -783,6 +815,7 @@ impl CudaBackend {
         y_ptr: u64,
         n_tokens: usize,
         act: u64,
+        quantise: bool,
     ) -> Result<(), CudaError> {
         let g = self.geometry;
         // n*k codes, then a float pair per 32 (16-byte aligned).
@@ -790,18 +823,20 @@ impl CudaBackend {
         let (xq, xa) = (act, act + codes as u64);
         let nblocks = (n_tokens * w.k / 32) as i64;
         let threads = 256u32;
-        self.stream
-            .launch_builder(quant)
-            .arg(&x_ptr)
-            .arg(&nblocks)
-            .arg(&xq)
-            .arg(&xa)
-            .launch(LaunchConfig {
-                grid_dim: ((nblocks as u64 * 32).div_ceil(threads as u64) as u32, 1, 1),
-                block_dim: (threads, 1, 1),
-                shared_mem_bytes: 0,
-            })
-            .ctx("launching the activation quantiser")?;
+        if quantise {
+            self.stream
+                .launch_builder(quant)
+                .arg(&x_ptr)
+                .arg(&nblocks)
+                .arg(&xq)
+                .arg(&xa)
+                .launch(LaunchConfig {
+                    grid_dim: ((nblocks as u64 * 32).div_ceil(threads as u64) as u32, 1, 1),
+                    block_dim: (threads, 1, 1),
+                    shared_mem_bytes: 0,
+                })
+                .ctx("launching the activation quantiser")?;
+        }
         // Enough warps that each thread has about `unroll` units per row.
         let warps = g
             .mmv_warps
