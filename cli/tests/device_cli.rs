@@ -44,3 +44,34 @@ fn cuda_without_a_gpu_is_a_one_line_error() {
         assert!(err.contains("missing.gguf"), "{err}");
     }
 }
+
+#[test]
+fn synthetic_bench_checks_its_arguments_before_writing_anything() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().to_str().expect("utf-8 path");
+    let o = quern(&["bench", "--synthetic", "llama-9b", "--synthetic-dir", d]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("llama-8b"), "{err}");
+    let o = quern(&[
+        "bench",
+        "--synthetic",
+        "llama-8b",
+        "--type",
+        "Q9_X",
+        "--synthetic-dir",
+        d,
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--type"), "{}", stderr(&o));
+    // --type belongs to --synthetic; a model file and --synthetic exclude each other.
+    let o = quern(&["bench", "--type", "Q4_0", "model.gguf"]);
+    assert!(!o.status.success());
+    let o = quern(&["bench", "--synthetic", "llama-8b", "model.gguf"]);
+    assert!(!o.status.success());
+    assert_eq!(
+        std::fs::read_dir(dir.path()).expect("list").count(),
+        0,
+        "nothing is written when the arguments are wrong"
+    );
+}

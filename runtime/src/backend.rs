@@ -65,6 +65,12 @@ pub trait Backend: Send + Sync {
         Ok(())
     }
 
+    /// The backend as `Any`, for callers that can use a concrete backend's own
+    /// interface (the CUDA backend's device-resident forward pass); `None` by default.
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        None
+    }
+
     /// Runs `f(i)` for every `i` in `0..n`, in parallel where the backend has
     /// host threads (the model's attention uses it); the default uses rayon.
     fn parallel_for(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {

@@ -52,6 +52,13 @@ pub enum RuntimeError {
     Tokenizer { file: PathBuf, what: String },
     #[error("chat template: {0}")]
     ChatTemplate(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the forward pass on the GPU: {0}")]
+    CudaForward(#[source] crate::cuda::CudaError),
     #[error("matmul {tensor}: {what}")]
     Shape { tensor: String, what: String },
     #[error("matmul {tensor} on the GPU: {source}")]

@@ -6,6 +6,70 @@ use crate::error::RuntimeError;
 use crate::model::{Model, Session};
 use crate::sampler::Sampler;
 
+/// A model with its conversation state: what [`generate_with`] and [`bench_with`]
+/// drive. [`HostDecoder`] is [`Model::forward`] over a [`Session`];
+/// [`crate::cuda::decode::DeviceModel`] runs the whole pass on the GPU.
+pub trait Decoder {
+    fn vocab(&self) -> usize;
+    fn n_past(&self) -> usize;
+    fn n_ctx(&self) -> usize;
+    /// Forgets every position.
+    fn clear(&mut self);
+    /// The logits of the last token, or of every token when `all_logits`.
+    fn forward(&mut self, tokens: &[u32], all_logits: bool) -> Result<Vec<f32>, RuntimeError>;
+    /// One token in, the most likely next token out (greedy decoding).
+    fn forward_argmax(&mut self, token: u32) -> Result<u32, RuntimeError> {
+        let logits = self.forward(&[token], false)?;
+        Ok(crate::sampler::argmax(&logits))
+    }
+}
+
+/// [`Model::forward`] on the host-driven path (every op but the weight products
+/// on the CPU).
+pub struct HostDecoder<'a> {
+    pub model: &'a Model,
+    pub session: &'a mut Session,
+}
+
+impl Decoder for HostDecoder<'_> {
+    fn vocab(&self) -> usize {
+        self.model.config.vocab
+    }
+    fn n_past(&self) -> usize {
+        self.session.n_past()
+    }
+    fn n_ctx(&self) -> usize {
+        self.session.n_ctx()
+    }
+    fn clear(&mut self) {
+        self.session.clear()
+    }
+    fn forward(&mut self, tokens: &[u32], all_logits: bool) -> Result<Vec<f32>, RuntimeError> {
+        self.model.forward(self.session, tokens, all_logits)
+    }
+}
+
+impl Decoder for crate::cuda::decode::DeviceModel<'_> {
+    fn vocab(&self) -> usize {
+        self.vocab()
+    }
+    fn n_past(&self) -> usize {
+        self.n_past()
+    }
+    fn n_ctx(&self) -> usize {
+        self.n_ctx()
+    }
+    fn clear(&mut self) {
+        self.clear()
+    }
+    fn forward(&mut self, tokens: &[u32], all_logits: bool) -> Result<Vec<f32>, RuntimeError> {
+        self.forward(tokens, all_logits)
+    }
+    fn forward_argmax(&mut self, token: u32) -> Result<u32, RuntimeError> {
+        self.forward_argmax(token)
+    }
+}
+
 /// Feeds `prompt` (one batched forward pass), then samples up to `max_tokens`,
 /// calling `on_token` with each; stops early when `on_token` returns false or
 /// `is_end` says so (the end token is still reported). Returns the token count.
@@ -16,15 +80,28 @@ pub fn generate(
     max_tokens: usize,
     sampler: &mut Sampler,
     is_end: impl Fn(u32) -> bool,
+    on_token: impl FnMut(u32) -> bool,
+) -> Result<usize, RuntimeError> {
+    let mut dec = HostDecoder { model, session };
+    generate_with(&mut dec, prompt, max_tokens, sampler, is_end, on_token)
+}
+
+/// [`generate`] over any [`Decoder`].
+pub fn generate_with(
+    dec: &mut dyn Decoder,
+    prompt: &[u32],
+    max_tokens: usize,
+    sampler: &mut Sampler,
+    is_end: impl Fn(u32) -> bool,
     mut on_token: impl FnMut(u32) -> bool,
 ) -> Result<usize, RuntimeError> {
     if prompt.is_empty() {
         return Err(RuntimeError::ContextFull {
             tokens: 0,
-            ctx: session.n_ctx(),
+            ctx: dec.n_ctx(),
         });
     }
-    let mut logits = model.forward(session, prompt, false)?;
+    let mut logits = dec.forward(prompt, false)?;
     let mut produced = 0;
     while produced < max_tokens {
         let id = sampler.sample(&logits);
@@ -32,10 +109,10 @@ pub fn generate(
         if !on_token(id) || is_end(id) || produced == max_tokens {
             break;
         }
-        if session.n_past() >= session.n_ctx() {
+        if dec.n_past() >= dec.n_ctx() {
             break;
         }
-        logits = model.forward(session, &[id], false)?;
+        logits = dec.forward(&[id], false)?;
     }
     Ok(produced)
 }
@@ -95,27 +172,42 @@ pub fn bench(
     tg: usize,
     reps: usize,
 ) -> Result<BenchReport, RuntimeError> {
-    let vocab = model.config.vocab;
     let mut session = model.session(pp.max(tg).max(1));
-    if pp.max(tg) > session.n_ctx() {
+    let mut dec = HostDecoder {
+        model,
+        session: &mut session,
+    };
+    bench_with(&mut dec, pp, tg, reps)
+}
+
+/// [`bench`] over any [`Decoder`] (whose context must hold `max(pp, tg)`).
+/// Decoding feeds fixed tokens and asks only for the argmax of each step.
+pub fn bench_with(
+    dec: &mut dyn Decoder,
+    pp: usize,
+    tg: usize,
+    reps: usize,
+) -> Result<BenchReport, RuntimeError> {
+    let vocab = dec.vocab();
+    if pp.max(tg) > dec.n_ctx() {
         return Err(RuntimeError::ContextFull {
             tokens: pp.max(tg),
-            ctx: session.n_ctx(),
+            ctx: dec.n_ctx(),
         });
     }
-    let run_pp = |session: &mut Session| -> Result<f64, RuntimeError> {
-        session.clear();
+    let run_pp = |dec: &mut dyn Decoder| -> Result<f64, RuntimeError> {
+        dec.clear();
         let toks = bench_tokens(vocab, pp);
         let t = Instant::now();
-        model.forward(session, &toks, false)?;
+        dec.forward(&toks, false)?;
         Ok(pp as f64 / t.elapsed().as_secs_f64())
     };
-    let run_tg = |session: &mut Session| -> Result<f64, RuntimeError> {
-        session.clear();
+    let run_tg = |dec: &mut dyn Decoder| -> Result<f64, RuntimeError> {
+        dec.clear();
         let toks = bench_tokens(vocab, tg);
         let t = Instant::now();
         for &id in &toks {
-            model.forward(session, &[id], false)?;
+            dec.forward_argmax(id)?;
         }
         Ok(tg as f64 / t.elapsed().as_secs_f64())
     };
@@ -127,16 +219,16 @@ pub fn bench(
     };
     if pp > 0 {
         // One unrecorded run warms the page cache and the allocator.
-        run_pp(&mut session)?;
+        run_pp(dec)?;
         let xs = (0..reps)
-            .map(|_| run_pp(&mut session))
+            .map(|_| run_pp(dec))
             .collect::<Result<Vec<_>, _>>()?;
         report.pp = Some(Stats::of(&xs));
     }
     if tg > 0 {
-        run_tg(&mut session)?;
+        run_tg(dec)?;
         let xs = (0..reps)
-            .map(|_| run_tg(&mut session))
+            .map(|_| run_tg(dec))
             .collect::<Result<Vec<_>, _>>()?;
         report.tg = Some(Stats::of(&xs));
     }

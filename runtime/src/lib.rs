@@ -12,7 +12,8 @@
 //! - [`observe`]: hooks that see the activations entering each matrix (calibration);
 //! - [`calibrate`]: llama.cpp's importance matrix from a calibration text;
 //! - [`tokenizer`], [`sampler`], [`chat`]: text in and out;
-//! - [`generate`]: prompt → tokens, and the timing loop `quern bench` uses.
+//! - [`generate`]: prompt → tokens, and the timing loop `quern bench` uses;
+//! - [`synthetic`]: real model shapes with random weights, for benchmarks.
 
 pub mod awq;
 pub mod backend;
@@ -27,6 +28,7 @@ pub mod model;
 pub mod observe;
 pub mod sampler;
 pub mod source;
+pub mod synthetic;
 pub mod tokenizer;
 pub mod verify;
 

@@ -96,6 +96,24 @@ struct Layer {
     down: Matrix,
 }
 
+/// One block's weights, borrowed from the model ([`Model::layer_weights`]).
+pub struct LayerWeights<'a> {
+    pub attn_norm: &'a [f32],
+    pub wq: WeightView<'a>,
+    pub wk: WeightView<'a>,
+    pub wv: WeightView<'a>,
+    pub wo: WeightView<'a>,
+    pub bq: Option<&'a [f32]>,
+    pub bk: Option<&'a [f32]>,
+    pub bv: Option<&'a [f32]>,
+    pub q_norm: Option<&'a [f32]>,
+    pub k_norm: Option<&'a [f32]>,
+    pub ffn_norm: &'a [f32],
+    pub gate: WeightView<'a>,
+    pub up: WeightView<'a>,
+    pub down: WeightView<'a>,
+}
+
 pub struct Model {
     source: Source,
     path: PathBuf,
@@ -534,6 +552,53 @@ impl Model {
             observer.linear_input(&[&self.output.name], &normed, rows);
         }
         self.matmul(&self.output, &normed, rows)
+    }
+
+    /// Block `i`'s weights as the forward pass reads them (for backends that run
+    /// the whole pass themselves, such as [`crate::cuda::decode`]).
+    pub fn layer_weights(&self, i: usize) -> Option<LayerWeights<'_>> {
+        let l = self.layers.get(i)?;
+        Some(LayerWeights {
+            attn_norm: &l.attn_norm,
+            wq: self.view(&l.wq),
+            wk: self.view(&l.wk),
+            wv: self.view(&l.wv),
+            wo: self.view(&l.wo),
+            bq: l.bq.as_deref(),
+            bk: l.bk.as_deref(),
+            bv: l.bv.as_deref(),
+            q_norm: l.q_norm.as_deref(),
+            k_norm: l.k_norm.as_deref(),
+            ffn_norm: &l.ffn_norm,
+            gate: self.view(&l.gate),
+            up: self.view(&l.up),
+            down: self.view(&l.down),
+        })
+    }
+
+    /// The output projection and the norm before it.
+    pub fn output_weights(&self) -> (WeightView<'_>, &[f32]) {
+        (self.view(&self.output), &self.output_norm)
+    }
+
+    /// Rope's per-pair frequency divisors (Llama 3 scaling), when the model has them.
+    pub fn rope_freq_factors(&self) -> Option<&[f32]> {
+        self.rope_freqs.as_deref()
+    }
+
+    /// Token `id`'s embedding row as f32 (`out.len() == n_embd`).
+    pub fn embed(&self, id: u32, out: &mut [f32]) -> Result<(), RuntimeError> {
+        let c = &self.config;
+        if id as usize >= c.vocab {
+            return Err(RuntimeError::BadToken { id, vocab: c.vocab });
+        }
+        let embd = self.view(&self.embd);
+        quern_quant::dequantize_row(embd.ty, embd.row(id as usize), out).map_err(|source| {
+            RuntimeError::Quant {
+                tensor: self.embd.name.clone(),
+                source,
+            }
+        })
     }
 
     /// cos/sin of every rotated pair at positions `pos0..pos0 + n`.

@@ -15,7 +15,7 @@ nice -n 10 cargo test --release -p quern-runtime --no-run --message-format=json 
   python3 -c '
 import json, shutil, sys
 dest = sys.argv[1]
-want = {"cuda_kernels": "cuda_kernels", "cuda_model": "cuda_model", "quern_runtime": "runtime_lib"}
+want = {"cuda_kernels": "cuda_kernels", "cuda_model": "cuda_model", "cuda_decode": "cuda_decode", "quern_runtime": "runtime_lib"}
 for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") != "compiler-artifact" or not m.get("executable"):
@@ -29,5 +29,5 @@ for line in sys.stdin:
 cp target/release/quern "$DEST/quern"
 cp testdata/gpu/run.sh testdata/gpu/torch_gemv.py testdata/gpu/summary.py "$DEST/"
 # Line tables are not needed there; the carried tree is limited to 64 MiB.
-strip --strip-debug "$DEST/quern" "$DEST/cuda_kernels" "$DEST/cuda_model" "$DEST/runtime_lib"
+strip --strip-debug "$DEST/quern" "$DEST/cuda_kernels" "$DEST/cuda_model" "$DEST/cuda_decode" "$DEST/runtime_lib"
 du -sh "$DEST"

@@ -1,10 +1,14 @@
-//! `quern bench`: prefill and decode speed of a model on the CPU.
+//! `quern bench`: prefill and decode speed of a model on the CPU or the GPU.
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use quern_runtime::generate::{bench, Stats};
+use quern_quant::mix::Mix;
+use quern_runtime::cuda::bench::copy_bandwidth;
+use quern_runtime::cuda::decode::{cuda_backend, DeviceModel};
+use quern_runtime::generate::{bench, bench_with, Stats};
+use quern_runtime::synthetic::{self, Shape};
 use quern_runtime::{CpuBackend, Model};
 use serde_json::json;
 
@@ -15,8 +19,8 @@ use serde_json::json;
 pub struct BenchArgs {
     /// A GGUF file, a Hugging Face safetensors folder (bf16/f16/f32) or an AutoAWQ
     /// folder, of the llama, mistral, qwen2 or qwen3 architecture; not needed with
-    /// --kernels.
-    #[arg(required_unless_present = "kernels")]
+    /// --kernels or --synthetic.
+    #[arg(required_unless_present_any = ["kernels", "synthetic"], conflicts_with = "synthetic")]
     pub artifact: Option<PathBuf>,
     /// Prompt tokens for the prefill test (0 skips it).
     #[arg(short = 'p', long = "n-prompt", default_value_t = 128)]
@@ -36,7 +40,7 @@ pub struct BenchArgs {
     /// Skip measuring the memory read bandwidth (the CPU's decode floor).
     #[arg(long)]
     pub no_floor: bool,
-    /// Where the weight products run.
+    /// Where the model runs (cuda: the whole forward pass on the first GPU).
     #[arg(long, value_enum, default_value_t = crate::device::Device::Cpu)]
     pub device: crate::device::Device,
     /// Instead of a model: time each format's GEMV kernel (4096x4096, 4096x14336,
@@ -54,6 +58,27 @@ pub struct BenchArgs {
     /// e.g. Q4_K_M), against the floor (weight bytes over copy bandwidth).
     #[arg(long, requires = "kernels")]
     pub stack: Option<String>,
+    /// Instead of a model file: a model of this shape (`llama-8b`: Llama-3-8B,
+    /// 128256 tokens) with random weights typed by --type, written to a
+    /// temporary GGUF file (16 quantised random rows per matrix, repeated) and
+    /// removed afterwards.
+    #[arg(long, conflicts_with = "kernels")]
+    pub synthetic: Option<String>,
+    /// With --synthetic: the quantisation (a block type or mix, e.g. Q4_K_M, Q8_0, F16).
+    #[arg(long = "type", requires = "synthetic", default_value = "Q4_K_M")]
+    pub ty: String,
+    /// With --synthetic: where the temporary file goes (default: the system's
+    /// temporary directory).
+    #[arg(long, requires = "synthetic")]
+    pub synthetic_dir: Option<PathBuf>,
+}
+
+/// Removes the synthetic model's file when the benchmark ends, however it ends.
+struct RemoveOnDrop(PathBuf);
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -61,27 +86,84 @@ pub fn run(args: BenchArgs) -> Result<()> {
         return super::bench_kernels::run(&args);
     }
     crate::threads::init(args.threads)?;
-    let artifact = args.artifact.clone().context("a model is needed")?;
     if args.repetitions == 0 {
         bail!("--repetitions must be at least 1");
     }
     if args.n_prompt == 0 && args.n_gen == 0 {
         bail!("nothing to measure: -p and -n are both 0");
     }
+    // First, so that a missing GPU fails before a synthetic model is written.
+    let backend = crate::device::backend(args.device)?;
+    let mut _cleanup = None;
+    let artifact = match &args.synthetic {
+        Some(name) => {
+            let shape = Shape::named(name).with_context(|| {
+                format!(
+                    "--synthetic: {name:?} is not one of {}",
+                    Shape::names().join(", ")
+                )
+            })?;
+            let mix = Mix::parse(&args.ty).map_err(|e| anyhow::anyhow!("--type: {e}"))?;
+            let dir = args
+                .synthetic_dir
+                .clone()
+                .unwrap_or_else(std::env::temp_dir);
+            let path = dir.join(format!(
+                "quern-synthetic-{}-{}-{}.gguf",
+                shape.name,
+                mix.name(),
+                std::process::id()
+            ));
+            _cleanup = Some(RemoveOnDrop(path.clone()));
+            let t = std::time::Instant::now();
+            let bytes = synthetic::write_model(&shape, mix, &path)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            if !args.json {
+                println!(
+                    "synthetic {} {}: {:.2} GB written to {} in {:.1} s",
+                    shape.name,
+                    mix.name(),
+                    bytes as f64 / 1e9,
+                    path.display(),
+                    t.elapsed().as_secs_f64()
+                );
+            }
+            path
+        }
+        None => args.artifact.clone().context("a model is needed")?,
+    };
     let isa = match args.device {
         crate::device::Device::Cpu => format!("{:?}", quern_runtime::cpu::detect()).to_lowercase(),
         crate::device::Device::Cuda => "cuda".to_string(),
     };
-    let model = Model::open(&artifact, crate::device::backend(args.device)?)
+    let model = Model::open(&artifact, backend)
         .with_context(|| format!("cannot load {}", artifact.display()))?;
-    let report = bench(&model, args.n_prompt, args.n_gen, args.repetitions)?;
+    let cpu = args.device == crate::device::Device::Cpu;
+    let n_ctx = args.n_prompt.max(args.n_gen).max(1);
+    let mut upload_s = None;
+    let report = if cpu {
+        bench(&model, args.n_prompt, args.n_gen, args.repetitions)?
+    } else {
+        // The whole forward pass on the GPU; the weights' upload is timed apart.
+        let t = std::time::Instant::now();
+        let mut dm = DeviceModel::new(&model, n_ctx)?;
+        upload_s = Some(t.elapsed().as_secs_f64());
+        bench_with(&mut dm, args.n_prompt, args.n_gen, args.repetitions)?
+    };
     let threads = rayon::current_num_threads();
     let size = model.weight_bytes();
     // The decode floor: every weight read once per token at the memory's read
-    // bandwidth (measured after the runs, so it does not warm or cool them).
-    let cpu = args.device == crate::device::Device::Cpu;
-    let bandwidth =
-        (cpu && !args.no_floor && args.n_gen > 0).then(|| CpuBackend::new().read_bandwidth(3));
+    // bandwidth (measured after the runs, so it does not warm or cool them); on
+    // the GPU the device-to-device copy bandwidth (bytes read + written).
+    let bandwidth = if args.no_floor || args.n_gen == 0 {
+        None
+    } else if cpu {
+        Some(CpuBackend::new().read_bandwidth(3))
+    } else {
+        let be = cuda_backend(&model).context("the model is not on the GPU")?;
+        let copy = copy_bandwidth(be, 1 << 30).map_err(quern_runtime::RuntimeError::CudaForward)?;
+        Some(copy.gb_s * 1e9)
+    };
     let floor = bandwidth.map(|bw| bw / size as f64);
     if args.json {
         let stat =
@@ -100,6 +182,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "read_bandwidth_bytes_per_s": bandwidth,
             "tg_floor_tokens_per_s": floor,
             "tg_share_of_floor": floor.zip(report.tg).map(|(f, s)| s.mean / f),
+            "synthetic": args.synthetic.as_ref().map(|s| format!("{s} {}", args.ty)),
+            "upload_s": upload_s,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -111,6 +195,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         size as f64 / 1e6,
         args.device.name()
     );
+    if let Some(u) = upload_s {
+        println!("weights uploaded and device buffers allocated in {u:.2} s");
+    }
     println!("{:>8}  {:>20}", "test", "tokens/s");
     if let Some(s) = report.pp {
         println!(
@@ -133,11 +220,19 @@ pub fn run(args: BenchArgs) -> Result<()> {
             .tg
             .map(|s| format!(", tg at {:.0}% of it", 100.0 * s.mean / floor))
             .unwrap_or_default();
-        println!(
-            "floor: {:.1} GB/s memory read with {threads} threads / {:.1} MB per token = {floor:.1} tokens/s{share}",
-            bw / 1e9,
-            size as f64 / 1e6
-        );
+        if cpu {
+            println!(
+                "floor: {:.1} GB/s memory read with {threads} threads / {:.1} MB per token = {floor:.1} tokens/s{share}",
+                bw / 1e9,
+                size as f64 / 1e6
+            );
+        } else {
+            println!(
+                "floor: {:.1} GB/s device copy (read + write) / {:.1} MB per token = {floor:.1} tokens/s{share}",
+                bw / 1e9,
+                size as f64 / 1e6
+            );
+        }
     }
     Ok(())
 }

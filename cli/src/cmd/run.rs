@@ -1,4 +1,4 @@
-//! `quern run`: generate text from a GGUF model on the CPU, streaming tokens.
+//! `quern run`: generate text from a model on the CPU or the GPU, streaming tokens.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use quern_runtime::chat::render_user_prompt;
-use quern_runtime::generate::generate;
+use quern_runtime::cuda::decode::DeviceModel;
+use quern_runtime::generate::{generate_with, Decoder, HostDecoder};
 use quern_runtime::{Model, Sampler, SamplerConfig};
 
 /// Generate text from a model, printing tokens as they come.
@@ -49,7 +50,7 @@ pub struct RunArgs {
     /// Print prompt and generation speed to stderr at the end.
     #[arg(long)]
     pub stats: bool,
-    /// Where the weight products run.
+    /// Where the model runs (cuda: the whole forward pass on the first GPU).
     #[arg(long, value_enum, default_value_t = crate::device::Device::Cpu)]
     pub device: crate::device::Device,
 }
@@ -100,6 +101,14 @@ pub fn run(args: RunArgs) -> Result<()> {
         );
     }
     let mut session = model.session(n_ctx);
+    // On the GPU the whole forward pass stays on the device (its own KV cache).
+    let mut dec: Box<dyn Decoder + '_> = match args.device {
+        crate::device::Device::Cuda => Box::new(DeviceModel::new(&model, n_ctx)?),
+        crate::device::Device::Cpu => Box::new(HostDecoder {
+            model: &model,
+            session: &mut session,
+        }),
+    };
     let mut sampler = Sampler::new(SamplerConfig {
         temperature: args.temp,
         top_k: args.top_k,
@@ -115,9 +124,8 @@ pub fn run(args: RunArgs) -> Result<()> {
     let start = std::time::Instant::now();
     let mut first_token = None;
     let mut write_err = None;
-    let n = generate(
-        &model,
-        &mut session,
+    let n = generate_with(
+        dec.as_mut(),
         &prompt,
         args.n_predict,
         &mut sampler,

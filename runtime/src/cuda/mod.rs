@@ -18,6 +18,7 @@
 
 pub mod bench;
 pub mod compile;
+pub mod decode;
 mod error;
 pub mod packed;
 
@@ -39,6 +40,7 @@ use error::DriverContext;
 
 const GEMV_SRC: &str = include_str!("gemv.cu");
 const PACKED_SRC: &str = include_str!("packed.cu");
+const DECODE_SRC: &str = include_str!("decode.cu");
 
 /// Warps per thread block, and rows per warp for each entry of [`BATCHES`], by
 /// default: one row per warp leaves the most warps in flight for small batches,
@@ -188,6 +190,37 @@ fn int_path(ty: GgmlType) -> bool {
 /// Whether the backend quantises the activations to 8 bits for `ty`.
 pub fn quantises_activations(ty: GgmlType) -> bool {
     int_path(ty) && std::env::var("QUERN_CUDA_FLOAT_ACTS").as_deref() != Ok("1")
+}
+
+/// The form a weight's kernels take their activations in: which quantiser (if
+/// any) fills the 8-bit buffer. Products of one input whose weights share a
+/// kind can share one quantisation ([`CudaBackend::launch_gemv_act`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActKind {
+    /// f32 activations, no quantiser.
+    Float,
+    /// 8-bit codes and a scale per 32 (`quantize_act`, gemv.cu).
+    Q8,
+    /// 8-bit codes with (d, d·Σq) per 32 (`quantize_act_ds`, packed.cu).
+    Packed,
+}
+
+impl DeviceWeight {
+    pub fn act_kind(&self) -> ActKind {
+        if self.packed.is_some() {
+            ActKind::Packed
+        } else if quantises_activations(self.ty) {
+            ActKind::Q8
+        } else {
+            ActKind::Float
+        }
+    }
+}
+
+/// Bytes of 8-bit activations (codes, then per 32 a scale or a scale pair) the
+/// GEMV of `n_tokens` rows of `k` values needs, for either kernel family.
+pub fn act_bytes(k: usize, n_tokens: usize) -> usize {
+    (n_tokens * k).div_ceil(16) * 16 + n_tokens * k / 32 * 8
 }
 
 /// One format's compiled kernels.
@@ -396,6 +429,11 @@ impl CudaBackend {
     /// so an output the kernel skips shows (tests turn this on).
     pub fn set_poison(&self, on: bool) {
         self.poison.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether outputs are poisoned before kernels write them ([`Self::set_poison`]).
+    pub fn poisoning(&self) -> bool {
+        self.poison.load(Ordering::Relaxed)
     }
 
     /// Drops every uploaded weight matrix.
@@ -611,7 +649,8 @@ impl CudaBackend {
         })
     }
 
-    fn weight(&self, w: &WeightView<'_>) -> Result<Arc<DeviceWeight>, CudaError> {
+    /// The device copy of `w`, uploaded on first use.
+    pub fn weight(&self, w: &WeightView<'_>) -> Result<Arc<DeviceWeight>, CudaError> {
         let key = weight_key(w.data);
         if let Some(d) = lock(&self.weights).get(&key) {
             if d.ty == w.ty && d.rows == w.rows && d.cols == w.cols {
@@ -637,9 +676,46 @@ impl CudaBackend {
         y_ptr: u64,
         n_tokens: usize,
     ) -> Result<(), CudaError> {
+        let mut act_guard = lock(&self.act_q8);
+        let need = act_bytes(w.k, n_tokens);
+        if act_guard.as_ref().is_none_or(|b| b.len() < need) {
+            *act_guard = Some(
+                self.stream
+                    .alloc_zeros::<u8>(need.max(1 << 16))
+                    .ctx("allocating 8-bit activations")?,
+            );
+        }
+        let Some(buf) = act_guard.as_ref() else {
+            unreachable!("just allocated");
+        };
+        let (act, _g) = buf.device_ptr(&self.stream);
+        // SAFETY: the caller's promise, and `act` holds act_bytes(k, n_tokens).
+        unsafe { self.launch_gemv_act(w, w_ptr, x_ptr, y_ptr, n_tokens, act, true) }
+    }
+
+    /// [`Self::launch_gemv_raw`] with the caller's buffer for the 8-bit
+    /// activations, so that a captured graph owns every address it uses. With
+    /// `quantise` false the activations' quantiser is not launched: `act` must
+    /// already hold `x` quantised for this weight's [`ActKind`] (several
+    /// products of one input share one quantisation).
+    ///
+    /// # Safety
+    /// As [`Self::launch_gemv_raw`]; `act` must hold [`act_bytes`]`(k, n_tokens)`
+    /// bytes of device memory that nothing else uses while the launches run.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn launch_gemv_act(
+        &self,
+        w: &DeviceWeight,
+        w_ptr: u64,
+        x_ptr: u64,
+        y_ptr: u64,
+        n_tokens: usize,
+        act: u64,
+        quantise: bool,
+    ) -> Result<(), CudaError> {
         let (m, _) = self.module(w.ty)?;
         if let (Some(layout), Some(pf)) = (&w.packed, &m.pfuncs) {
-            return self.launch_packed(w, layout, pf, w_ptr, x_ptr, y_ptr, n_tokens);
+            return self.launch_packed(w, layout, pf, w_ptr, x_ptr, y_ptr, n_tokens, act, quantise);
         }
         let g = self.geometry;
         let cfg = |bi: usize| {
@@ -658,26 +734,13 @@ impl CudaBackend {
             _ => None,
         };
         // The 8-bit activations: n*k codes, then n*k/32 scales (16-byte aligned).
-        let mut act_guard = lock(&self.act_q8);
-        let (xq_ptr, xd_ptr) = if let Some((_, quant)) = q8 {
+        let (xq_ptr, xd_ptr) = if let Some((_, quant)) = q8.filter(|_| quantise) {
             let codes = (n_tokens * w.k).div_ceil(16) * 16;
-            let need = codes + n_tokens * w.k / 32 * 4;
-            if act_guard.as_ref().is_none_or(|b| b.len() < need) {
-                *act_guard = Some(
-                    self.stream
-                        .alloc_zeros::<u8>(need.max(1 << 16))
-                        .ctx("allocating 8-bit activations")?,
-                );
-            }
-            let Some(buf) = act_guard.as_ref() else {
-                unreachable!("just allocated");
-            };
-            let (p, _g) = buf.device_ptr(&self.stream);
             let nblocks = (n_tokens * w.k / 32) as i64;
             let threads = 256u32;
             let blocks = (nblocks as u64 * 32).div_ceil(threads as u64) as u32;
-            let xq = p;
-            let xd = p + codes as u64;
+            let xq = act;
+            let xd = act + codes as u64;
             self.stream
                 .launch_builder(quant)
                 .arg(&x_ptr)
@@ -691,6 +754,8 @@ impl CudaBackend {
                 })
                 .ctx("launching the activation quantiser")?;
             (xq, xd)
+        } else if q8.is_some() {
+            (act, act + ((n_tokens * w.k).div_ceil(16) * 16) as u64)
         } else {
             (0, 0)
         };
@@ -733,7 +798,6 @@ impl CudaBackend {
             r.map_err(|e| CudaError::driver(format!("launching the {} gemv", w.ty), e))?;
             t0 += nt;
         }
-        drop(act_guard);
         Ok(())
     }
 
@@ -750,38 +814,29 @@ impl CudaBackend {
         x_ptr: u64,
         y_ptr: u64,
         n_tokens: usize,
+        act: u64,
+        quantise: bool,
     ) -> Result<(), CudaError> {
         let g = self.geometry;
-        let mut act_guard = lock(&self.act_q8);
         // n*k codes, then a float pair per 32 (16-byte aligned).
         let codes = (n_tokens * w.k).div_ceil(16) * 16;
-        let need = codes + n_tokens * w.k / 32 * 8;
-        if act_guard.as_ref().is_none_or(|b| b.len() < need) {
-            *act_guard = Some(
-                self.stream
-                    .alloc_zeros::<u8>(need.max(1 << 16))
-                    .ctx("allocating 8-bit activations")?,
-            );
-        }
-        let Some(buf) = act_guard.as_ref() else {
-            unreachable!("just allocated");
-        };
-        let (p, _g) = buf.device_ptr(&self.stream);
-        let (xq, xa) = (p, p + codes as u64);
+        let (xq, xa) = (act, act + codes as u64);
         let nblocks = (n_tokens * w.k / 32) as i64;
         let threads = 256u32;
-        self.stream
-            .launch_builder(quant)
-            .arg(&x_ptr)
-            .arg(&nblocks)
-            .arg(&xq)
-            .arg(&xa)
-            .launch(LaunchConfig {
-                grid_dim: ((nblocks as u64 * 32).div_ceil(threads as u64) as u32, 1, 1),
-                block_dim: (threads, 1, 1),
-                shared_mem_bytes: 0,
-            })
-            .ctx("launching the activation quantiser")?;
+        if quantise {
+            self.stream
+                .launch_builder(quant)
+                .arg(&x_ptr)
+                .arg(&nblocks)
+                .arg(&xq)
+                .arg(&xa)
+                .launch(LaunchConfig {
+                    grid_dim: ((nblocks as u64 * 32).div_ceil(threads as u64) as u32, 1, 1),
+                    block_dim: (threads, 1, 1),
+                    shared_mem_bytes: 0,
+                })
+                .ctx("launching the activation quantiser")?;
+        }
         // Enough warps that each thread has about `unroll` units per row.
         let warps = g
             .mmv_warps
@@ -904,6 +959,10 @@ impl Backend for CudaBackend {
         format_id(ty).is_some()
     }
 
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+
     fn matmul(
         &self,
         w: &WeightView<'_>,
@@ -958,6 +1017,11 @@ mod tests {
                 Ok(cubin) => assert!(cubin.len() > 1000, "{ty}: {} bytes of cubin", cubin.len()),
                 Err(e) => panic!("{ty}: {e}"),
             }
+        }
+        // The device-resident forward pass's kernels.
+        match compile::compile_uncached("test_decode", &decode::decode_source(), &tc) {
+            Ok(cubin) => assert!(cubin.len() > 1000, "decode: {} bytes of cubin", cubin.len()),
+            Err(e) => panic!("decode: {e}"),
         }
     }
 

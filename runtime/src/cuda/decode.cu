@@ -1,0 +1,332 @@
+// The non-matmul ops of a Llama-family forward pass on the device (decode.rs
+// drives them): RMSNorm with the residual add fused in, the per-head work after
+// the q/k/v products (biases, Qwen3's head norms, rope, the KV-cache write),
+// attention over the cache in two passes (per chunk of positions, then a
+// combine), SwiGLU and greedy argmax.
+//
+// Positions come from `params[0]` (the first new token's position) so that a
+// captured CUDA graph replays unchanged from token to token; token t of a batch
+// is at params[0] + t and attends to positions 0..=params[0] + t.
+//
+// Arithmetic follows the CPU model (runtime/src/model.rs) step for step where it
+// is cheap to: mean squares summed in double, rope angles built by the same
+// repeated f32 multiplication, accurate expf/sinf/cosf (no fast-math).
+
+#ifndef ACH
+#define ACH 32  // cache positions per attention chunk (at most 32: a lane each)
+#endif
+#define MAXCH 1024  // chunks per context (n_ctx <= MAXCH * ACH)
+#define MAXG 8     // query heads per KV head
+#define NEG_INF __int_as_float(0xff800000)
+#define MAXHD 256  // head dimension
+
+__device__ __forceinline__ double warp_sum_d(double v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread
+// gets the total.
+__device__ double block_sum_d(double v) {
+    __shared__ double part[32];
+    __shared__ double total;
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    v = warp_sum_d(v);
+    if (lane == 0) part[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        double s = lane < (int)(blockDim.x >> 5) ? part[lane] : 0.0;
+        s = warp_sum_d(s);
+        if (lane == 0) total = s;
+    }
+    __syncthreads();
+    return total;
+}
+
+// Row r of `rows` (one block each): if d, x += d first (the residual add,
+// written back); then out = x / sqrt(mean(x^2) + eps) * w.
+extern "C" __global__ void rms_norm(float* __restrict__ x, const float* __restrict__ d,
+                                    const float* __restrict__ w, float* __restrict__ out,
+                                    int n, float eps) {
+    float* xr = x + (long long)blockIdx.x * n;
+    const float* dr = d ? d + (long long)blockIdx.x * n : 0;
+    float* orow = out + (long long)blockIdx.x * n;
+    double ss = 0.0;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        float v = xr[i];
+        if (dr) {
+            v += dr[i];
+            xr[i] = v;
+        }
+        ss += (double)(v * v);
+    }
+    ss = block_sum_d(ss);
+    float inv = 1.0f / sqrtf((float)(ss / n) + eps);
+    for (int i = threadIdx.x; i < n; i += blockDim.x) orow[i] = xr[i] * inv * w[i];
+}
+
+// After the q/k/v products, for token blockIdx.y: block h < n_head treats query
+// head h in place; block n_head + j treats key head j and writes it, and value
+// head j, into the cache at the token's position. Per head: bias, head norm
+// (Qwen3), rope over the first n_rot dimensions. blockDim.x >= hd.
+extern "C" __global__ void qkv_post(float* __restrict__ q, const float* __restrict__ k,
+                                    const float* __restrict__ v, const float* __restrict__ bq,
+                                    const float* __restrict__ bk, const float* __restrict__ bv,
+                                    const float* __restrict__ qn, const float* __restrict__ kn,
+                                    const float* __restrict__ freq_factors,
+                                    float* __restrict__ kc, float* __restrict__ vc,
+                                    const int* __restrict__ params, int n_head, int n_kv, int hd,
+                                    int n_rot, int neox, float eps, float ratio, float rope_scale) {
+    __shared__ float s[MAXHD];
+    int t = blockIdx.y, i = threadIdx.x, b = blockIdx.x;
+    int pos = params[0] + t;
+    int kvd = n_kv * hd;
+    bool is_q = b < n_head;
+    int h = is_q ? b : b - n_head;
+    const float* src = is_q ? q + ((long long)t * n_head + h) * hd : k + (long long)t * kvd + h * hd;
+    const float* bias = is_q ? bq : bk;
+    const float* norm = is_q ? qn : kn;
+    float* dst = is_q ? q + ((long long)t * n_head + h) * hd : kc + (long long)pos * kvd + h * hd;
+    bool active = i < hd;
+    float val = 0.0f;
+    if (active) {
+        val = src[i];
+        if (bias) val += bias[h * hd + i];
+    }
+    if (norm) {
+        double ss = block_sum_d(active ? (double)(val * val) : 0.0);
+        float inv = 1.0f / sqrtf((float)(ss / hd) + eps);
+        if (active) val *= inv * norm[i];
+    }
+    if (active) s[i] = val;
+    __syncthreads();
+    if (active && i < n_rot) {
+        int half = n_rot / 2;
+        int idx, a, bb;
+        if (neox) {
+            idx = i < half ? i : i - half;
+            a = idx;
+            bb = idx + half;
+        } else {
+            idx = i >> 1;
+            a = 2 * idx;
+            bb = a + 1;
+        }
+        // The angle as the CPU model builds it: pos / scale, times the ratio once
+        // per earlier pair, over the frequency factor.
+        float theta = (float)pos / rope_scale;
+        for (int j = 0; j < idx; j++) theta *= ratio;
+        float ang = freq_factors ? theta / freq_factors[idx] : theta;
+        float c = cosf(ang), sn = sinf(ang);
+        float x0 = s[a], x1 = s[bb];
+        val = (i == a) ? x0 * c - x1 * sn : x0 * sn + x1 * c;
+    }
+    if (active) dst[i] = val;
+    if (!is_q && active) {
+        float vv = v[(long long)t * kvd + h * hd + i];
+        if (bv) vv += bv[h * hd + i];
+        vc[(long long)pos * kvd + h * hd + i] = vv;
+    }
+}
+
+// Attention, first pass: block (j, c, t) takes KV head j, cache positions
+// c*ACH .. c*ACH+ACH-1 (those below the token's length) and every query head of
+// its group; writes per query head the chunk's max score m, sum of exp(s - m)
+// l, and the exp-weighted sum of values acc, as part[(t, h, c)] = acc[hd], m, l.
+// Decode is latency-bound here, not bandwidth-bound (a layer's cache is a few
+// MB at most): every thread issues its loads together, one dot product or one
+// float4 of outputs per thread, and many short chunks run side by side.
+extern "C" __global__ void __launch_bounds__(128)
+attn_partial(const float* __restrict__ q, const float* __restrict__ kc,
+             const float* __restrict__ vc, float* __restrict__ part,
+             const int* __restrict__ params, int n_head, int n_kv, int hd, int n_chunks,
+             float scale) {
+    __shared__ __align__(16) float qs[MAXG * MAXHD];
+    __shared__ float sc[MAXG * ACH];
+    __shared__ float ms[MAXG], ls[MAXG];
+    int kvh = blockIdx.x, c = blockIdx.y, t = blockIdx.z;
+    int len = params[0] + t + 1;
+    int c0 = c * ACH;
+    if (c0 >= len) return;  // the combine reads only chunks below len
+    int nj = min(ACH, len - c0);
+    int G = n_head / n_kv, kvd = n_kv * hd;
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    const float* qt = q + ((long long)t * n_head + kvh * G) * hd;
+    for (int e = threadIdx.x; e < G * hd; e += blockDim.x) qs[e] = qt[e];
+    __syncthreads();
+    // Scores: thread e takes position e / G and query head e % G (the G threads
+    // of one position share its key row through L1).
+    int hd4 = hd >> 2;
+    for (int e = threadIdx.x; e < nj * G; e += blockDim.x) {
+        int j = e / G, g = e - j * G;
+        const float4* kr = (const float4*)(kc + (long long)(c0 + j) * kvd + kvh * hd);
+        const float4* qr = (const float4*)(qs + g * hd);
+        float a0 = 0.0f, a1 = 0.0f;
+#pragma unroll 8
+        for (int d = 0; d < hd4; d += 2) {
+            float4 k0 = kr[d], q0 = qr[d];
+            a0 += q0.x * k0.x + q0.y * k0.y + q0.z * k0.z + q0.w * k0.w;
+            if (d + 1 < hd4) {
+                float4 k1 = kr[d + 1], q1 = qr[d + 1];
+                a1 += q1.x * k1.x + q1.y * k1.y + q1.z * k1.z + q1.w * k1.w;
+            }
+        }
+        sc[g * ACH + j] = (a0 + a1) * scale;
+    }
+    __syncthreads();
+    // Softmax pieces per query head: lane j holds position j (ACH <= 32).
+    for (int g = warp; g < G; g += nwarps) {
+        float s = lane < nj ? sc[g * ACH + lane] : NEG_INF;
+        float m = warp_max(s);
+        float p = lane < nj ? expf(s - m) : 0.0f;
+        float l = warp_sum(p);
+        if (lane < nj) sc[g * ACH + lane] = p;
+        if (lane == 0) {
+            ms[g] = m;
+            ls[g] = l;
+        }
+    }
+    __syncthreads();
+    // Values: thread e takes query head e / (hd/4) and a float4 of dimensions.
+    int stride = hd + 2;
+    for (int e = threadIdx.x; e < G * hd4; e += blockDim.x) {
+        int g = e / hd4, d4 = e - g * hd4;
+        const float4* vr = (const float4*)(vc + (long long)c0 * kvd + kvh * hd) + d4;
+        int kvd4 = kvd >> 2;
+        float4 a = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll 8
+        for (int j = 0; j < nj; j++) {
+            float w = sc[g * ACH + j];
+            float4 v = vr[(long long)j * kvd4];
+            a.x += w * v.x;
+            a.y += w * v.y;
+            a.z += w * v.z;
+            a.w += w * v.w;
+        }
+        int h = kvh * G + g;
+        float* p = part + (((long long)t * n_head + h) * n_chunks + c) * stride;
+        p[4 * d4] = a.x;
+        p[4 * d4 + 1] = a.y;
+        p[4 * d4 + 2] = a.z;
+        p[4 * d4 + 3] = a.w;
+        if (d4 == 0) {
+            p[hd] = ms[g];
+            p[hd + 1] = ls[g];
+        }
+    }
+}
+
+// Attention, second pass: block (h, t) merges the chunks of query head h.
+// Warp 0 finds the overall max M, leaves each chunk's weight exp(m_c - M) in
+// shared memory for the value sums, and the total sum_c l_c exp(m_c - M).
+extern "C" __global__ void attn_combine(const float* __restrict__ part, float* __restrict__ out,
+                                        const int* __restrict__ params, int n_head, int hd,
+                                        int n_chunks) {
+    __shared__ float wc[MAXCH];
+    __shared__ float total;
+    int h = blockIdx.x, t = blockIdx.y, lane = threadIdx.x & 31;
+    int len = params[0] + t + 1;
+    int nc = (len + ACH - 1) / ACH;
+    int stride = hd + 2;
+    const float* p = part + ((long long)t * n_head + h) * n_chunks * stride;
+    if (threadIdx.x < 32) {
+        float m = NEG_INF;
+        for (int c = lane; c < nc; c += 32) m = fmaxf(m, p[c * stride + hd]);
+        m = warp_max(m);
+        float l = 0.0f;
+        for (int c = lane; c < nc; c += 32) {
+            float w = expf(p[c * stride + hd] - m);
+            wc[c] = w;
+            l += p[c * stride + hd + 1] * w;
+        }
+        l = warp_sum(l);
+        if (lane == 0) total = l;
+    }
+    __syncthreads();
+    float inv = 1.0f / total;
+    float* o = out + ((long long)t * n_head + h) * hd;
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float a = 0.0f;
+#pragma unroll 4
+        for (int c = 0; c < nc; c++) a += p[c * stride + d] * wc[c];
+        o[d] = a * inv;
+    }
+}
+
+// h *= silu(g), n elements.
+extern "C" __global__ void silu_mul(const float* __restrict__ g, float* __restrict__ h,
+                                    long long n) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        float gv = g[i];
+        h[i] = h[i] * (gv / (1.0f + expf(-gv)));
+    }
+}
+
+// The index of the largest of n logits (the first on ties; NaNs never win), in
+// two launches: argmax_part's blocks each leave their best (value, index) in
+// scratch, argmax_final (one block of ARGB threads) picks among them.
+#define ARGB 256
+__device__ __forceinline__ void better(float& bv, int& bi, float v, int i) {
+    if (v > bv || (v == bv && i < bi)) {
+        bv = v;
+        bi = i;
+    }
+}
+__device__ void block_argmax(float best, int idx, float* sv, int* si) {
+    __shared__ float wv[32];
+    __shared__ int wi[32];
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+        better(best, idx, __shfl_xor_sync(0xffffffffu, best, o), __shfl_xor_sync(0xffffffffu, idx, o));
+    if (lane == 0) {
+        wv[warp] = best;
+        wi[warp] = idx;
+    }
+    __syncthreads();
+    if (warp == 0) {
+        int nw = blockDim.x >> 5;
+        best = lane < nw ? wv[lane] : NEG_INF;
+        idx = lane < nw ? wi[lane] : 0x7fffffff;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1)
+            better(best, idx, __shfl_xor_sync(0xffffffffu, best, o), __shfl_xor_sync(0xffffffffu, idx, o));
+        if (lane == 0) {
+            *sv = best;
+            *si = idx;
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(ARGB)
+argmax_part(const float* __restrict__ x, int n, float* __restrict__ sv, int* __restrict__ si) {
+    float best = NEG_INF;
+    int idx = 0x7fffffff;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x)
+        better(best, idx, x[i], i);
+    block_argmax(best, idx, sv + blockIdx.x, si + blockIdx.x);
+}
+
+extern "C" __global__ void __launch_bounds__(ARGB)
+argmax_final(const float* __restrict__ sv, const int* __restrict__ si, int parts,
+             int* __restrict__ out) {
+    float best = NEG_INF;
+    int idx = 0x7fffffff;
+    for (int i = threadIdx.x; i < parts; i += blockDim.x) better(best, idx, sv[i], si[i]);
+    __shared__ float rv;
+    __shared__ int ri;
+    block_argmax(best, idx, &rv, &ri);
+    if (threadIdx.x == 0) out[0] = ri == 0x7fffffff ? 0 : ri;
+}

@@ -1,0 +1,796 @@
+//! The whole forward pass of a Llama-family [`Model`] on the GPU: weights
+//! uploaded once (the backend's upload and repacking), the hidden state and the
+//! KV cache (f32) on the device, every op a kernel (`decode.cu` beside the GEMVs
+//! of `gemv.cu`/`packed.cu`), nothing on the host between layers.
+//!
+//! - What crosses the bus per step: the new tokens' embedding rows (looked up on
+//!   the host from the file's blocks, `n_embd` floats each) and the position,
+//!   in; the logits (or, for greedy decoding, the argmax's 4 bytes), out.
+//! - Decode (one token) is captured once as a CUDA graph and replayed for every
+//!   later token: the kernels read the position from a small device buffer, and
+//!   attention's grid covers the whole context, its blocks past the current
+//!   length returning at once. `QUERN_CUDA_GRAPH=0` launches the same kernels
+//!   one by one instead (for comparison).
+//! - Prefill runs the same kernels over batches of up to [`PREFILL_BATCH`]
+//!   tokens (the GEMVs take 16 rows per launch), launched directly.
+
+use std::sync::Arc;
+
+use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+use cudarc::driver::{CudaFunction, CudaGraph, CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
+
+use super::error::DriverContext;
+use super::{act_bytes, ActKind, CudaBackend, CudaError, DeviceWeight, DECODE_SRC};
+use crate::backend::WeightView;
+use crate::error::RuntimeError;
+use crate::model::{Model, RopeMode};
+
+/// Tokens per prefill batch (bounds the activation buffers).
+pub const PREFILL_BATCH: usize = 64;
+/// Cache positions per attention chunk (`ACH` in decode.cu): 8 for contexts up
+/// to 4096 positions (more, shorter blocks: decode's attention is latency-bound;
+/// measured +3 % on the 8B shape at 512 positions against 32), 32 beyond (the
+/// combine walks every chunk, and `MAXCH` bounds them). `QUERN_CUDA_ATTN_CHUNK`
+/// (8, 16 or 32) overrides it, for tuning runs.
+const ACH: usize = 32;
+const ACH_SHORT: usize = 8;
+const SHORT_CTX: usize = 4096;
+
+fn attn_chunk(n_ctx: usize) -> usize {
+    std::env::var("QUERN_CUDA_ATTN_CHUNK")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|v| [8, 16, 32].contains(v))
+        .unwrap_or(if n_ctx <= SHORT_CTX { ACH_SHORT } else { ACH })
+}
+
+// The softmax gives each position of a chunk a lane; short contexts fit MAXCH.
+const _: () = assert!(ACH <= 32 && ACH_SHORT <= 32);
+const _: () = assert!(SHORT_CTX.div_ceil(ACH_SHORT) <= MAX_CHUNKS);
+/// Chunks per context at most (`MAXCH`).
+const MAX_CHUNKS: usize = 1024;
+/// Blocks of the argmax's first pass.
+const ARG_PARTS: usize = 128;
+/// Limits of decode.cu's attention (`MAXG`, `MAXHD`).
+const MAX_GROUP: usize = 8;
+const MAX_HEAD_DIM: usize = 256;
+
+fn cuda_err(source: CudaError) -> RuntimeError {
+    RuntimeError::CudaForward(source)
+}
+
+fn unsupported(what: String) -> RuntimeError {
+    cuda_err(CudaError::Driver {
+        what: "device-resident forward pass".into(),
+        detail: what,
+    })
+}
+
+struct Kernels {
+    rms_norm: CudaFunction,
+    qkv_post: CudaFunction,
+    attn_partial: CudaFunction,
+    attn_combine: CudaFunction,
+    silu_mul: CudaFunction,
+    argmax_part: CudaFunction,
+    argmax_final: CudaFunction,
+}
+
+/// A matrix on the device and its data's address.
+struct Mat {
+    w: Arc<DeviceWeight>,
+    ptr: u64,
+}
+
+struct DevLayer {
+    attn_norm: CudaSlice<f32>,
+    ffn_norm: CudaSlice<f32>,
+    bq: Option<CudaSlice<f32>>,
+    bk: Option<CudaSlice<f32>>,
+    bv: Option<CudaSlice<f32>>,
+    q_norm: Option<CudaSlice<f32>>,
+    k_norm: Option<CudaSlice<f32>>,
+    wq: Mat,
+    wk: Mat,
+    wv: Mat,
+    wo: Mat,
+    gate: Mat,
+    up: Mat,
+    down: Mat,
+    /// `n_ctx × kv_dim` each.
+    k_cache: CudaSlice<f32>,
+    v_cache: CudaSlice<f32>,
+}
+
+/// Activation buffers, `PREFILL_BATCH` rows each.
+struct Buffers {
+    x: CudaSlice<f32>,
+    xn: CudaSlice<f32>,
+    q: CudaSlice<f32>,
+    k: CudaSlice<f32>,
+    v: CudaSlice<f32>,
+    attn: CudaSlice<f32>,
+    /// The attention output projection's and the down projection's output
+    /// (added to `x` by the next norm).
+    delta: CudaSlice<f32>,
+    g: CudaSlice<f32>,
+    h: CudaSlice<f32>,
+    part: CudaSlice<f32>,
+    logits: CudaSlice<f32>,
+    act: CudaSlice<u8>,
+    /// `[pos0]`: the first new token's position.
+    params: CudaSlice<i32>,
+    best: CudaSlice<i32>,
+    /// The argmax's per-block bests.
+    arg_v: CudaSlice<f32>,
+    arg_i: CudaSlice<i32>,
+}
+
+/// Kernel groups left out of every pass, for timing what each costs
+/// (`QUERN_CUDA_DECODE_SKIP=norm,post,attn,silu`; the results are then wrong:
+/// a measurement aid only, as METHOD.md's "time variants that leave one stage
+/// out").
+#[derive(Debug, Clone, Copy, Default)]
+struct Skip {
+    norm: bool,
+    post: bool,
+    attn: bool,
+    silu: bool,
+}
+
+impl Skip {
+    fn from_env() -> Skip {
+        let v = std::env::var("QUERN_CUDA_DECODE_SKIP").unwrap_or_default();
+        let has = |w: &str| v.split(',').any(|p| p.trim() == w);
+        Skip {
+            norm: has("norm"),
+            post: has("post"),
+            attn: has("attn"),
+            silu: has("silu"),
+        }
+    }
+}
+
+/// A model's forward pass on the GPU with its own KV cache (one conversation).
+pub struct DeviceModel<'m> {
+    // Declared first so that it is dropped before the buffers it refers to.
+    graph: Option<CudaGraph>,
+    use_graph: bool,
+    skip: Skip,
+    model: &'m Model,
+    be: &'m CudaBackend,
+    k: Kernels,
+    layers: Vec<DevLayer>,
+    output: Mat,
+    output_norm: CudaSlice<f32>,
+    freq_factors: Option<CudaSlice<f32>>,
+    buf: Buffers,
+    n_ctx: usize,
+    n_chunks: usize,
+    n_past: usize,
+    embd_host: Vec<f32>,
+}
+
+/// The CUDA backend `model` multiplies on, if it is one.
+pub fn cuda_backend(model: &Model) -> Option<&CudaBackend> {
+    model.backend().as_any()?.downcast_ref::<CudaBackend>()
+}
+
+fn ptr_of<T>(be: &CudaBackend, s: &CudaSlice<T>) -> u64 {
+    let (p, _g) = s.device_ptr(be.stream());
+    p
+}
+
+fn opt_ptr<T>(be: &CudaBackend, s: &Option<CudaSlice<T>>) -> u64 {
+    s.as_ref().map_or(0, |s| ptr_of(be, s))
+}
+
+impl<'m> DeviceModel<'m> {
+    /// Uploads `model`'s weights (if the backend has not already) and allocates a
+    /// KV cache of `n_ctx` positions (capped at the trained context). The model
+    /// must have been opened on a [`CudaBackend`].
+    pub fn new(model: &'m Model, n_ctx: usize) -> Result<DeviceModel<'m>, RuntimeError> {
+        let be = cuda_backend(model)
+            .ok_or_else(|| unsupported("the model was not opened on the CUDA backend".into()))?;
+        let c = &model.config;
+        let n_ctx = n_ctx.min(c.n_ctx_train).max(1);
+        let (hd, nh, nkv) = (c.head_dim, c.n_head, c.n_kv_head);
+        let group = nh / nkv;
+        if group > MAX_GROUP || hd > MAX_HEAD_DIM || hd % 4 != 0 {
+            return Err(unsupported(format!(
+                "{nh} query heads over {nkv} KV heads of {hd} (at most {MAX_GROUP} per KV head, {MAX_HEAD_DIM} dimensions, a multiple of 4)"
+            )));
+        }
+        let ach = attn_chunk(n_ctx);
+        if n_ctx.div_ceil(ach) > MAX_CHUNKS {
+            return Err(unsupported(format!(
+                "a context of {n_ctx} positions (at most {})",
+                MAX_CHUNKS * ach
+            )));
+        }
+        let st = be.stream().clone();
+        let k = load_kernels(be, ach).map_err(cuda_err)?;
+        let mut types: Vec<quern_formats::GgmlType> = Vec::new();
+        let (out_view, out_norm) = model.output_weights();
+        types.push(out_view.ty);
+        for i in 0..c.n_layer {
+            if let Some(l) = model.layer_weights(i) {
+                for w in [l.wq, l.wk, l.wv, l.wo, l.gate, l.up, l.down] {
+                    types.push(w.ty);
+                }
+            }
+        }
+        types.sort_by_key(|t| t.id());
+        types.dedup();
+        be.prepare_types(&types).map_err(cuda_err)?;
+        let up = |v: &[f32]| -> Result<CudaSlice<f32>, RuntimeError> {
+            st.clone_htod(v).ctx("uploading a vector").map_err(cuda_err)
+        };
+        let mat = |w: &WeightView<'_>| -> Result<Mat, RuntimeError> {
+            let d = be.weight(w).map_err(|source| RuntimeError::Cuda {
+                tensor: w.name.to_string(),
+                source,
+            })?;
+            if d.k != d.cols {
+                return Err(unsupported(format!(
+                    "{}: rows of {} values are not a multiple of 8",
+                    w.name, d.cols
+                )));
+            }
+            let ptr = be.weight_ptr(&d);
+            Ok(Mat { w: d, ptr })
+        };
+        let kv_dim = nkv * hd;
+        let poison = be.poisoning();
+        let cache = || -> Result<CudaSlice<f32>, RuntimeError> {
+            let s: CudaSlice<f32> = st
+                .alloc_zeros(n_ctx * kv_dim)
+                .ctx("allocating the KV cache")
+                .map_err(cuda_err)?;
+            if poison {
+                // Positions not yet written must never be read: NaN shows it.
+                poison_slice(be, &s).map_err(cuda_err)?;
+            }
+            Ok(s)
+        };
+        let mut layers = Vec::with_capacity(c.n_layer);
+        for i in 0..c.n_layer {
+            let l = model
+                .layer_weights(i)
+                .ok_or_else(|| unsupported(format!("block {i} is missing")))?;
+            let opt = |v: Option<&[f32]>| v.map(up).transpose();
+            layers.push(DevLayer {
+                attn_norm: up(l.attn_norm)?,
+                ffn_norm: up(l.ffn_norm)?,
+                bq: opt(l.bq)?,
+                bk: opt(l.bk)?,
+                bv: opt(l.bv)?,
+                q_norm: opt(l.q_norm)?,
+                k_norm: opt(l.k_norm)?,
+                wq: mat(&l.wq)?,
+                wk: mat(&l.wk)?,
+                wv: mat(&l.wv)?,
+                wo: mat(&l.wo)?,
+                gate: mat(&l.gate)?,
+                up: mat(&l.up)?,
+                down: mat(&l.down)?,
+                k_cache: cache()?,
+                v_cache: cache()?,
+            });
+        }
+        let output = mat(&out_view)?;
+        let output_norm = up(out_norm)?;
+        let freq_factors = model.rope_freq_factors().map(up).transpose()?;
+        let n_chunks = n_ctx.div_ceil(ach);
+        let b = PREFILL_BATCH;
+        let (d, qd, ff) = (c.n_embd, nh * hd, c.n_ff);
+        let alloc = |n: usize| -> Result<CudaSlice<f32>, RuntimeError> {
+            st.alloc_zeros(n.max(1))
+                .ctx("allocating activations")
+                .map_err(cuda_err)
+        };
+        let max_k = d.max(qd).max(ff);
+        let buf = Buffers {
+            x: alloc(b * d)?,
+            xn: alloc(b * d)?,
+            q: alloc(b * qd)?,
+            k: alloc(b * kv_dim)?,
+            v: alloc(b * kv_dim)?,
+            attn: alloc(b * qd)?,
+            delta: alloc(b * d)?,
+            g: alloc(b * ff)?,
+            h: alloc(b * ff)?,
+            part: alloc(b * nh * n_chunks * (hd + 2))?,
+            logits: alloc(b * c.vocab)?,
+            act: st
+                .alloc_zeros(act_bytes(max_k, b))
+                .ctx("allocating 8-bit activations")
+                .map_err(cuda_err)?,
+            params: st
+                .alloc_zeros(4)
+                .ctx("allocating parameters")
+                .map_err(cuda_err)?,
+            best: st
+                .alloc_zeros(1)
+                .ctx("allocating parameters")
+                .map_err(cuda_err)?,
+            arg_v: alloc(ARG_PARTS)?,
+            arg_i: st
+                .alloc_zeros(ARG_PARTS)
+                .ctx("allocating argmax scratch")
+                .map_err(cuda_err)?,
+        };
+        st.synchronize()
+            .ctx("uploading the model")
+            .map_err(cuda_err)?;
+        Ok(DeviceModel {
+            graph: None,
+            use_graph: std::env::var("QUERN_CUDA_GRAPH").as_deref() != Ok("0"),
+            skip: Skip::from_env(),
+            model,
+            be,
+            k,
+            layers,
+            output,
+            output_norm,
+            freq_factors,
+            buf,
+            n_ctx,
+            n_chunks,
+            n_past: 0,
+            embd_host: Vec::new(),
+        })
+    }
+
+    pub fn n_past(&self) -> usize {
+        self.n_past
+    }
+
+    pub fn vocab(&self) -> usize {
+        self.model.config.vocab
+    }
+
+    pub fn n_ctx(&self) -> usize {
+        self.n_ctx
+    }
+
+    /// Forgets every position (the cache is overwritten from position 0).
+    pub fn clear(&mut self) {
+        self.n_past = 0;
+    }
+
+    /// Whether single-token steps replay a CUDA graph (default; `QUERN_CUDA_GRAPH=0`
+    /// turns it off).
+    pub fn set_graph(&mut self, on: bool) {
+        self.use_graph = on;
+    }
+
+    pub fn uses_graph(&self) -> bool {
+        self.use_graph
+    }
+
+    /// Runs `tokens` at the next positions; the logits of the last token, or of
+    /// every token when `all_logits` (token-major), as [`Model::forward`].
+    pub fn forward(&mut self, tokens: &[u32], all_logits: bool) -> Result<Vec<f32>, RuntimeError> {
+        let vocab = self.model.config.vocab;
+        let mut out = Vec::with_capacity(if all_logits { tokens.len() } else { 1 } * vocab);
+        let n_chunks = tokens.len().div_ceil(PREFILL_BATCH);
+        for (i, chunk) in tokens.chunks(PREFILL_BATCH).enumerate() {
+            let last = i + 1 == n_chunks;
+            let rows = if all_logits { chunk.len() } else { 1 };
+            if !all_logits && !last {
+                self.run(chunk, None)?;
+                continue;
+            }
+            self.run(chunk, Some(rows))?;
+            let start = out.len();
+            out.resize(start + rows * vocab, 0.0);
+            self.be
+                .stream()
+                .memcpy_dtoh(&self.buf.logits.slice(0..rows * vocab), &mut out[start..])
+                .ctx("copying logits to the host")
+                .map_err(cuda_err)?;
+        }
+        self.be
+            .stream()
+            .synchronize()
+            .ctx("running the forward pass")
+            .map_err(cuda_err)?;
+        Ok(out)
+    }
+
+    /// One decode step that returns only the most likely next token (4 bytes
+    /// copied back instead of the logits).
+    pub fn forward_argmax(&mut self, token: u32) -> Result<u32, RuntimeError> {
+        self.run(&[token], Some(1))?;
+        let st = self.be.stream();
+        let mut best = [0i32];
+        st.memcpy_dtoh(&self.buf.best, &mut best[..])
+            .ctx("copying the argmax to the host")
+            .map_err(cuda_err)?;
+        st.synchronize()
+            .ctx("running the forward pass")
+            .map_err(cuda_err)?;
+        Ok(best[0] as u32)
+    }
+
+    /// Enqueues the pass over `tokens` (at most [`PREFILL_BATCH`]); with
+    /// `Some(rows)`, the logits of the last `rows` tokens into `buf.logits` and
+    /// the argmax of the last one into `buf.best`.
+    fn run(&mut self, tokens: &[u32], logits: Option<usize>) -> Result<(), RuntimeError> {
+        let n = tokens.len();
+        if n == 0 {
+            return Ok(());
+        }
+        if n > PREFILL_BATCH || logits.is_some_and(|r| r == 0 || r > n) {
+            return Err(unsupported(format!(
+                "{n} tokens in one pass (at most {PREFILL_BATCH}), logits of {logits:?} rows"
+            )));
+        }
+        if self.n_past + n > self.n_ctx {
+            return Err(RuntimeError::ContextFull {
+                tokens: self.n_past + n,
+                ctx: self.n_ctx,
+            });
+        }
+        let d = self.model.config.n_embd;
+        self.embd_host.resize(n * d, 0.0);
+        for (t, &id) in tokens.iter().enumerate() {
+            self.model
+                .embed(id, &mut self.embd_host[t * d..(t + 1) * d])?;
+        }
+        let st = self.be.stream().clone();
+        st.memcpy_htod(&self.embd_host, &mut self.buf.x.slice_mut(0..n * d))
+            .ctx("copying embeddings to the device")
+            .map_err(cuda_err)?;
+        let pos = [self.n_past as i32];
+        st.memcpy_htod(&pos[..], &mut self.buf.params.slice_mut(0..1))
+            .ctx("copying the position to the device")
+            .map_err(cuda_err)?;
+        if self.be.poisoning() {
+            self.poison_outputs().map_err(cuda_err)?;
+        }
+        let single = n == 1 && logits == Some(1);
+        if single && self.use_graph {
+            if self.graph.is_none() {
+                self.graph = Some(self.capture().map_err(cuda_err)?);
+            }
+            if let Some(g) = &self.graph {
+                g.launch()
+                    .ctx("replaying the decode graph")
+                    .map_err(cuda_err)?;
+            }
+        } else {
+            // SAFETY: n <= PREFILL_BATCH (forward's chunks, or 1), the position
+            // written above plus n fits the context (checked above).
+            unsafe { self.enqueue(n, logits) }.map_err(cuda_err)?;
+        }
+        self.n_past += n;
+        Ok(())
+    }
+
+    /// The single-token step as a CUDA graph.
+    fn capture(&self) -> Result<CudaGraph, CudaError> {
+        let st = self.be.stream();
+        st.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
+            .ctx("capturing the decode graph")?;
+        // SAFETY: run() checked the position against the context before this.
+        let captured = unsafe { self.enqueue(1, Some(1)) };
+        let graph = st
+            .end_capture(CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH)
+            .ctx("instantiating the decode graph")?;
+        captured?;
+        graph.ok_or_else(|| CudaError::Driver {
+            what: "capturing the decode graph".into(),
+            detail: "nothing was captured".into(),
+        })
+    }
+
+    fn poison_outputs(&self) -> Result<(), CudaError> {
+        let b = &self.buf;
+        for s in [
+            &b.xn, &b.q, &b.k, &b.v, &b.attn, &b.delta, &b.g, &b.h, &b.part, &b.logits, &b.arg_v,
+        ] {
+            poison_slice(self.be, s)?;
+        }
+        poison_slice(self.be, &b.arg_i)?;
+        poison_slice(self.be, &b.best)
+    }
+
+    /// Launches every kernel of a pass over `n` tokens whose embeddings are in
+    /// `buf.x` and whose first position is in `buf.params`.
+    ///
+    /// # Safety
+    /// `n <= PREFILL_BATCH` (every buffer holds that many rows), `logits <= n`,
+    /// and `buf.params` must hold a position `p` with `p + n <= n_ctx`: the
+    /// kernels index the cache and buffers by them.
+    unsafe fn enqueue(&self, n: usize, logits: Option<usize>) -> Result<(), CudaError> {
+        let be = self.be;
+        let st = be.stream();
+        let c = &self.model.config;
+        let (d, hd, nh, nkv, ff) = (c.n_embd, c.head_dim, c.n_head, c.n_kv_head, c.n_ff);
+        let b = &self.buf;
+        let p = |s: &CudaSlice<f32>| ptr_of(be, s);
+        let (x, xn, q, kb, vb, attn, delta, g, h, part) = (
+            p(&b.x),
+            p(&b.xn),
+            p(&b.q),
+            p(&b.k),
+            p(&b.v),
+            p(&b.attn),
+            p(&b.delta),
+            p(&b.g),
+            p(&b.h),
+            p(&b.part),
+        );
+        let act = ptr_of(be, &b.act);
+        let params = ptr_of(be, &b.params);
+        let (d_i, eps) = (d as i32, c.rms_eps);
+        let norm = |x: u64, dl: u64, w: u64, out: u64, rows: usize| -> Result<(), CudaError> {
+            st.launch_builder(&self.k.rms_norm)
+                .arg(&x)
+                .arg(&dl)
+                .arg(&w)
+                .arg(&out)
+                .arg(&d_i)
+                .arg(&eps)
+                .launch(LaunchConfig {
+                    grid_dim: (rows as u32, 1, 1),
+                    block_dim: (norm_threads(d), 1, 1),
+                    shared_mem_bytes: 0,
+                })
+                .ctx("launching rms_norm")
+                .map(|_| ())
+        };
+        // The kind of quantised activations `act` holds for the current input.
+        let mut held: Option<ActKind> = None;
+        // `same_input`: x is the previous product's input, unchanged since (q/k/v
+        // and gate/up share one input: quantised once per kind).
+        let mut gemv = |m: &Mat, x: u64, y: u64, rows: usize, same_input: bool| {
+            let kind = m.w.act_kind();
+            if !same_input {
+                held = None;
+            }
+            let quantise = kind != ActKind::Float && held != Some(kind);
+            if quantise {
+                held = Some(kind);
+            }
+            // x holds rows × m.w.k floats (k == cols, checked at load), y rows ×
+            // m.w.rows, act act_bytes(max k, PREFILL_BATCH) bytes.
+            be.launch_gemv_act(&m.w, m.ptr, x, y, rows, act, quantise)
+        };
+        let (nh_i, nkv_i, hd_i, nrot_i) = (nh as i32, nkv as i32, hd as i32, c.n_rot as i32);
+        let neox = (c.rope_mode == RopeMode::Neox) as i32;
+        let ratio = c.rope_base.powf(-2.0 / c.n_rot as f32);
+        let rope_scale = c.rope_scale;
+        let ff_ptr = opt_ptr(be, &self.freq_factors);
+        let n_chunks = self.n_chunks as i32;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let post_threads = (hd.div_ceil(32) * 32) as u32;
+        let ffn = (n * ff) as i64;
+        for (li, l) in self.layers.iter().enumerate() {
+            // The previous block's down projection joins the residual here.
+            let dl = if li == 0 { 0 } else { delta };
+            let sk = self.skip;
+            if !sk.norm {
+                norm(x, dl, p(&l.attn_norm), xn, n)?;
+            }
+            gemv(&l.wq, xn, q, n, false)?;
+            gemv(&l.wk, xn, kb, n, true)?;
+            gemv(&l.wv, xn, vb, n, true)?;
+            let (kc, vc) = (p(&l.k_cache), p(&l.v_cache));
+            if !sk.post {
+                st.launch_builder(&self.k.qkv_post)
+                    .arg(&q)
+                    .arg(&kb)
+                    .arg(&vb)
+                    .arg(&opt_ptr(be, &l.bq))
+                    .arg(&opt_ptr(be, &l.bk))
+                    .arg(&opt_ptr(be, &l.bv))
+                    .arg(&opt_ptr(be, &l.q_norm))
+                    .arg(&opt_ptr(be, &l.k_norm))
+                    .arg(&ff_ptr)
+                    .arg(&kc)
+                    .arg(&vc)
+                    .arg(&params)
+                    .arg(&nh_i)
+                    .arg(&nkv_i)
+                    .arg(&hd_i)
+                    .arg(&nrot_i)
+                    .arg(&neox)
+                    .arg(&eps)
+                    .arg(&ratio)
+                    .arg(&rope_scale)
+                    .launch(LaunchConfig {
+                        grid_dim: ((nh + nkv) as u32, n as u32, 1),
+                        block_dim: (post_threads, 1, 1),
+                        shared_mem_bytes: 0,
+                    })
+                    .ctx("launching qkv_post")?;
+            }
+            if !sk.attn {
+                st.launch_builder(&self.k.attn_partial)
+                    .arg(&q)
+                    .arg(&kc)
+                    .arg(&vc)
+                    .arg(&part)
+                    .arg(&params)
+                    .arg(&nh_i)
+                    .arg(&nkv_i)
+                    .arg(&hd_i)
+                    .arg(&n_chunks)
+                    .arg(&scale)
+                    .launch(LaunchConfig {
+                        grid_dim: (nkv as u32, self.n_chunks as u32, n as u32),
+                        block_dim: (128, 1, 1),
+                        shared_mem_bytes: 0,
+                    })
+                    .ctx("launching attn_partial")?;
+                st.launch_builder(&self.k.attn_combine)
+                    .arg(&part)
+                    .arg(&attn)
+                    .arg(&params)
+                    .arg(&nh_i)
+                    .arg(&hd_i)
+                    .arg(&n_chunks)
+                    .launch(LaunchConfig {
+                        grid_dim: (nh as u32, n as u32, 1),
+                        block_dim: (post_threads.min(256), 1, 1),
+                        shared_mem_bytes: 0,
+                    })
+                    .ctx("launching attn_combine")?;
+            }
+            gemv(&l.wo, attn, delta, n, false)?;
+            if !sk.norm {
+                norm(x, delta, p(&l.ffn_norm), xn, n)?;
+            }
+            gemv(&l.gate, xn, g, n, false)?;
+            gemv(&l.up, xn, h, n, true)?;
+            if !sk.silu {
+                st.launch_builder(&self.k.silu_mul)
+                    .arg(&g)
+                    .arg(&h)
+                    .arg(&ffn)
+                    .launch(LaunchConfig {
+                        grid_dim: ((n * ff).div_ceil(256) as u32, 1, 1),
+                        block_dim: (256, 1, 1),
+                        shared_mem_bytes: 0,
+                    })
+                    .ctx("launching silu_mul")?;
+            }
+            gemv(&l.down, h, delta, n, false)?;
+        }
+        let Some(rows) = logits else {
+            // A prefill chunk whose logits nobody reads: the KV cache is all it
+            // leaves behind.
+            return Ok(());
+        };
+        // The output rows: the last `rows` tokens (their residual add fused in).
+        let first = (n - rows) as u64;
+        let row_off = first * d as u64 * 4;
+        let dl = if self.layers.is_empty() {
+            0
+        } else {
+            delta + row_off
+        };
+        norm(x + row_off, dl, p(&self.output_norm), xn, rows)?;
+        let lg = p(&b.logits);
+        gemv(&self.output, xn, lg, rows, false)?;
+        let vocab = c.vocab as i32;
+        let best = ptr_of(be, &b.best);
+        let last = lg + ((rows - 1) * c.vocab * 4) as u64;
+        let (av, ai) = (p(&b.arg_v), ptr_of(be, &b.arg_i));
+        st.launch_builder(&self.k.argmax_part)
+            .arg(&last)
+            .arg(&vocab)
+            .arg(&av)
+            .arg(&ai)
+            .launch(LaunchConfig {
+                grid_dim: (ARG_PARTS as u32, 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            })
+            .ctx("launching argmax_part")?;
+        let parts = ARG_PARTS as i32;
+        st.launch_builder(&self.k.argmax_final)
+            .arg(&av)
+            .arg(&ai)
+            .arg(&parts)
+            .arg(&best)
+            .launch(LaunchConfig {
+                grid_dim: (1, 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            })
+            .ctx("launching argmax_final")?;
+        Ok(())
+    }
+}
+
+/// Threads of an RMSNorm block for rows of `d` values.
+fn norm_threads(d: usize) -> u32 {
+    (d.div_ceil(4).div_ceil(32) * 32).clamp(32, 1024) as u32
+}
+
+/// Fills `s` with NaN bytes (0xFF) on the stream.
+fn poison_slice<T>(be: &CudaBackend, s: &CudaSlice<T>) -> Result<(), CudaError> {
+    let (ptr, _g) = s.device_ptr(be.stream());
+    let bytes = s.len() * std::mem::size_of::<T>();
+    // SAFETY: `ptr` holds `bytes` bytes.
+    unsafe { cudarc::driver::result::memset_d8_async(ptr, 0xFF, bytes, be.stream().cu_stream()) }
+        .ctx("poisoning a buffer")
+}
+
+fn load_kernels(be: &CudaBackend, ach: usize) -> Result<Kernels, CudaError> {
+    let src = decode_source_with(ach);
+    let (cubin, _) = super::compile::cubin("quern_decode", &src, be.toolchain())?;
+    let module = be
+        .context()
+        .load_module(cudarc::nvrtc::Ptx::from_binary(cubin))
+        .ctx("loading module quern_decode")?;
+    let f = |name: &str| {
+        module
+            .load_function(name)
+            .ctx(&format!("finding {name} in quern_decode"))
+    };
+    Ok(Kernels {
+        rms_norm: f("rms_norm")?,
+        qkv_post: f("qkv_post")?,
+        attn_partial: f("attn_partial")?,
+        attn_combine: f("attn_combine")?,
+        silu_mul: f("silu_mul")?,
+        argmax_part: f("argmax_part")?,
+        argmax_final: f("argmax_final")?,
+    })
+}
+
+/// The source of the decode module, as compiled by default.
+pub fn decode_source() -> String {
+    decode_source_with(ACH)
+}
+
+fn decode_source_with(ach: usize) -> String {
+    format!("#define ACH {ach}\n{DECODE_SRC}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The decode kernels compile for sm_90 where NVRTC is installed (no GPU is
+    /// needed for that); elsewhere says so and passes.
+    #[test]
+    fn decode_module_compiles_with_nvrtc() {
+        // SAFETY: only tries to dlopen the library.
+        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+            eprintln!("skipped: NVRTC not found");
+            return;
+        }
+        let tc = super::super::Toolchain {
+            arch: "sm_90".into(),
+            driver_version: 0,
+            nvrtc_version: super::super::compile::nvrtc_version(),
+            include: None,
+        };
+        let cubin = super::super::compile::compile_uncached("test_decode", &decode_source(), &tc)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(cubin.len() > 1000, "{} bytes of cubin", cubin.len());
+    }
+
+    #[test]
+    fn chunk_size_follows_the_context() {
+        if std::env::var_os("QUERN_CUDA_ATTN_CHUNK").is_some() {
+            return;
+        }
+        assert_eq!(attn_chunk(512), 8);
+        assert_eq!(attn_chunk(SHORT_CTX), 8);
+        assert_eq!(attn_chunk(SHORT_CTX + 1), 32);
+    }
+
+    #[test]
+    fn limits_match_the_kernel_source() {
+        assert!(DECODE_SRC.contains(&format!("#define MAXCH {MAX_CHUNKS}")));
+        assert!(DECODE_SRC.contains(&format!("#define MAXG {MAX_GROUP}")));
+        assert!(DECODE_SRC.contains(&format!("#define MAXHD {MAX_HEAD_DIM}")));
+    }
+}

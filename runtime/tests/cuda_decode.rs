@@ -1,0 +1,267 @@
+//! The device-resident forward pass (`quern_runtime::cuda::decode`) on tiny
+//! generated models against the CPU backend's `Model::forward`: a prefill of
+//! five tokens (every token's logits), then single-token decode steps (the CUDA
+//! graph), the same steps without the graph, greedy argmax on the device, and a
+//! prefill longer than one device batch. Every activation buffer and the KV
+//! cache are poisoned with NaN beforehand (the backend's poison switch), so an
+//! element a kernel skips shows as a non-finite logit. Without a CUDA device
+//! the tests print why and pass, unless `QUERN_REQUIRE_CUDA=1`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use quern_formats::testutil::TinyModel;
+use quern_quant::mix::Mix;
+use quern_quant::pipeline::{quantize, NoProgress, OutType, QuantizeOptions};
+use quern_runtime::cuda::decode::{DeviceModel, PREFILL_BATCH};
+use quern_runtime::sampler::argmax;
+use quern_runtime::{CpuBackend, Model};
+
+const TOKENS: [u32; 11] = [5, 77, 260, 3, 131, 19, 200, 42, 9, 64, 128];
+
+fn rel_err(a: &[f32], b: &[f32]) -> f64 {
+    let num: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| (x as f64 - y as f64).powi(2))
+        .sum();
+    let den: f64 = b.iter().map(|&y| (y as f64).powi(2)).sum();
+    (num / den).sqrt()
+}
+
+/// Prefill of 5 (all logits), then one token at a time.
+fn cpu_logits(model: &Model, tokens: &[u32]) -> Vec<Vec<f32>> {
+    let vocab = model.config.vocab;
+    let mut s = model.session(128);
+    let pre = model.forward(&mut s, &tokens[..5], true).expect("prefill");
+    let mut out: Vec<Vec<f32>> = pre.chunks_exact(vocab).map(|c| c.to_vec()).collect();
+    for &t in &tokens[5..] {
+        out.push(model.forward(&mut s, &[t], false).expect("decode"));
+    }
+    out
+}
+
+fn device_logits(dm: &mut DeviceModel<'_>, vocab: usize, tokens: &[u32]) -> Vec<Vec<f32>> {
+    dm.clear();
+    let pre = dm.forward(&tokens[..5], true).expect("device prefill");
+    assert_eq!(pre.len(), 5 * vocab);
+    let mut out: Vec<Vec<f32>> = pre.chunks_exact(vocab).map(|c| c.to_vec()).collect();
+    for &t in &tokens[5..] {
+        out.push(dm.forward(&[t], false).expect("device decode"));
+    }
+    assert_eq!(dm.n_past(), tokens.len());
+    out
+}
+
+fn compare(what: &str, g: &[Vec<f32>], c: &[Vec<f32>], tol: f64) {
+    assert_eq!(g.len(), c.len());
+    for (pos, (g, c)) in g.iter().zip(c).enumerate() {
+        assert_eq!(g.len(), c.len(), "{what} position {pos}: logits length");
+        assert!(
+            g.iter().all(|v| v.is_finite()),
+            "{what} position {pos}: non-finite logits (an unwritten element?)"
+        );
+        let e = rel_err(g, c);
+        assert!(
+            e < tol,
+            "{what} position {pos}: device vs cpu relative error {e} (tolerance {tol})"
+        );
+    }
+}
+
+fn check(what: &str, path: &Path, tol: f64) {
+    let Some(be) = common::cuda_backend() else {
+        return;
+    };
+    let gpu = Model::open(path, Box::new(be)).expect("open on cuda");
+    let cpu = Model::open(path, Box::new(CpuBackend::new())).expect("open on cpu");
+    let vocab = cpu.config.vocab;
+    let want = cpu_logits(&cpu, &TOKENS);
+
+    let mut dm = DeviceModel::new(&gpu, 128).expect("device model");
+    assert!(dm.uses_graph() || std::env::var("QUERN_CUDA_GRAPH").as_deref() == Ok("0"));
+    let graphed = device_logits(&mut dm, vocab, &TOKENS);
+    compare(&format!("{what} (graph)"), &graphed, &want, tol);
+    // A second conversation on the same cache: clear() must reset it fully.
+    let again = device_logits(&mut dm, vocab, &TOKENS);
+    compare(&format!("{what} (second run)"), &again, &want, tol);
+
+    // The same kernels launched one by one give the same numbers.
+    let mut eager = DeviceModel::new(&gpu, 128).expect("device model");
+    eager.set_graph(false);
+    let direct = device_logits(&mut eager, vocab, &TOKENS);
+    for (pos, (a, b)) in direct.iter().zip(&graphed).enumerate() {
+        let e = rel_err(a, b);
+        assert!(
+            e < 1e-6,
+            "{what} position {pos}: graph vs direct launches differ by {e}"
+        );
+    }
+
+    // Greedy decoding on the device picks the argmax of the device's logits.
+    eager.clear();
+    eager.forward(&TOKENS[..5], false).expect("prefill");
+    for (i, &t) in TOKENS[5..].iter().enumerate() {
+        let best = eager.forward_argmax(t).expect("argmax step");
+        assert_eq!(
+            best,
+            argmax(&graphed[5 + i]),
+            "{what}: device argmax at position {}",
+            5 + i
+        );
+    }
+
+    // A prompt longer than one device batch, last logits only.
+    let long: Vec<u32> = (0..PREFILL_BATCH + 9)
+        .map(|i| ((i * 37 + 11) % vocab) as u32)
+        .collect();
+    dm.clear();
+    let g = dm.forward(&long, false).expect("long prefill");
+    let mut s = cpu.session(128);
+    let c = cpu.forward(&mut s, &long, false).expect("cpu long prefill");
+    compare(&format!("{what} (long prefill)"), &[g], &[c], tol);
+}
+
+fn hf_to_gguf(m: &TinyModel, dir: &Path, outtype: OutType) -> PathBuf {
+    common::tiny_gguf(m, dir, outtype)
+}
+
+/// A 256-wide model (K-quant blocks need rows of 256), GQA 4 over 2 heads.
+fn wide(base: TinyModel) -> TinyModel {
+    TinyModel {
+        hidden: 256,
+        intermediate: 512,
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 64,
+        dtype: "f32",
+        ..base
+    }
+}
+
+#[test]
+fn llama_f32_device_decode_matches_cpu() {
+    // f32 weights and activations on both sides: rounding and summation order.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = hf_to_gguf(&TinyModel::llama(), dir.path(), OutType::F32);
+    check("llama F32 (GQA 4/2, tied)", &path, 1e-4);
+}
+
+#[test]
+fn llama3_rope_f32_device_decode_matches_cpu() {
+    let m = TinyModel {
+        llama3_rope: true,
+        kv_heads: 1,
+        seed: 9,
+        ..TinyModel::llama()
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = hf_to_gguf(&m, dir.path(), OutType::F32);
+    check(
+        "llama F32 (Llama 3 rope, 4 heads on 1 KV head)",
+        &path,
+        1e-4,
+    );
+}
+
+#[test]
+fn qwen2_biases_and_qwen3_norms_device_decode_match_cpu() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = hf_to_gguf(&TinyModel::qwen2(), dir.path(), OutType::F32);
+    check("qwen2 F32 (biases, neox rope)", &path, 1e-4);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = hf_to_gguf(&TinyModel::qwen3(), dir.path(), OutType::Bf16);
+    check("qwen3 BF16 (q/k norms)", &path, 1e-4);
+}
+
+#[test]
+fn llama_q8_0_device_decode_is_close_to_cpu() {
+    // The CPU multiplies Q8_0 by 16-bit activation codes, the GPU by 8-bit ones.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = hf_to_gguf(&TinyModel::llama(), dir.path(), OutType::Q8_0);
+    check("llama Q8_0", &path, 3e-2);
+}
+
+#[test]
+fn q4_k_device_decode_is_close_to_cpu() {
+    // Both sides multiply K-quant blocks by 8-bit activations (blocks of 32);
+    // the difference is rounding of the codes and of the sums.
+    for base in [TinyModel::llama(), TinyModel::qwen2()] {
+        let m = wide(base);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f32_path = hf_to_gguf(&m, dir.path(), OutType::F32);
+        let q = dir.path().join("q4_k_s.gguf");
+        quantize(
+            &f32_path,
+            &q,
+            &QuantizeOptions {
+                mix: Mix::parse("Q4_K_S").expect("mix"),
+                allow_requantize: false,
+                model_name: None,
+            },
+            None,
+            &NoProgress,
+        )
+        .expect("quantize");
+        check(&format!("{} Q4_K_S", m.architecture), &q, 3e-2);
+    }
+}
+
+#[test]
+fn greedy_generation_on_the_device_matches_the_cpu() {
+    // `quern run --device cuda` drives DeviceModel through generate_with: the
+    // same greedy tokens as the CPU model (f32 weights, so no near-tie flips).
+    let Some(be) = common::cuda_backend() else {
+        return;
+    };
+    use quern_runtime::generate::{generate_with, HostDecoder};
+    use quern_runtime::{Sampler, SamplerConfig};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = hf_to_gguf(&TinyModel::qwen2(), dir.path(), OutType::F32);
+    let gpu = Model::open(&path, Box::new(be)).expect("open on cuda");
+    let cpu = Model::open(&path, Box::new(CpuBackend::new())).expect("open on cpu");
+    let greedy = || {
+        Sampler::new(SamplerConfig {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 1,
+        })
+    };
+    let prompt = &TOKENS[..6];
+    let mut on_gpu = Vec::new();
+    let mut dm = DeviceModel::new(&gpu, 64).expect("device model");
+    let n = generate_with(
+        &mut dm,
+        prompt,
+        20,
+        &mut greedy(),
+        |_| false,
+        |id| {
+            on_gpu.push(id);
+            true
+        },
+    )
+    .expect("generate on the device");
+    assert_eq!(n, 20);
+    let mut on_cpu = Vec::new();
+    let mut s = cpu.session(64);
+    let mut host = HostDecoder {
+        model: &cpu,
+        session: &mut s,
+    };
+    generate_with(
+        &mut host,
+        prompt,
+        20,
+        &mut greedy(),
+        |_| false,
+        |id| {
+            on_cpu.push(id);
+            true
+        },
+    )
+    .expect("generate on the cpu");
+    assert_eq!(on_gpu, on_cpu);
+}
