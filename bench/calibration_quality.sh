@@ -10,7 +10,8 @@
 # OUR_IMATRIX: an imatrix made by `quern calibrate` (the "our imatrix" rows; left
 # out when not given). Environment: CHUNKS (40), THREADS (2), SAMPLES (AWQ
 # calibration samples of 512 tokens, 32), OUT (.cache/awq/bench), TYPES (the
-# GGUF types), QUERN (target/release/quern), NICE (10).
+# GGUF types), QUERN (target/release/quern), NICE (10). The reference's logits
+# are computed once and kept in $OUT/reference-logits (~50 MB per chunk).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -66,7 +67,7 @@ for row in "${ROWS[@]}"; do
     if [ ! -s "$json" ]; then
         log "verifying $name ($CHUNKS chunks)"
         run "$QUERN" verify "$path" -r "$REF" --text "$W" --ctx 512 --chunks "$CHUNKS" --threads "$THREADS" \
-            --json "$json" --quiet >"$json.log" 2>&1 || [ -s "$json" ] || { log "verify FAILED: $name"; continue; }
+            --reference-cache "$OUT/reference-logits" --json "$json" --quiet >"$json.log" 2>&1 || [ -s "$json" ] || { log "verify FAILED: $name"; continue; }
     fi
 done
 

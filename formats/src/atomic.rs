@@ -10,6 +10,29 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Large writes amortise syscalls when streaming multi-GB tensors.
 const BUFFER_BYTES: usize = 8 << 20;
 
+/// After this many new bytes the kernel is asked to start writing them back
+/// (Linux `sync_file_range`), so the `fsync` in `commit` finds little left to
+/// do and the disk works while the producer still computes.
+const WRITEBACK_BYTES: u64 = 32 << 20;
+
+/// Starts (does not wait for) write-back of `len` bytes at `offset`. Only a
+/// hint: an error (a file system without support) is ignored, `commit`'s
+/// `fsync` is what makes the data durable.
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return;
+    };
+    // SAFETY: a valid open descriptor; the call only reads its arguments.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
+
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +109,8 @@ pub struct AtomicFile {
     /// Test hook: writes past this many bytes fail like a full disk.
     fail_after: Option<u64>,
     written: u64,
+    /// Bytes whose write-back has been started.
+    written_back: u64,
 }
 
 impl AtomicFile {
@@ -106,6 +131,7 @@ impl AtomicFile {
             out: Some(BufWriter::with_capacity(BUFFER_BYTES, file)),
             fail_after: None,
             written: 0,
+            written_back: 0,
         })
     }
 
@@ -173,6 +199,18 @@ impl Write for AtomicFile {
         match out.write(buf) {
             Ok(n) => {
                 self.written += n as u64;
+                if self.written - self.written_back >= WRITEBACK_BYTES {
+                    // What the buffer still holds is not in the file yet.
+                    let flushed = self.written - out.buffer().len() as u64;
+                    if flushed > self.written_back {
+                        start_writeback(
+                            out.get_ref(),
+                            self.written_back,
+                            flushed - self.written_back,
+                        );
+                        self.written_back = flushed;
+                    }
+                }
                 Ok(n)
             }
             Err(e) => Err(self.wrap(e)),

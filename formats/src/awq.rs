@@ -285,14 +285,26 @@ pub fn rtn_group(chunk: &[f32]) -> (f32, f32) {
             (lo.min(x), hi.max(x))
         });
     let scale = f16::from_f32((hi - lo).max(1e-5) / 15.0).to_f32();
-    let zero = (-(lo / scale).round_ties_even()).clamp(0.0, 15.0);
+    let zero = (-round_even(lo / scale)).clamp(0.0, 15.0);
     (scale, zero)
+}
+
+/// `v.round_ties_even()` for the 4-bit grid without a libm call (the AWQ
+/// search rounds every weight ~20 times): adding 1.5·2²³ leaves no fraction
+/// bits, so the FPU's own ties-to-even rounding does the work. Inputs beyond
+/// ±2²² are clamped first; every caller clamps the level to 0..=15 after
+/// adding a zero point in 0..=15, so the clamp changes no result.
+#[inline]
+fn round_even(v: f32) -> f32 {
+    const LIMIT: f32 = 4_194_304.0; // 2^22
+    const MAGIC: f32 = 12_582_912.0; // 1.5 · 2^23
+    (v.clamp(-LIMIT, LIMIT) + MAGIC) - MAGIC
 }
 
 /// The 4-bit level (0..=15, as a float) of `x` in a group with `scale` and `zero`.
 #[inline]
 pub fn rtn_level(x: f32, scale: f32, zero: f32) -> f32 {
-    ((x / scale).round_ties_even() + zero).clamp(0.0, 15.0)
+    (round_even(x / scale) + zero).clamp(0.0, 15.0)
 }
 
 /// Rounds `chunk` (one group) to the values [`quantize_rtn`] would store:
@@ -354,6 +366,19 @@ mod tests {
         let q: Vec<u8> = (0..8).collect(); // [out=8][in=1]
         let t = pack_linear(&q, &[0; 8], &[1.0; 8], 1, 8, 1).expect("pack");
         assert_eq!(t.qweight, vec![0x7531_6420]);
+    }
+
+    #[test]
+    fn round_even_is_round_ties_even() {
+        let mut rng = Rng(0xD1B5_4A32_D192_ED03);
+        let mut values: Vec<f32> = (-40..=40).map(|i| i as f32 * 0.5).collect();
+        values.extend([1e-7, -1e-7, 4_194_303.5, -4_194_302.5, 8e6, -3e9]);
+        values.extend((0..10_000).map(|_| (rng.unit() - 0.5) * 64.0));
+        for v in values {
+            let want = v.clamp(-4_194_304.0, 4_194_304.0).round_ties_even();
+            assert_eq!(round_even(v), want, "{v}");
+        }
+        assert!(round_even(f32::NAN).is_nan());
     }
 
     #[test]

@@ -1,83 +1,51 @@
-//! A small dense f32 matrix product for the AWQ search (Gram matrices and
-//! quadratic forms), parallel over row blocks; recompiled with AVX2+FMA when
-//! the CPU has them (checked at run time), so the fixed-size inner loops
-//! vectorise eight lanes wide.
+//! Dense f32 products for the AWQ search (Gram matrices and quadratic forms).
+//! The micro-kernels are `matrixmultiply`'s (runtime-detected AVX2/FMA and
+//! NEON); this module splits the output rows across rayon's threads, so one
+//! product uses every core.
 
 use rayon::prelude::*;
 
-/// Rows of `a` per register block.
-const MR: usize = 4;
-/// Columns of `b` per register block.
-const NR: usize = 16;
+/// Output rows per parallel task, at least: each task packs all of `b`, so
+/// tasks are as large as two per thread allows.
+const MIN_ROWS_PER_TASK: usize = 64;
 
 /// `a · b` with `a` `m × k` and `b` `k × n`, both row-major; `m × n` row-major.
 pub fn matmul(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
     assert_eq!(a.len(), m * k, "matmul: a is not m × k");
     assert_eq!(b.len(), k * n, "matmul: b is not k × n");
     let mut c = vec![0f32; m * n];
-    if n == 0 {
+    if n == 0 || k == 0 {
         return c;
     }
-    c.par_chunks_mut(MR * n)
-        .zip(a.par_chunks(MR * k))
-        .for_each(|(c_blk, a_blk)| block(a_blk, b, k, n, c_blk));
+    let per_task = m
+        .div_ceil(2 * rayon::current_num_threads())
+        .max(MIN_ROWS_PER_TASK);
+    c.par_chunks_mut(per_task * n)
+        .zip(a.par_chunks(per_task * k))
+        .for_each(|(c_blk, a_blk)| {
+            let rows = c_blk.len() / n;
+            // SAFETY: a_blk is rows × k, b is k × n, c_blk is rows × n, all
+            // row-major and contiguous (the strides below), checked above.
+            unsafe {
+                matrixmultiply::sgemm(
+                    rows,
+                    k,
+                    n,
+                    1.0,
+                    a_blk.as_ptr(),
+                    k as isize,
+                    1,
+                    b.as_ptr(),
+                    n as isize,
+                    1,
+                    0.0,
+                    c_blk.as_mut_ptr(),
+                    n as isize,
+                    1,
+                );
+            }
+        });
     c
-}
-
-fn block(a: &[f32], b: &[f32], k: usize, n: usize, c: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the features were just checked.
-            unsafe { block_avx2(a, b, k, n, c) };
-            return;
-        }
-    }
-    block_portable(a, b, k, n, c);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn block_avx2(a: &[f32], b: &[f32], k: usize, n: usize, c: &mut [f32]) {
-    block_portable(a, b, k, n, c)
-}
-
-/// Up to `MR` rows of `a` (`rows × k`) times `b`, into `c` (`rows × n`).
-#[inline(always)]
-fn block_portable(a: &[f32], b: &[f32], k: usize, n: usize, c: &mut [f32]) {
-    let rows = c.len() / n;
-    let mut j0 = 0;
-    while j0 < n {
-        let nc = NR.min(n - j0);
-        if rows == MR && nc == NR {
-            let mut acc = [[0f32; NR]; MR];
-            for p in 0..k {
-                let bp: &[f32; NR] = b[p * n + j0..p * n + j0 + NR]
-                    .try_into()
-                    .expect("NR columns");
-                for (r, acc_r) in acc.iter_mut().enumerate() {
-                    let av = a[r * k + p];
-                    for (x, &y) in acc_r.iter_mut().zip(bp) {
-                        *x += av * y;
-                    }
-                }
-            }
-            for (r, acc_r) in acc.iter().enumerate() {
-                c[r * n + j0..r * n + j0 + NR].copy_from_slice(acc_r);
-            }
-        } else {
-            for r in 0..rows {
-                for j in j0..j0 + nc {
-                    let mut s = 0f32;
-                    for p in 0..k {
-                        s += a[r * k + p] * b[p * n + j];
-                    }
-                    c[r * n + j] = s;
-                }
-            }
-        }
-        j0 += nc;
-    }
 }
 
 /// `xᵀ x` for `x` `t × n` (row-major): the `n × n` Gram matrix of its rows.
@@ -134,6 +102,7 @@ mod tests {
         for &(m, k, n) in &[
             (1, 1, 1),
             (4, 16, 16),
+            (130, 70, 33),
             (7, 33, 19),
             (9, 64, 50),
             (13, 5, 48),

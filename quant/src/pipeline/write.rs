@@ -14,8 +14,11 @@ use rayon::prelude::*;
 use super::plan::TensorPlan;
 use super::Progress;
 
-/// Batches never hold more than this much output, unless one tensor alone is larger.
-const BATCH_BYTES: u64 = 128 << 20;
+/// Batches never hold more than this much output, unless one tensor alone is
+/// larger: small enough that even a small model's output streams to disk
+/// while the next batch is produced (each tensor is itself split across the
+/// threads by rows), large enough to amortise the hand-off.
+const BATCH_BYTES: u64 = 16 << 20;
 
 /// Hashes everything written through it: the writer thread digests the file
 /// as it streams out, instead of a second read of the whole output afterwards
