@@ -11,7 +11,8 @@
 #
 # Here:  bash bench/cpu-on-device.sh stage [PARTS]   (fills .device/cpu, git-ignored)
 # There: bash bench/cpu-on-device.sh run [PARTS]     (device tool, carry .device/cpu)
-# PARTS: any of runtime quantize calibrate registry (default: all).
+# PARTS: any of runtime quantize calibrate registry (default: all); they run in the order
+# runtime, calibrate, registry, quantize (the longest last, so a time limit cuts only it).
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 D="$REPO/.device/cpu"
@@ -56,14 +57,6 @@ run)
             RESULTS_MD="$O/runtime.md" bash "$REPO/bench/runtime.sh" "${files[@]}" || echo "runtime bench failed" >&2
         rm -f "$W"/*.gguf
     fi
-    if has quantize; then
-        need_models
-        "$BIN/quern" convert "$W/s135" -o "$W/s135-f32.gguf" --outtype f32 --quiet --no-provenance
-        QUERN_BIN="$BIN/quern" LLAMA_QUANTIZE="$BIN/llama-quantize" PIN="taskset -c 0,1" REPEATS=2 \
-            REF_HF="$W/s135" REF_F32="$W/s135-f32.gguf" SYNTH="$W/l11" RESULTS_DIR="$O" BENCH_TMP="$W/qtmp" \
-            REF_LABEL="a SmolLM2-135M-shaped model with random weights (the real one cannot travel)" \
-            bash "$REPO/bench/quantize.sh" || echo "quantize bench failed" >&2
-    fi
     if has calibrate && [ -f "$REPO/bench/calibrate.sh" ]; then
         need_models
         [ -f "$W/s135-f32.gguf" ] || "$BIN/quern" convert "$W/s135" -o "$W/s135-f32.gguf" --outtype f32 --quiet --no-provenance
@@ -76,6 +69,14 @@ run)
         PATH="$BIN:$PATH" DOCKER_REGISTRY="$BIN/docker-registry" BENCH_DIR="$W/reg" \
             bash "$REPO/testdata/registry/bench.sh" "$BIN/quern" > "$O/registry.md" || echo "registry bench failed" >&2
         rm -rf "$W/reg"
+    fi
+    if has quantize; then
+        need_models
+        "$BIN/quern" convert "$W/s135" -o "$W/s135-f32.gguf" --outtype f32 --quiet --no-provenance
+        QUERN_BIN="$BIN/quern" LLAMA_QUANTIZE="$BIN/llama-quantize" PIN="taskset -c 0,1" REPEATS=2 \
+            REF_HF="$W/s135" REF_F32="$W/s135-f32.gguf" SYNTH="$W/l11" RESULTS_DIR="$O" BENCH_TMP="$W/qtmp" \
+            REF_LABEL="a SmolLM2-135M-shaped model with random weights (the real one cannot travel)" \
+            bash "$REPO/bench/quantize.sh" || echo "quantize bench failed" >&2
     fi
     ls -la "$O"
     ;;

@@ -9,7 +9,8 @@
 #                 from the HF bf16 folder .cache/reference/smollm2-135m (convert + quantise in one pass)
 #   llama-1.1b    input: a BF16 GGUF made by `quern convert .cache/synthetic/llama-1.1b --outtype bf16`
 #                 (untimed), the same file to both tools
-# Types: TYPES (default: Q8_0 Q4_0 Q4_K_M Q6_K IQ4_XS); threads: THREADS (default 2).
+# Types: TYPES (default: Q8_0 Q4_0 Q4_K_M Q6_K IQ4_XS), SYNTH_TYPES for the 1.1B model (default:
+# TYPES; llama-quantize's IQ4_XS takes minutes there); threads: THREADS (default 2).
 #   quern       quern quantize IN -o OUT --type TYPE --threads N --quiet
 #   llama.cpp   llama-quantize IN OUT TYPE N
 # Each run under /usr/bin/time -v (wall, peak RSS); output to .cache/bench-tmp on the same disk,
@@ -30,6 +31,7 @@ read -r -a PIN <<< "${PIN:-}"
 REPEATS="${REPEATS:-1}"
 THREADS="${THREADS:-2}"
 TYPES="${TYPES:-Q8_0 Q4_0 Q4_K_M Q6_K IQ4_XS}"
+SYNTH_TYPES="${SYNTH_TYPES:-$TYPES}"
 RESULTS="${RESULTS_DIR:-$REPO/bench/results}"
 TMP="${BENCH_TMP:-$REPO/.cache/bench-tmp}"
 # Elsewhere (the GPU host, where the real weights cannot travel): REF_HF a same-shaped
@@ -88,7 +90,7 @@ for ty in $TYPES; do
 done
 echo "== llama-1.1b" >&2
 cat "$SYNTH_BF16" > /dev/null
-for ty in $TYPES; do
+for ty in $SYNTH_TYPES; do
     run llama.cpp llama-1.1b bf16.gguf "$ty" "$OUT" -- "$LQ" "$SYNTH_BF16" "$OUT" "$ty" "$THREADS"
     run quern llama-1.1b bf16.gguf "$ty" "$OUT" -- "$QUERN" quantize "$SYNTH_BF16" -o "$OUT" --type "$ty" --threads "$THREADS" --quiet
 done

@@ -220,13 +220,13 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
     if args.json {
         let mut j = report_json(&report, secs);
         j["provenance"] = serde_json::json!(provenance);
-        if let Some((c, search_secs)) = &calibration {
-            j["awq"] = awq_json(c, *search_secs);
+        if let Some((c, timing)) = &calibration {
+            j["awq"] = awq_json(c, timing);
         }
         println!("{}", serde_json::to_string_pretty(&j)?);
     } else if !args.quiet {
-        if let Some((c, search_secs)) = &calibration {
-            print_awq(c, *search_secs);
+        if let Some((c, timing)) = &calibration {
+            print_awq(c, timing);
         }
         print_report(&report, secs);
         if let Some(p) = provenance {
@@ -287,12 +287,12 @@ fn run_awq(args: &QuantizeArgs, input: &std::path::Path) -> Result<()> {
             "kept_tensors": report.kept_tensors,
             "weights_bytes": report.weights_bytes,
             "seconds": secs,
-            "awq": calibration.as_ref().map(|(c, s)| awq_json(c, *s)),
+            "awq": calibration.as_ref().map(|(c, s)| awq_json(c, s)),
         });
         println!("{}", serde_json::to_string_pretty(&j)?);
     } else if !args.quiet {
-        if let Some((c, search_secs)) = &calibration {
-            print_awq(c, *search_secs);
+        if let Some((c, timing)) = &calibration {
+            print_awq(c, timing);
         }
         eprintln!(
             "wrote {} (AWQ gemm, 4-bit, group {}{}): {} linears quantised, {} tensors kept in f16, {:.1} MB of weights, {:.2} s",
@@ -319,7 +319,7 @@ fn run_awq_search(
     input: &std::path::Path,
     target: &dyn Fn(&str) -> Target,
     quiet: bool,
-) -> Result<(AwqCalibration, f64)> {
+) -> Result<(AwqCalibration, AwqTiming)> {
     let Some(calib) = &args.calib else {
         bail!("AWQ needs --calib FILE");
     };
@@ -378,8 +378,11 @@ fn run_awq_search(
             .progress_chars("=> "),
     );
     bar.set_message("AWQ forward");
+    // When the forward pass ended: the report splits the time into the two stages.
+    let forward_secs = std::cell::Cell::new(None::<f64>);
     let progress = |stage: &str, done: usize, total: usize| {
         if stage == "search" && bar.message() != "AWQ search" {
+            forward_secs.set(Some(started.elapsed().as_secs_f64()));
             bar.set_message("AWQ search");
             bar.set_length(total as u64);
             bar.reset();
@@ -390,23 +393,36 @@ fn run_awq_search(
     bar.finish_and_clear();
     let result = result?;
     let secs = started.elapsed().as_secs_f64();
+    let timing = AwqTiming {
+        total: secs,
+        forward: forward_secs.get().unwrap_or(secs),
+    };
     if let Some(path) = &args.awq_report {
-        let j = awq_json(&result, secs);
+        let j = awq_json(&result, &timing);
         std::fs::write(path, serde_json::to_string_pretty(&j)? + "\n")
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    Ok((result, secs))
+    Ok((result, timing))
 }
 
-fn awq_json(c: &AwqCalibration, secs: f64) -> serde_json::Value {
+/// Seconds of the AWQ calibration: all of it, and the float forward pass that
+/// collects the statistics (the rest is the scale and clip search).
+#[derive(Debug, Clone, Copy)]
+struct AwqTiming {
+    total: f64,
+    forward: f64,
+}
+
+fn awq_json(c: &AwqCalibration, t: &AwqTiming) -> serde_json::Value {
     serde_json::json!({
         "calibration_tokens": c.tokens,
-        "search_seconds": secs,
+        "search_seconds": t.total,
+        "forward_seconds": t.forward,
         "groups": c.groups,
     })
 }
 
-fn print_awq(c: &AwqCalibration, secs: f64) {
+fn print_awq(c: &AwqCalibration, t: &AwqTiming) {
     let scaled = c.groups.iter().filter(|g| g.alpha.is_some()).count();
     let gain: f64 = c
         .groups
@@ -415,12 +431,14 @@ fn print_awq(c: &AwqCalibration, secs: f64) {
         .sum::<f64>()
         / c.groups.len().max(1) as f64;
     eprintln!(
-        "AWQ: {} calibration tokens, {} of {} groups scaled, mean loss ratio {:.3} (vs unscaled), {:.1} s",
+        "AWQ: {} calibration tokens, {} of {} groups scaled, mean loss ratio {:.3} (vs unscaled), {:.1} s (forward pass {:.1} s, search {:.1} s)",
         c.tokens,
         scaled,
         c.groups.len(),
         gain,
-        secs
+        t.total,
+        t.forward,
+        t.total - t.forward
     );
 }
 

@@ -288,6 +288,9 @@ struct Task<'a> {
     out: OutPtr,
     n_tokens: usize,
     rows_per_item: usize,
+    /// Tokens per work item: `TOKEN_BLOCK`, or all of them for the F32 products
+    /// that go to `matrixmultiply` (which then packs each weight block once).
+    token_block: usize,
     items: usize,
 }
 
@@ -302,13 +305,18 @@ impl Task<'_> {
         let (rc, tb) = (item % row_chunks, item / row_chunks);
         let r0 = rc * self.rows_per_item;
         let r1 = (r0 + self.rows_per_item).min(self.w.rows);
-        let t0 = tb * TOKEN_BLOCK;
-        let t1 = (t0 + TOKEN_BLOCK).min(self.n_tokens);
+        let t0 = tb * self.token_block;
+        let t1 = (t0 + self.token_block).min(self.n_tokens);
         let cols = self.w.cols;
         let rows = self.w.rows;
         let put = |r: usize, t: usize, v: f32| *self.out.0.add(t * rows + r) = v;
         let mut r0 = r0;
         if let (Kernel::Float(one, Some(tile)), Acts::Float(x)) = (self.kernel, self.acts) {
+            if self.w.ty == GgmlType::F32 && t1 - t0 >= SGEMM_MIN_TOKENS {
+                if sgemm_f32(&self.w, x, r0, r1, t0, t1, self.out) {
+                    return;
+                }
+            }
             r0 = float_tiles(&self.w, x, r0, r1, t0, t1, one, tile, put);
         }
         // Groups of four rows where the format has four-row kernels.
@@ -365,6 +373,53 @@ impl Task<'_> {
             }
         }
     }
+}
+
+/// Fewest tokens for which an F32 block goes to `matrixmultiply` (it packs both
+/// operands, which pays off only over several tokens).
+const SGEMM_MIN_TOKENS: usize = 8;
+
+/// F32 weights in prefill: rows `r0..r1` against tokens `t0..t1` as one
+/// `matrixmultiply` product, whose kernels are chosen at run time (AVX-512 where
+/// present, twice the FMA width of the AVX2 tiles). `false` (nothing written)
+/// when the weights are not 4-byte aligned in the file's memory map.
+///
+/// # Safety
+/// As [`Task::run`]: `x` holds `t1` token rows of `w.cols` values and `out` has
+/// room for `t1 × w.rows` values, of which this writes the block's.
+unsafe fn sgemm_f32(
+    w: &WeightView<'_>,
+    x: &[f32],
+    r0: usize,
+    r1: usize,
+    t0: usize,
+    t1: usize,
+    out: OutPtr,
+) -> bool {
+    let wp = w.row(r0).as_ptr();
+    if !(wp as usize).is_multiple_of(std::mem::align_of::<f32>()) {
+        return false;
+    }
+    let (cols, rows) = (w.cols, w.rows);
+    // out[t][r] = Σ_k x[t][k] · w[r][k]: A = the tokens (row stride `cols`),
+    // B = the weight rows read transposed (column stride `cols`).
+    matrixmultiply::sgemm(
+        t1 - t0,
+        cols,
+        r1 - r0,
+        1.0,
+        x.as_ptr().add(t0 * cols),
+        cols as isize,
+        1,
+        wp as *const f32,
+        1,
+        cols as isize,
+        0.0,
+        out.0.add(t0 * rows + r0),
+        rows as isize,
+        1,
+    );
+    true
 }
 
 /// Float prefill: rows `r0..` three at a time against tokens `t0..t1` four at a
@@ -549,6 +604,10 @@ impl Backend for CpuBackend {
             .zip(&kernels)
             .map(|((w, out), &kernel)| {
                 let rows_per_item = self.rows_per_item(w.rows, n_tokens);
+                let sgemm = w.ty == GgmlType::F32
+                    && n_tokens >= SGEMM_MIN_TOKENS
+                    && matches!(kernel, Kernel::Float(_, Some(_)));
+                let token_block = if sgemm { n_tokens } else { TOKEN_BLOCK };
                 Task {
                     w: *w,
                     kernel,
@@ -556,7 +615,8 @@ impl Backend for CpuBackend {
                     out: OutPtr(out.as_mut_ptr()),
                     n_tokens,
                     rows_per_item,
-                    items: w.rows.div_ceil(rows_per_item) * n_tokens.div_ceil(TOKEN_BLOCK),
+                    token_block,
+                    items: w.rows.div_ceil(rows_per_item) * n_tokens.div_ceil(token_block),
                 }
             })
             .collect();
