@@ -1,7 +1,10 @@
 //! Q4_0: 32 values, f16 scale, 4-bit codes with an implicit offset of 8.
 
 use crate::block::{f16_bytes, f16_value, BlockFormat};
-use crate::legacy::{inv_or_zero, pack_nibbles, signed_absmax, trunc_code, unpack_nibbles};
+use crate::legacy::{
+    inv_or_zero, pack_nibbles, refine_weighted, signed_absmax, trunc_code, unpack_nibbles,
+    weighted_signed,
+};
 use quern_formats::GgmlType;
 
 pub const QK: usize = 32;
@@ -21,7 +24,7 @@ impl BlockFormat for Q4_0 {
     const TYPE: GgmlType = GgmlType::Q4_0;
     type Block = BlockQ4_0;
 
-    fn quantize_row(src: &[f32], _importance: Option<&[f32]>, dst: &mut [BlockQ4_0]) {
+    fn quantize_row(src: &[f32], importance: Option<&[f32]>, dst: &mut [BlockQ4_0]) {
         for (x, b) in src.chunks_exact(QK).zip(dst.iter_mut()) {
             // The largest magnitude maps to code 0 (-8), using the asymmetric range fully.
             let d = signed_absmax(x) / -8.0;
@@ -30,6 +33,13 @@ impl BlockFormat for Q4_0 {
             b.d = f16_bytes(d);
             b.qs = pack_nibbles(&q);
         }
+        refine_weighted::<Self>(src, importance, dst, |x, w| {
+            let (d, q) = weighted_signed(x, w, 8, 7);
+            BlockQ4_0 {
+                d,
+                qs: pack_nibbles(&q),
+            }
+        });
     }
 
     fn dequantize_row(src: &[BlockQ4_0], dst: &mut [f32]) {

@@ -1,7 +1,10 @@
 //! Q4_1: 32 values, f16 scale and minimum, 4-bit codes.
 
 use crate::block::{f16_bytes, f16_value, BlockFormat};
-use crate::legacy::{inv_or_zero, min_max, pack_nibbles, trunc_code, unpack_nibbles};
+use crate::legacy::{
+    inv_or_zero, min_max, pack_nibbles, refine_weighted, trunc_code, unpack_nibbles,
+    weighted_affine,
+};
 use quern_formats::GgmlType;
 
 pub const QK: usize = 32;
@@ -22,7 +25,7 @@ impl BlockFormat for Q4_1 {
     const TYPE: GgmlType = GgmlType::Q4_1;
     type Block = BlockQ4_1;
 
-    fn quantize_row(src: &[f32], _importance: Option<&[f32]>, dst: &mut [BlockQ4_1]) {
+    fn quantize_row(src: &[f32], importance: Option<&[f32]>, dst: &mut [BlockQ4_1]) {
         for (x, b) in src.chunks_exact(QK).zip(dst.iter_mut()) {
             let (min, max) = min_max(x);
             let d = (max - min) / 15.0;
@@ -32,6 +35,14 @@ impl BlockFormat for Q4_1 {
             b.m = f16_bytes(min);
             b.qs = pack_nibbles(&q);
         }
+        refine_weighted::<Self>(src, importance, dst, |x, w| {
+            let (d, m, q) = weighted_affine(x, w, 15);
+            BlockQ4_1 {
+                d,
+                m,
+                qs: pack_nibbles(&q),
+            }
+        });
     }
 
     fn dequantize_row(src: &[BlockQ4_1], dst: &mut [f32]) {

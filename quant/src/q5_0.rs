@@ -2,7 +2,8 @@
 
 use crate::block::{f16_bytes, f16_value, BlockFormat};
 use crate::legacy::{
-    inv_or_zero, pack_fifth_bits, pack_nibbles, signed_absmax, trunc_code, unpack_five_bit,
+    inv_or_zero, pack_fifth_bits, pack_nibbles, refine_weighted, signed_absmax, trunc_code,
+    unpack_five_bit, weighted_signed,
 };
 use quern_formats::GgmlType;
 
@@ -37,7 +38,7 @@ impl BlockFormat for Q5_0 {
     const TYPE: GgmlType = GgmlType::Q5_0;
     type Block = BlockQ5_0;
 
-    fn quantize_row(src: &[f32], _importance: Option<&[f32]>, dst: &mut [BlockQ5_0]) {
+    fn quantize_row(src: &[f32], importance: Option<&[f32]>, dst: &mut [BlockQ5_0]) {
         for (x, b) in src.chunks_exact(QK).zip(dst.iter_mut()) {
             let d = signed_absmax(x) / -16.0;
             let id = inv_or_zero(d);
@@ -46,6 +47,10 @@ impl BlockFormat for Q5_0 {
             b.qh = pack_fifth_bits(&q);
             b.qs = pack_nibbles(&q);
         }
+        refine_weighted::<Self>(src, importance, dst, |x, w| {
+            let (d, q) = weighted_signed(x, w, 16, 15);
+            BlockQ5_0::from_codes(d, &q)
+        });
     }
 
     fn dequantize_row(src: &[BlockQ5_0], dst: &mut [f32]) {

@@ -2,7 +2,8 @@
 
 use crate::block::{f16_bytes, f16_value, BlockFormat};
 use crate::legacy::{
-    inv_or_zero, min_max, pack_fifth_bits, pack_nibbles, trunc_code, unpack_five_bit,
+    inv_or_zero, min_max, pack_fifth_bits, pack_nibbles, refine_weighted, trunc_code,
+    unpack_five_bit, weighted_affine,
 };
 use quern_formats::GgmlType;
 
@@ -25,7 +26,7 @@ impl BlockFormat for Q5_1 {
     const TYPE: GgmlType = GgmlType::Q5_1;
     type Block = BlockQ5_1;
 
-    fn quantize_row(src: &[f32], _importance: Option<&[f32]>, dst: &mut [BlockQ5_1]) {
+    fn quantize_row(src: &[f32], importance: Option<&[f32]>, dst: &mut [BlockQ5_1]) {
         for (x, b) in src.chunks_exact(QK).zip(dst.iter_mut()) {
             let (min, max) = min_max(x);
             let d = (max - min) / 31.0;
@@ -36,6 +37,15 @@ impl BlockFormat for Q5_1 {
             b.qh = pack_fifth_bits(&q);
             b.qs = pack_nibbles(&q);
         }
+        refine_weighted::<Self>(src, importance, dst, |x, w| {
+            let (d, m, q) = weighted_affine(x, w, 31);
+            BlockQ5_1 {
+                d,
+                m,
+                qh: pack_fifth_bits(&q),
+                qs: pack_nibbles(&q),
+            }
+        });
     }
 
     fn dequantize_row(src: &[BlockQ5_1], dst: &mut [f32]) {

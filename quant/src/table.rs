@@ -96,8 +96,9 @@ fn bytes_for(ty: GgmlType, n: usize) -> Result<usize, QuantError> {
 /// Quantises `src` (a whole number of blocks) into `dst` (exactly the bytes they take).
 ///
 /// `importance`, when given, has one weight per value of `src`; quantisers that take
-/// weights (K-quants, IQ4) minimise the weighted error, the others ignore it so their
-/// output stays bit-identical to ggml's reference.
+/// weights (K-quants, IQ4, and Q4_0/Q4_1/Q5_0/Q5_1 block by block) minimise the
+/// weighted error; Q8_0 and the float types ignore it. Without it every format's
+/// output is bit-identical to ggml's reference.
 pub fn quantize_row(
     ty: GgmlType,
     src: &[f32],
