@@ -167,20 +167,24 @@ fn q8_0_ignores_importance_and_the_others_use_it() {
     let mut rng = Rng::new(25);
     let x = weight_matrix(&mut rng, 1, 256);
     let w = importance(&mut rng, 256);
-    for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1] {
+    for ty in [
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+    ] {
         let n = 256 / 32 * ty.type_size();
         let (mut a, mut b) = (vec![0u8; n], vec![0u8; n]);
         quantize_row(ty, &x, None, &mut a).expect("quantize");
         quantize_row(ty, &x, Some(&w), &mut b).expect("quantize");
         assert_ne!(a, b, "{ty}: the imatrix changed no block");
     }
-    for ty in [GgmlType::Q8_0] {
-        let n = 256 / 32 * ty.type_size();
-        let (mut a, mut b) = (vec![0u8; n], vec![0u8; n]);
-        quantize_row(ty, &x, None, &mut a).expect("quantize");
-        quantize_row(ty, &x, Some(&w), &mut b).expect("quantize");
-        assert_eq!(a, b, "{ty}");
-    }
+    let ty = GgmlType::Q8_0;
+    let n = 256 / 32 * ty.type_size();
+    let (mut a, mut b) = (vec![0u8; n], vec![0u8; n]);
+    quantize_row(ty, &x, None, &mut a).expect("quantize");
+    quantize_row(ty, &x, Some(&w), &mut b).expect("quantize");
+    assert_eq!(a, b, "{ty}");
 }
 
 #[test]

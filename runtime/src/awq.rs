@@ -216,7 +216,7 @@ pub fn calibrate_awq(
     let mut folds = Folds::default();
     let mut groups = Vec::new();
     for layer in 0..c.n_layer {
-        let inputs = std::mem::replace(&mut cap.layers[layer], [None, None, None, None]);
+        let inputs = std::mem::take(&mut cap.layers[layer]);
         groups.extend(search_block(
             model, layer, inputs, opts, target, &mut folds,
         )?);

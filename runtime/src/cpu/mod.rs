@@ -312,10 +312,11 @@ impl Task<'_> {
         let put = |r: usize, t: usize, v: f32| *self.out.0.add(t * rows + r) = v;
         let mut r0 = r0;
         if let (Kernel::Float(one, Some(tile)), Acts::Float(x)) = (self.kernel, self.acts) {
-            if self.w.ty == GgmlType::F32 && t1 - t0 >= SGEMM_MIN_TOKENS {
-                if sgemm_f32(&self.w, x, r0, r1, t0, t1, self.out) {
-                    return;
-                }
+            if self.w.ty == GgmlType::F32
+                && t1 - t0 >= SGEMM_MIN_TOKENS
+                && sgemm_f32(&self.w, x, r0, r1, t0, t1, self.out)
+            {
+                return;
             }
             r0 = float_tiles(&self.w, x, r0, r1, t0, t1, one, tile, put);
         }
