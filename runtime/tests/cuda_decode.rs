@@ -20,16 +20,6 @@ use quern_runtime::{CpuBackend, Model};
 
 const TOKENS: [u32; 11] = [5, 77, 260, 3, 131, 19, 200, 42, 9, 64, 128];
 
-fn rel_err(a: &[f32], b: &[f32]) -> f64 {
-    let num: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(&x, &y)| (x as f64 - y as f64).powi(2))
-        .sum();
-    let den: f64 = b.iter().map(|&y| (y as f64).powi(2)).sum();
-    (num / den).sqrt()
-}
-
 /// Prefill of 5 (all logits), then one token at a time.
 fn cpu_logits(model: &Model, tokens: &[u32]) -> Vec<Vec<f32>> {
     let vocab = model.config.vocab;
@@ -62,7 +52,7 @@ fn compare(what: &str, g: &[Vec<f32>], c: &[Vec<f32>], tol: f64) {
             g.iter().all(|v| v.is_finite()),
             "{what} position {pos}: non-finite logits (an unwritten element?)"
         );
-        let e = rel_err(g, c);
+        let e = common::rel_err(g, c);
         assert!(
             e < tol,
             "{what} position {pos}: device vs cpu relative error {e} (tolerance {tol})"
@@ -92,7 +82,7 @@ fn check(what: &str, path: &Path, tol: f64) {
     eager.set_graph(false);
     let direct = device_logits(&mut eager, vocab, &TOKENS);
     for (pos, (a, b)) in direct.iter().zip(&graphed).enumerate() {
-        let e = rel_err(a, b);
+        let e = common::rel_err(a, b);
         assert!(
             e < 1e-6,
             "{what} position {pos}: graph vs direct launches differ by {e}"

@@ -41,16 +41,6 @@ fn logits(model: &Model, tokens: &[u32]) -> Vec<Vec<f32>> {
     out
 }
 
-fn rel_err(a: &[f32], b: &[f32]) -> f64 {
-    let num: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(&x, &y)| (x as f64 - y as f64).powi(2))
-        .sum();
-    let den: f64 = b.iter().map(|&y| (y as f64).powi(2)).sum();
-    (num / den).sqrt()
-}
-
 fn check(m: TinyModel, outtype: OutType, tol: f64) {
     let Some(be) = cuda() else { return };
     let dir = tempfile::tempdir().expect("tempdir");
@@ -66,7 +56,7 @@ fn check(m: TinyModel, outtype: OutType, tol: f64) {
             g.iter().all(|v| v.is_finite()),
             "position {pos}: non-finite logits"
         );
-        let e = rel_err(g, c);
+        let e = common::rel_err(g, c);
         assert!(
             e < tol,
             "{} {outtype:?} position {pos}: cuda vs cpu relative error {e}",

@@ -180,3 +180,14 @@ pub fn tiny_gguf(
     convert_hf_folder(&folder, &out, &opts, &NoProgress).expect("convert");
     out
 }
+
+/// `‖a − b‖ / ‖b‖` in f64.
+pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
+    let num: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| (x as f64 - y as f64).powi(2))
+        .sum();
+    let den: f64 = b.iter().map(|&y| (y as f64).powi(2)).sum();
+    (num / den).sqrt()
+}
