@@ -72,13 +72,15 @@ for row in "${ROWS[@]}"; do
 done
 
 # The table.
-printf '%s\n' "${ROWS[@]}" | .venv/bin/python - "$CHUNKS" <<'PY'
+# (the rows go through a file: the script itself is python's stdin)
+printf '%s\n' "${ROWS[@]}" >"$OUT/rows.txt"
+.venv/bin/python - "$CHUNKS" "$OUT/rows.txt" <<'PY'
 import json, os, sys
 chunks = sys.argv[1]
 rtn_increase = None
 print(f"| artifact | chunks | size | bits/weight | PPL (reference) | PPL increase | mean KLD | top-1 |")
 print("|---|---:|---:|---:|---:|---:|---:|---:|")
-for line in sys.stdin.read().splitlines():
+for line in open(sys.argv[2]).read().splitlines():
     name, path, _ = line.split("|", 2)
     j = f"{path}.verify-{chunks}.json"
     if not os.path.exists(j):
