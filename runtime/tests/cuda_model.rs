@@ -5,27 +5,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-
 use quern_formats::testutil::TinyModel;
-use quern_quant::pipeline::{convert_hf_folder, ConvertOptions, NoProgress, OutType};
+use quern_quant::pipeline::OutType;
 use quern_runtime::cuda::CudaBackend;
 use quern_runtime::{CpuBackend, Model};
 
 fn cuda() -> Option<CudaBackend> {
     common::cuda_backend()
-}
-
-fn convert(m: &TinyModel, dir: &Path, outtype: OutType) -> PathBuf {
-    let folder = dir.join("hf");
-    m.write(&folder).expect("write tiny model");
-    let out = dir.join("model.gguf");
-    let opts = ConvertOptions {
-        outtype,
-        model_name: None,
-    };
-    convert_hf_folder(&folder, &out, &opts, &NoProgress).expect("convert");
-    out
 }
 
 fn logits(model: &Model, tokens: &[u32]) -> Vec<Vec<f32>> {
@@ -44,7 +30,7 @@ fn logits(model: &Model, tokens: &[u32]) -> Vec<Vec<f32>> {
 fn check(m: TinyModel, outtype: OutType, tol: f64) {
     let Some(be) = cuda() else { return };
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = convert(&m, dir.path(), outtype);
+    let path = common::tiny_gguf(&m, dir.path(), outtype);
     let tokens: Vec<u32> = vec![5, 77, 260, 3, 131, 19, 200, 42, 9, 64, 128];
     let gpu = Model::open(&path, Box::new(be)).expect("open on cuda");
     assert_eq!(gpu.backend().name(), "cuda");
