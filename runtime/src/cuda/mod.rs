@@ -118,6 +118,15 @@ const BATCHES: [usize; 5] = [1, 2, 4, 8, 16];
 /// The most activation rows one launch takes.
 pub const MAX_BATCH: usize = 16;
 
+/// The compiled kernel variant (index into `BATCHES`) for a launch of `nt`
+/// tokens: the smallest batch size that holds them.
+fn batch_variant(nt: usize) -> usize {
+    BATCHES
+        .iter()
+        .position(|&b| b >= nt)
+        .unwrap_or(BATCHES.len() - 1)
+}
+
 /// The number `gemv.cu` knows a format by (`QFMT`).
 fn format_id(ty: GgmlType) -> Option<u32> {
     Some(match ty {
@@ -762,10 +771,7 @@ impl CudaBackend {
         let mut t0 = 0;
         while t0 < n_tokens {
             let nt = (n_tokens - t0).min(MAX_BATCH);
-            let bi = BATCHES
-                .iter()
-                .position(|&b| b >= nt)
-                .unwrap_or(BATCHES.len() - 1);
+            let bi = batch_variant(nt);
             let yp = y_ptr + (t0 * w.rows * 4) as u64;
             let nt_i = nt as i32;
             let r = if let Some((qf, _)) = q8 {
@@ -847,10 +853,7 @@ impl CudaBackend {
         let mut t0 = 0;
         while t0 < n_tokens {
             let nt = (n_tokens - t0).min(MAX_BATCH);
-            let bi = BATCHES
-                .iter()
-                .position(|&b| b >= nt)
-                .unwrap_or(BATCHES.len() - 1);
+            let bi = batch_variant(nt);
             let yp = y_ptr + (t0 * w.rows * 4) as u64;
             let xqt = xq + (t0 * w.k) as u64;
             let xat = xa + (t0 * w.k / 32 * 8) as u64;
