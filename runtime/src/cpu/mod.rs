@@ -288,13 +288,22 @@ struct Task<'a> {
     out: OutPtr,
     n_tokens: usize,
     rows_per_item: usize,
-    /// Tokens per work item: `TOKEN_BLOCK`, or all of them for the F32 products
-    /// that go to `matrixmultiply` (which then packs each weight block once).
-    token_block: usize,
+    /// An F32 product in prefill, given to `matrixmultiply`: its work items
+    /// cover all tokens (so each weight block is packed once), not `TOKEN_BLOCK`.
+    sgemm: bool,
     items: usize,
 }
 
 impl Task<'_> {
+    /// Tokens per work item.
+    fn token_block(&self) -> usize {
+        if self.sgemm {
+            self.n_tokens
+        } else {
+            TOKEN_BLOCK
+        }
+    }
+
     /// Computes work item `item`.
     ///
     /// # Safety
@@ -305,17 +314,14 @@ impl Task<'_> {
         let (rc, tb) = (item % row_chunks, item / row_chunks);
         let r0 = rc * self.rows_per_item;
         let r1 = (r0 + self.rows_per_item).min(self.w.rows);
-        let t0 = tb * self.token_block;
-        let t1 = (t0 + self.token_block).min(self.n_tokens);
+        let t0 = tb * self.token_block();
+        let t1 = (t0 + self.token_block()).min(self.n_tokens);
         let cols = self.w.cols;
         let rows = self.w.rows;
         let put = |r: usize, t: usize, v: f32| *self.out.0.add(t * rows + r) = v;
         let mut r0 = r0;
         if let (Kernel::Float(one, Some(tile)), Acts::Float(x)) = (self.kernel, self.acts) {
-            if self.w.ty == GgmlType::F32
-                && t1 - t0 >= SGEMM_MIN_TOKENS
-                && sgemm_f32(&self.w, x, r0, r1, t0, t1, self.out)
-            {
+            if self.sgemm && sgemm_f32(&self.w, x, r0, r1, t0, t1, self.out) {
                 return;
             }
             r0 = float_tiles(&self.w, x, r0, r1, t0, t1, one, tile, put);
@@ -616,7 +622,7 @@ impl Backend for CpuBackend {
                     out: OutPtr(out.as_mut_ptr()),
                     n_tokens,
                     rows_per_item,
-                    token_block,
+                    sgemm,
                     items: w.rows.div_ceil(rows_per_item) * n_tokens.div_ceil(token_block),
                 }
             })
