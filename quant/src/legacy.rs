@@ -8,24 +8,62 @@ use crate::fit::{block_weights, clamp_fast, fit_affine, fit_symmetric, round_fas
 /// Two passes, the first in eight independent lanes so it vectorises (a single
 /// running "best" is a serial chain of compares); inputs are finite (the
 /// pipeline rejects NaN/Inf before quantising).
+#[inline(always)]
 pub(crate) fn signed_absmax(x: &[f32]) -> f32 {
+    let amax = absmax(x);
+    x.iter().copied().find(|v| v.abs() == amax).unwrap_or(0.0)
+}
+/// Largest magnitude of a block, in eight independent lanes so it vectorises.
+#[inline(always)]
+pub(crate) fn absmax(x: &[f32]) -> f32 {
     let mut lanes = [0f32; 8];
     let chunks = x.chunks_exact(8);
     let tail = chunks.remainder();
     for c in chunks {
         for (m, v) in lanes.iter_mut().zip(c) {
-            *m = m.max(v.abs());
+            // A compare-select is one `maxps`; `f32::max`'s NaN rule costs
+            // three instructions. Same result: a NaN never replaces a lane.
+            let a = v.abs();
+            *m = if a > *m { a } else { *m };
         }
     }
-    let amax = tail
-        .iter()
+    tail.iter()
         .fold(lanes.iter().fold(0f32, |a, &b| a.max(b)), |a, v| {
             a.max(v.abs())
-        });
-    x.iter().copied().find(|v| v.abs() == amax).unwrap_or(0.0)
+        })
+}
+
+/// Quantises `src` block by block with `block` (one 32-value block to its
+/// encoding), the loop compiled for AVX2 + FMA where the CPU has them: the
+/// unweighted legacy quantisers are light arithmetic over every value, and
+/// twice the vector width is most of their time on such machines.
+#[inline]
+pub(crate) fn map_blocks<B>(src: &[f32], dst: &mut [B], block: impl Fn(&[f32; 32]) -> B) {
+    #[inline(always)]
+    fn each<B>(src: &[f32], dst: &mut [B], block: &impl Fn(&[f32; 32]) -> B) {
+        for (x, b) in src.chunks_exact(32).zip(dst.iter_mut()) {
+            if let Ok(x) = <&[f32; 32]>::try_from(x) {
+                *b = block(x);
+            }
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn each_avx2<B>(src: &[f32], dst: &mut [B], block: &impl Fn(&[f32; 32]) -> B) {
+            each(src, dst, block)
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has the features `each_avx2` is compiled for.
+            return unsafe { each_avx2(src, dst, &block) };
+        }
+    }
+    each(src, dst, &block)
 }
 
 /// Minimum and maximum of a block, in eight lanes (see [`signed_absmax`]).
+#[inline(always)]
 pub(crate) fn min_max(x: &[f32]) -> (f32, f32) {
     let first = x.first().copied().unwrap_or(0.0);
     let (mut lo, mut hi) = ([first; 8], [first; 8]);
@@ -49,7 +87,7 @@ pub(crate) fn min_max(x: &[f32]) -> (f32, f32) {
 /// `trunc(v)` as an unsigned code clamped to `max` (numpy: `trunc(...).astype(uint8).clip(0, max)`).
 /// The saturating cast truncates by itself (one `cvttss2si`); `f32::trunc` would
 /// be a libm call on the x86-64 baseline, which has no SSE4.1 `roundss`.
-#[inline]
+#[inline(always)]
 pub(crate) fn trunc_code(v: f32, max: u8) -> u8 {
     (v as u8).min(max)
 }
@@ -58,7 +96,7 @@ pub(crate) fn trunc_code(v: f32, max: u8) -> u8 {
 /// `f32::round` makes on the x86-64 baseline. Exact: for |v| < 2^23 the
 /// fraction `v - trunc(v)` is computed without rounding; larger values are
 /// already integers.
-#[inline]
+#[cfg(test)]
 pub(crate) fn round_half_away(v: f32) -> i32 {
     if v.abs() < 8_388_608.0 {
         let t = v as i32;
@@ -69,8 +107,19 @@ pub(crate) fn round_half_away(v: f32) -> i32 {
     }
 }
 
+/// [`round_half_away`] for Q8_0's codes (|v| <= 127 plus rounding): clamped
+/// first, so the cast needs no out-of-range branch and the block vectorises.
+/// Equal to `round_half_away(v) as i8` wherever |v| < 127.5.
+#[inline(always)]
+pub(crate) fn round_code_127(v: f32) -> i8 {
+    let v = v.max(-127.49).min(127.49);
+    let t = v as i32;
+    let frac = v - t as f32;
+    (t + (frac >= 0.5) as i32 - (frac <= -0.5) as i32) as i8
+}
+
 /// Reciprocal that maps a zero scale to zero.
-#[inline]
+#[inline(always)]
 pub(crate) fn inv_or_zero(d: f32) -> f32 {
     if d == 0.0 {
         0.0
@@ -80,6 +129,7 @@ pub(crate) fn inv_or_zero(d: f32) -> f32 {
 }
 
 /// Packs 32 four-bit codes: byte j holds code j (low nibble) and code j + 16 (high).
+#[inline(always)]
 pub(crate) fn pack_nibbles(q: &[u8; 32]) -> [u8; 16] {
     std::array::from_fn(|j| (q[j] & 0x0F) | ((q[j + 16] & 0x0F) << 4))
 }
@@ -96,6 +146,7 @@ pub(crate) fn unpack_nibbles(qs: &[u8; 16]) -> [u8; 32] {
 }
 
 /// Bit 4 of each of 32 codes, bit j of a little-endian u32.
+#[inline(always)]
 pub(crate) fn pack_fifth_bits(q: &[u8; 32]) -> [u8; 4] {
     let bits = q
         .iter()
@@ -248,6 +299,23 @@ mod tests {
                 let hi = v.iter().copied().fold(v[0], f32::max);
                 assert_eq!(min_max(&v), (lo, hi), "{v:?}");
             }
+        }
+    }
+
+    #[test]
+    fn round_code_127_is_roundf_in_range() {
+        for i in 0..=1_000_000 {
+            let v = -127.49 + i as f32 * (2.0 * 127.49 / 1_000_000.0);
+            assert_eq!(round_code_127(v) as i32, round_half_away(v), "{v}");
+        }
+        for v in [
+            126.5f32, -126.5, 0.5, -0.5, 127.0, -127.0, 127.000015, 0.49999997,
+        ] {
+            assert_eq!(
+                round_code_127(v) as i32,
+                round_half_away(v).clamp(-127, 127),
+                "{v}"
+            );
         }
     }
 

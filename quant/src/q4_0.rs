@@ -2,8 +2,8 @@
 
 use crate::block::{f16_bytes, f16_value, BlockFormat};
 use crate::legacy::{
-    inv_or_zero, pack_nibbles, refine_weighted, signed_absmax, trunc_code, unpack_nibbles,
-    weighted_signed,
+    inv_or_zero, map_blocks, pack_nibbles, refine_weighted, signed_absmax, trunc_code,
+    unpack_nibbles, weighted_signed,
 };
 use quern_formats::GgmlType;
 
@@ -25,14 +25,16 @@ impl BlockFormat for Q4_0 {
     type Block = BlockQ4_0;
 
     fn quantize_row(src: &[f32], importance: Option<&[f32]>, dst: &mut [BlockQ4_0]) {
-        for (x, b) in src.chunks_exact(QK).zip(dst.iter_mut()) {
+        map_blocks(src, dst, |x| {
             // The largest magnitude maps to code 0 (-8), using the asymmetric range fully.
             let d = signed_absmax(x) / -8.0;
             let id = inv_or_zero(d);
             let q: [u8; QK] = std::array::from_fn(|i| trunc_code(x[i] * id + 8.5, 15));
-            b.d = f16_bytes(d);
-            b.qs = pack_nibbles(&q);
-        }
+            BlockQ4_0 {
+                d: f16_bytes(d),
+                qs: pack_nibbles(&q),
+            }
+        });
         refine_weighted::<Self>(src, importance, dst, |x, w| {
             let (d, q) = weighted_signed(x, w, 8, 7);
             BlockQ4_0 {

@@ -2,7 +2,7 @@
 
 use crate::block::{f16_bytes, f16_value, BlockFormat};
 use crate::legacy::{
-    inv_or_zero, min_max, pack_nibbles, refine_weighted, trunc_code, unpack_nibbles,
+    inv_or_zero, map_blocks, min_max, pack_nibbles, refine_weighted, trunc_code, unpack_nibbles,
     weighted_affine,
 };
 use quern_formats::GgmlType;
@@ -26,15 +26,17 @@ impl BlockFormat for Q4_1 {
     type Block = BlockQ4_1;
 
     fn quantize_row(src: &[f32], importance: Option<&[f32]>, dst: &mut [BlockQ4_1]) {
-        for (x, b) in src.chunks_exact(QK).zip(dst.iter_mut()) {
+        map_blocks(src, dst, |x| {
             let (min, max) = min_max(x);
             let d = (max - min) / 15.0;
             let id = inv_or_zero(d);
             let q: [u8; QK] = std::array::from_fn(|i| trunc_code((x[i] - min) * id + 0.5, 15));
-            b.d = f16_bytes(d);
-            b.m = f16_bytes(min);
-            b.qs = pack_nibbles(&q);
-        }
+            BlockQ4_1 {
+                d: f16_bytes(d),
+                m: f16_bytes(min),
+                qs: pack_nibbles(&q),
+            }
+        });
         refine_weighted::<Self>(src, importance, dst, |x, w| {
             let (d, m, q) = weighted_affine(x, w, 15);
             BlockQ4_1 {

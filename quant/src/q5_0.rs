@@ -2,8 +2,8 @@
 
 use crate::block::{f16_bytes, f16_value, BlockFormat};
 use crate::legacy::{
-    inv_or_zero, pack_fifth_bits, pack_nibbles, refine_weighted, signed_absmax, trunc_code,
-    unpack_five_bit, weighted_signed,
+    inv_or_zero, map_blocks, pack_fifth_bits, pack_nibbles, refine_weighted, signed_absmax,
+    trunc_code, unpack_five_bit, weighted_signed,
 };
 use quern_formats::GgmlType;
 
@@ -39,14 +39,16 @@ impl BlockFormat for Q5_0 {
     type Block = BlockQ5_0;
 
     fn quantize_row(src: &[f32], importance: Option<&[f32]>, dst: &mut [BlockQ5_0]) {
-        for (x, b) in src.chunks_exact(QK).zip(dst.iter_mut()) {
+        map_blocks(src, dst, |x| {
             let d = signed_absmax(x) / -16.0;
             let id = inv_or_zero(d);
             let q: [u8; QK] = std::array::from_fn(|i| trunc_code(x[i] * id + 16.5, 31));
-            b.d = f16_bytes(d);
-            b.qh = pack_fifth_bits(&q);
-            b.qs = pack_nibbles(&q);
-        }
+            BlockQ5_0 {
+                d: f16_bytes(d),
+                qh: pack_fifth_bits(&q),
+                qs: pack_nibbles(&q),
+            }
+        });
         refine_weighted::<Self>(src, importance, dst, |x, w| {
             let (d, q) = weighted_signed(x, w, 16, 15);
             BlockQ5_0::from_codes(d, &q)

@@ -2,6 +2,7 @@
 //! reference quantiser exactly (scale = amax / 127, round half away from zero).
 
 use crate::block::{f16_bytes, f16_value, BlockFormat};
+use crate::legacy::round_code_127;
 use quern_formats::GgmlType;
 
 pub const QK: usize = 32;
@@ -23,16 +24,16 @@ impl BlockFormat for Q8_0 {
 
     #[inline(always)]
     fn quantize_row(src: &[f32], _importance: Option<&[f32]>, dst: &mut [BlockQ8_0]) {
-        for (x, b) in src.chunks_exact(QK).zip(dst.iter_mut()) {
-            let amax = crate::legacy::signed_absmax(x).abs();
+        crate::legacy::map_blocks(src, dst, |x| {
+            let amax = crate::legacy::absmax(x);
             let d = amax / 127.0;
             let id = if d == 0.0 { 0.0 } else { 1.0 / d };
-            b.d = f16_bytes(d);
-            for (q, v) in b.qs.iter_mut().zip(x) {
+            BlockQ8_0 {
+                d: f16_bytes(d),
                 // Half away from zero, like C's roundf; |v * id| <= 127.
-                *q = crate::legacy::round_half_away(v * id) as i8;
+                qs: std::array::from_fn(|i| round_code_127(x[i] * id)),
             }
-        }
+        });
     }
 
     fn dequantize_row(src: &[BlockQ8_0], dst: &mut [f32]) {

@@ -47,11 +47,19 @@ pub(crate) fn encode<'a>(
         .try_for_each(|(task, (dst, s))| -> Result<(), EncodeError> {
             let mut row = vec![0f32; row_len];
             for (i, (s, d)) in s.chunks(src_row).zip(dst.chunks_mut(out_row)).enumerate() {
-                crate::dequantize_row(src_type, s, &mut row)?;
+                // F32 rows are quantised in place from the memory map: copying
+                // them into `row` first was an eighth of a Q4_0 run's time.
+                let values: &[f32] = match f32_row(src_type, s) {
+                    Some(values) => values,
+                    None => {
+                        crate::dequantize_row(src_type, s, &mut row)?;
+                        &row
+                    }
+                };
                 if check_finite {
-                    first_non_finite(&row, task * ROWS_PER_TASK + i)?;
+                    first_non_finite(values, task * ROWS_PER_TASK + i)?;
                 }
-                crate::quantize_row(out_type, &row, importance, d)?;
+                crate::quantize_row(out_type, values, importance, d)?;
             }
             Ok(())
         })?;
@@ -64,14 +72,41 @@ fn check_rows(src: &[u8], ty: GgmlType, row_len: usize, src_row: usize) -> Resul
         .try_for_each(|(task, s)| -> Result<(), EncodeError> {
             let mut row = vec![0f32; row_len];
             for (i, s) in s.chunks(src_row).enumerate() {
-                crate::dequantize_row(ty, s, &mut row)?;
-                first_non_finite(&row, task * ROWS_PER_TASK + i)?;
+                let values: &[f32] = match f32_row(ty, s) {
+                    Some(values) => values,
+                    None => {
+                        crate::dequantize_row(ty, s, &mut row)?;
+                        &row
+                    }
+                };
+                first_non_finite(values, task * ROWS_PER_TASK + i)?;
             }
             Ok(())
         })
 }
 
+/// An F32 row's bytes as values, where they can be borrowed as they are
+/// (little-endian host, 4-byte aligned: GGUF and safetensors data always are).
+fn f32_row(ty: GgmlType, bytes: &[u8]) -> Option<&[f32]> {
+    if ty != GgmlType::F32 || cfg!(target_endian = "big") {
+        return None;
+    }
+    bytemuck::try_cast_slice(bytes).ok()
+}
+
 fn first_non_finite(row: &[f32], row_index: usize) -> Result<(), EncodeError> {
+    // A branch-free scan first (all-ones exponent = NaN or infinity), so the
+    // common all-finite row costs a vectorised pass, not a compare per value.
+    let any = row
+        .chunks(16)
+        .map(|c| {
+            c.iter()
+                .fold(0u32, |a, v| a | (!v.to_bits() & 0x7f80_0000 == 0) as u32)
+        })
+        .fold(0, |a, b| a | b);
+    if any == 0 {
+        return Ok(());
+    }
     match row.iter().position(|v| !v.is_finite()) {
         None => Ok(()),
         Some(col) => Err(EncodeError::NonFinite {
