@@ -112,7 +112,7 @@ pub(crate) fn round_half_away(v: f32) -> i32 {
 /// Equal to `round_half_away(v) as i8` wherever |v| < 127.5.
 #[inline(always)]
 pub(crate) fn round_code_127(v: f32) -> i8 {
-    let v = v.max(-127.49).min(127.49);
+    let v = v.clamp(-127.49, 127.49);
     let t = v as i32;
     let frac = v - t as f32;
     (t + (frac >= 0.5) as i32 - (frac <= -0.5) as i32) as i8
