@@ -10,6 +10,7 @@ mod fit;
 pub mod iq4_nl;
 pub mod iq4_xs;
 mod legacy;
+mod legacy_avx2;
 pub mod mix;
 pub mod pipeline;
 mod plain;

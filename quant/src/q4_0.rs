@@ -20,11 +20,9 @@ const _: () = assert!(std::mem::align_of::<BlockQ4_0>() == 1);
 
 pub struct Q4_0;
 
-impl BlockFormat for Q4_0 {
-    const TYPE: GgmlType = GgmlType::Q4_0;
-    type Block = BlockQ4_0;
-
-    fn quantize_row(src: &[f32], importance: Option<&[f32]>, dst: &mut [BlockQ4_0]) {
+impl Q4_0 {
+    /// The reference rounding, for every CPU (the AVX2 loop must equal it).
+    pub(crate) fn quantize_row_portable(src: &[f32], dst: &mut [BlockQ4_0]) {
         map_blocks(src, dst, |x| {
             // The largest magnitude maps to code 0 (-8), using the asymmetric range fully.
             let d = signed_absmax(x) / -8.0;
@@ -35,6 +33,23 @@ impl BlockFormat for Q4_0 {
                 qs: pack_nibbles(&q),
             }
         });
+    }
+}
+
+impl BlockFormat for Q4_0 {
+    const TYPE: GgmlType = GgmlType::Q4_0;
+    type Block = BlockQ4_0;
+
+    fn quantize_row(src: &[f32], importance: Option<&[f32]>, dst: &mut [BlockQ4_0]) {
+        #[cfg(target_arch = "x86_64")]
+        if crate::legacy_avx2::available() {
+            // SAFETY: the CPU has AVX2.
+            unsafe { crate::legacy_avx2::quantize_q4_0(src, dst) };
+        } else {
+            Self::quantize_row_portable(src, dst);
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        Self::quantize_row_portable(src, dst);
         refine_weighted::<Self>(src, importance, dst, |x, w| {
             let (d, q) = weighted_signed(x, w, 8, 7);
             BlockQ4_0 {

@@ -18,12 +18,9 @@ const _: () = assert!(std::mem::align_of::<BlockQ8_0>() == 1);
 
 pub struct Q8_0;
 
-impl BlockFormat for Q8_0 {
-    const TYPE: GgmlType = GgmlType::Q8_0;
-    type Block = BlockQ8_0;
-
-    #[inline(always)]
-    fn quantize_row(src: &[f32], _importance: Option<&[f32]>, dst: &mut [BlockQ8_0]) {
+impl Q8_0 {
+    /// The reference rounding, for every CPU (the AVX2 loop must equal it).
+    pub(crate) fn quantize_row_portable(src: &[f32], dst: &mut [BlockQ8_0]) {
         crate::legacy::map_blocks(src, dst, |x| {
             let amax = crate::legacy::absmax(x);
             let d = amax / 127.0;
@@ -34,6 +31,21 @@ impl BlockFormat for Q8_0 {
                 qs: std::array::from_fn(|i| round_code_127(x[i] * id)),
             }
         });
+    }
+}
+
+impl BlockFormat for Q8_0 {
+    const TYPE: GgmlType = GgmlType::Q8_0;
+    type Block = BlockQ8_0;
+
+    #[inline(always)]
+    fn quantize_row(src: &[f32], _importance: Option<&[f32]>, dst: &mut [BlockQ8_0]) {
+        #[cfg(target_arch = "x86_64")]
+        if crate::legacy_avx2::available() {
+            // SAFETY: the CPU has AVX2.
+            return unsafe { crate::legacy_avx2::quantize_q8_0(src, dst) };
+        }
+        Self::quantize_row_portable(src, dst);
     }
 
     fn dequantize_row(src: &[BlockQ8_0], dst: &mut [f32]) {
