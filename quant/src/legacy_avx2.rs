@@ -128,6 +128,7 @@ mod tests {
     use crate::block::BlockFormat;
     use crate::q4_0::Q4_0;
     use crate::q8_0::Q8_0;
+    use bytemuck::Zeroable;
 
     /// Blocks of every kind the tie and rounding rules care about.
     fn blocks() -> Vec<f32> {
@@ -163,30 +164,31 @@ mod tests {
         out
     }
 
+    /// `fast` writes the same bytes as `portable` for every test block.
+    fn assert_same<B: bytemuck::Pod>(
+        portable: fn(&[f32], &mut [B]),
+        fast: unsafe fn(&[f32], &mut [B]),
+    ) {
+        let src = blocks();
+        let mut want = vec![B::zeroed(); src.len() / 32];
+        let mut got = want.clone();
+        portable(&src, &mut want);
+        // SAFETY: callers check `available()` first.
+        unsafe { fast(&src, &mut got) };
+        for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+            let x = &src[i * 32..i * 32 + 32];
+            assert_eq!(
+                bytemuck::bytes_of(w),
+                bytemuck::bytes_of(g),
+                "block {i}: {x:?}"
+            );
+        }
+    }
+
     #[test]
     fn q8_0_matches_the_portable_code_bit_for_bit() {
-        if !available() {
-            return;
-        }
-        let src = blocks();
-        let n = src.len() / 32;
-        let mut want = vec![
-            BlockQ8_0 {
-                d: [0; 2],
-                qs: [0; 32]
-            };
-            n
-        ];
-        let mut got = want.clone();
-        Q8_0::quantize_row_portable(&src, &mut want);
-        unsafe { quantize_q8_0(&src, &mut got) };
-        for (i, (w, g)) in want.iter().zip(&got).enumerate() {
-            assert_eq!(
-                (w.d, w.qs),
-                (g.d, g.qs),
-                "block {i}: {:?}",
-                &src[i * 32..i * 32 + 32]
-            );
+        if available() {
+            assert_same(Q8_0::quantize_row_portable, quantize_q8_0);
         }
     }
 
@@ -195,28 +197,18 @@ mod tests {
         if !available() {
             return;
         }
+        assert_same(Q4_0::quantize_row_portable, quantize_q4_0);
+        // And through the public entry point, which dispatches here.
         let src = blocks();
-        let n = src.len() / 32;
         let mut want = vec![
             BlockQ4_0 {
                 d: [0; 2],
                 qs: [0; 16]
             };
-            n
+            src.len() / 32
         ];
-        let mut got = want.clone();
-        Q4_0::quantize_row_portable(&src, &mut want);
-        unsafe { quantize_q4_0(&src, &mut got) };
-        for (i, (w, g)) in want.iter().zip(&got).enumerate() {
-            assert_eq!(
-                (w.d, w.qs),
-                (g.d, g.qs),
-                "block {i}: {:?}",
-                &src[i * 32..i * 32 + 32]
-            );
-        }
-        // And through the public entry point, which dispatches here.
         let mut via = want.clone();
+        Q4_0::quantize_row_portable(&src, &mut want);
         Q4_0::quantize_row(&src, None, &mut via);
         assert!(via
             .iter()
