@@ -128,7 +128,6 @@ mod tests {
     use crate::block::BlockFormat;
     use crate::q4_0::Q4_0;
     use crate::q8_0::Q8_0;
-    use bytemuck::Zeroable;
 
     /// Blocks of every kind the tie and rounding rules care about.
     fn blocks() -> Vec<f32> {
