@@ -141,11 +141,20 @@ fn check(be: &CudaBackend, ty: GgmlType, rows: usize, cols: usize, batches: &[us
         // Where both quantise the activations the same way (blocks of 32, the same
         // rounding), only the order of the float sums differs; where one of them
         // does (or the CPU uses blocks of 256), by a fraction of a percent.
-        // The repacked formats' activations are the CPU backend's (16-bit codes
-        // for Q8_0, one scale per 256 for the K formats): the same integer sums.
+        // Where the GPU quantises the activations as the CPU backend does (the
+        // repacked formats: 16-bit codes for Q8_0, one scale per 256 for the K
+        // formats; 8 bits per 32 otherwise), both form the same integer sums.
+        let cpu_scheme = match ty {
+            GgmlType::Q8_0 => Some((32, 32767)),
+            t if cpu_quantises_acts(t) && t.block_size() == 256 => Some((256, 127)),
+            t if cpu_quantises_acts(t) => Some((32, 127)),
+            _ => None,
+        };
+        let gpu_layout = packed::use_packed(ty) && packed::layout(ty, rows, cols).is_some();
         let same_acts = q8
-            && ((cpu_quantises_acts(ty) && ty.block_size() == 32)
-                || (packed::use_packed(ty) && packed::layout(ty, rows, cols).is_some()));
+            && cpu_scheme.is_some()
+            && act_quantisation(ty) == cpu_scheme
+            && (gpu_layout || ty.block_size() == 32);
         let bound = if same_acts {
             1e-5
         } else if q8 || cpu_quantises_acts(ty) {
@@ -212,7 +221,7 @@ fn repacked_formats_through_every_kernel_path() {
         GgmlType::Q4K,
         GgmlType::Q6K,
     ];
-    let settings: [&[(&str, &str)]; 4] = [
+    let settings: [&[(&str, &str)]; 5] = [
         &[("QUERN_CUDA_MMW_BPS", "1"), ("QUERN_CUDA_MMW_WARPS", "2")],
         &[
             ("QUERN_CUDA_MMW_FUSE", "0"),
@@ -221,16 +230,20 @@ fn repacked_formats_through_every_kernel_path() {
         ],
         &[("QUERN_CUDA_MMW_ROWS", "4"), ("QUERN_CUDA_MMW_UNITS", "1")],
         &[("QUERN_CUDA_MMV_KERNEL", "block")],
+        // Q8_0 on 8-bit activation codes (read at compile and launch: kept set
+        // while this setting's products run).
+        &[("QUERN_CUDA_Q8_ACT", "8")],
     ];
     for (si, set) in settings.iter().enumerate() {
         for (k, v) in set.iter() {
             std::env::set_var(k, v);
         }
-        let be = backend();
-        for (k, _) in set.iter() {
-            std::env::remove_var(k);
-        }
-        let Some(be) = be else { return };
+        let Some(be) = backend() else {
+            for (k, _) in set.iter() {
+                std::env::remove_var(k);
+            }
+            return;
+        };
         be.prepare_types(&packed).expect("compile the kernels");
         for (i, &ty) in packed.iter().enumerate() {
             let seed = 500 + 10 * si as u64 + i as u64;
@@ -241,6 +254,9 @@ fn repacked_formats_through_every_kernel_path() {
                 check(&be, ty, 1001, 1280, &[1, 2, 3, 4, 5, 16, 17], seed);
             }
             be.clear_weights();
+        }
+        for (k, _) in set.iter() {
+            std::env::remove_var(k);
         }
     }
 }

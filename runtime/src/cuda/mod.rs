@@ -316,10 +316,19 @@ pub enum ActKind {
     Packed16,
 }
 
+/// Whether Q8_0's repacked kernels take 16-bit activation codes (default, as the
+/// CPU backend); `QUERN_CUDA_Q8_ACT=8`: 8-bit codes per 32, which batches of
+/// 4-16 (prefill) multiply about twice as fast, at the cost of Q8_0's accuracy
+/// and of agreement with the CPU backend (BENCHMARKS.md). Read when a module is
+/// compiled and when a product is launched: set it before the backend is made.
+fn q8_act16() -> bool {
+    std::env::var("QUERN_CUDA_Q8_ACT").as_deref() != Ok("8")
+}
+
 /// The activations the repacked kernels of `ty` read.
 fn packed_act_kind(ty: GgmlType) -> ActKind {
     match ty {
-        GgmlType::Q8_0 => ActKind::Packed16,
+        GgmlType::Q8_0 if q8_act16() => ActKind::Packed16,
         GgmlType::Q4K | GgmlType::Q6K => ActKind::Packed256,
         _ => ActKind::Packed32,
     }
@@ -675,6 +684,9 @@ impl CudaBackend {
         src.push_str(&format!("#define MUN {}\n", g.mmv_unroll));
         if !packed::use_slabs() {
             src.push_str("#define SLAB 0\n");
+        }
+        if ty == GgmlType::Q8_0 && !q8_act16() {
+            src.push_str("#define ACT_Q16 0\n");
         }
         if let Some(p) = g.mmw_stage {
             src.push_str(&format!("#define STAGE_P {p}\n"));
