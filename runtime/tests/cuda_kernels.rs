@@ -13,7 +13,9 @@ use quern_formats::GgmlType;
 use quern_runtime::backend::{Backend, WeightView};
 use quern_runtime::cpu::CpuBackend;
 use quern_runtime::cuda::bench::Rng;
-use quern_runtime::cuda::{quantises_activations, supported_types, CudaBackend};
+use quern_runtime::cuda::{
+    act_quantisation, packed, quantises_activations, supported_types, CudaBackend,
+};
 
 fn backend() -> Option<CudaBackend> {
     common::cuda_backend()
@@ -90,14 +92,16 @@ fn check(be: &CudaBackend, ty: GgmlType, rows: usize, cols: usize, batches: &[us
         let q8 = quantises_activations(ty);
         let mut reference = vec![0f64; n * rows];
         let mut abs = vec![0f64; n * rows];
-        // How far 8-bit activations may move each output: every activation moves
-        // by at most half a step, amax / 254 of its block of 32.
+        // How far quantised activations may move each output: every activation
+        // moves by at most half a step, amax / (2 · largest code) of its block
+        // (32 values at 8 bits, or 256 at 8 bits, or 32 at 16 bits).
+        let (ablock, amaxq) = act_quantisation(ty).unwrap_or((32, 127));
         let mut act_bound = vec![0f64; n * rows];
         for t in 0..n {
             let xt = &x[t * cols..(t + 1) * cols];
             let half_step: Vec<f64> = xt
-                .chunks(32)
-                .map(|b| b.iter().fold(0f32, |m, v| m.max(v.abs())) as f64 / 254.0)
+                .chunks(ablock)
+                .map(|b| b.iter().fold(0f32, |m, v| m.max(v.abs())) as f64 / (2.0 * amaxq as f64))
                 .collect();
             for r in 0..rows {
                 let (mut s, mut a, mut q) = (0f64, 0f64, 0f64);
@@ -106,7 +110,7 @@ fn check(be: &CudaBackend, ty: GgmlType, rows: usize, cols: usize, batches: &[us
                     let p = w * xt[c] as f64;
                     s += p;
                     a += p.abs();
-                    q += w.abs() * half_step[c / 32];
+                    q += w.abs() * half_step[c / ablock];
                 }
                 reference[t * rows + r] = s;
                 abs[t * rows + r] = a;
@@ -137,7 +141,20 @@ fn check(be: &CudaBackend, ty: GgmlType, rows: usize, cols: usize, batches: &[us
         // Where both quantise the activations the same way (blocks of 32, the same
         // rounding), only the order of the float sums differs; where one of them
         // does (or the CPU uses blocks of 256), by a fraction of a percent.
-        let same_acts = q8 && cpu_quantises_acts(ty) && ty.block_size() == 32;
+        // Where the GPU quantises the activations as the CPU backend does (the
+        // repacked formats: 16-bit codes for Q8_0, one scale per 256 for the K
+        // formats; 8 bits per 32 otherwise), both form the same integer sums.
+        let cpu_scheme = match ty {
+            GgmlType::Q8_0 => Some((32, 32767)),
+            t if cpu_quantises_acts(t) && t.block_size() == 256 => Some((256, 127)),
+            t if cpu_quantises_acts(t) => Some((32, 127)),
+            _ => None,
+        };
+        let gpu_layout = packed::use_packed(ty) && packed::layout(ty, rows, cols).is_some();
+        let same_acts = q8
+            && cpu_scheme.is_some()
+            && act_quantisation(ty) == cpu_scheme
+            && (gpu_layout || ty.block_size() == 32);
         let bound = if same_acts {
             1e-5
         } else if q8 || cpu_quantises_acts(ty) {
@@ -185,6 +202,62 @@ fn large_shape_batch_1_and_16() {
     for ty in [GgmlType::Q4_0, GgmlType::Q4K, GgmlType::Q6K, GgmlType::Q8_0] {
         check(&be, ty, 1024, 4096, &[1, 16], 5 + ty.id() as u64);
         be.clear_weights();
+    }
+}
+
+/// The repacked formats (all seven) through both kernel families and every
+/// path of the warp kernels: one block per SM and 2 warps per block, so each
+/// warp loops over several groups of rows (and the fused kernels' staging serves
+/// many of them); the quantiser launch instead of the fused one; and the block
+/// kernels. SmolLM2-135M's row lengths (576, 1536) and odd row counts.
+#[test]
+fn repacked_formats_through_every_kernel_path() {
+    let packed = [
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q8_0,
+        GgmlType::Q4K,
+        GgmlType::Q6K,
+    ];
+    let settings: [&[(&str, &str)]; 5] = [
+        &[("QUERN_CUDA_MMW_BPS", "1"), ("QUERN_CUDA_MMW_WARPS", "2")],
+        &[
+            ("QUERN_CUDA_MMW_FUSE", "0"),
+            ("QUERN_CUDA_MMW_ROWS", "3"),
+            ("QUERN_CUDA_MMW_UNITS", "4"),
+        ],
+        &[("QUERN_CUDA_MMW_ROWS", "4"), ("QUERN_CUDA_MMW_UNITS", "1")],
+        &[("QUERN_CUDA_MMV_KERNEL", "block")],
+        // Q8_0 on 8-bit activation codes (read at compile and launch: kept set
+        // while this setting's products run).
+        &[("QUERN_CUDA_Q8_ACT", "8")],
+    ];
+    for (si, set) in settings.iter().enumerate() {
+        for (k, v) in set.iter() {
+            std::env::set_var(k, v);
+        }
+        let Some(be) = backend() else {
+            for (k, _) in set.iter() {
+                std::env::remove_var(k);
+            }
+            return;
+        };
+        be.prepare_types(&packed).expect("compile the kernels");
+        for (i, &ty) in packed.iter().enumerate() {
+            let seed = 500 + 10 * si as u64 + i as u64;
+            if ty.block_size() == 32 {
+                check(&be, ty, 1001, 576, &[1, 2, 3, 4, 5, 16, 17], seed);
+                check(&be, ty, 577, 1536, &[1, 4], seed + 1);
+            } else {
+                check(&be, ty, 1001, 1280, &[1, 2, 3, 4, 5, 16, 17], seed);
+            }
+            be.clear_weights();
+        }
+        for (k, _) in set.iter() {
+            std::env::remove_var(k);
+        }
     }
 }
 

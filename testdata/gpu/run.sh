@@ -26,6 +26,10 @@
 #      once without the CUDA graph (QUERN_CUDA_GRAPH=0, the first type), and
 #      once per entry of DECODE_VARIANTS (environment assignments joined by
 #      ':', e.g. DECODE_VARIANTS="QUERN_CUDA_ATTN_CHUNK=16 QUERN_CUDA_DECODE_SKIP=attn").
+#   sweep: batch-1 geometries of the repacked formats' kernels (SWEEP), the best
+#       per format written to BEST_ENV (later steps/calls use it with USE_BEST=1);
+#   realmodel: the reference model (MODEL_PARTS) quantised there to REAL_TYPES,
+#       each verified on the GPU against the CPU (quern verify --device cuda).
 # STEPS (default "tests kernels torch variants summary memcheck decode") picks
 # the steps; a test executable whose T_* limit is 0 is skipped.
 set -u -o pipefail
@@ -52,6 +56,14 @@ step "machine"
   nvcc --version 2>/dev/null | tail -2
   uname -a
 } 2>&1 | tee "$OUT/machine.txt"
+
+# A geometry an earlier call of the same warm machine chose (step "sweep"), for
+# the steps after it: BEST_ENV (environment assignments, one line).
+if [ -n "${USE_BEST:-}" ] && [ -s "${BEST_ENV:-/tmp/quern-best.env}" ]; then
+  best=$(cat "${BEST_ENV:-/tmp/quern-best.env}")
+  echo "using the chosen geometry: $best"
+  export $best
+fi
 
 if want tests; then
 step "GPU tests"
@@ -87,9 +99,61 @@ for v in ${VARIANTS:-"QUERN_CUDA_PACKED=0" "QUERN_CUDA_MMV_ROWS=1" "QUERN_CUDA_M
 done 2>&1 | tee "$OUT/variants.txt"
 # The weight products of one Llama-3-8B-shaped decode step as one CUDA graph.
 for mix in ${STACK_MIXES:-Q4_K_M Q4_0 Q8_0}; do
+  [ "$mix" = none ] && continue
   echo "-- stack llama-8b $mix"
   timeout ${T_STACK:-90} "$DIR/quern" bench --device cuda --kernels --stack llama-8b --types "$mix" || status=1
 done 2>&1 | tee -a "$OUT/variants.txt"
+fi
+
+if want sweep; then
+step "batch-1 geometry sweep of the repacked formats"
+# Each entry of SWEEP: environment assignments joined by ':'; every entry times
+# the repacked formats (SWEEP_TYPES) at batch 1 on the three shapes. sweep.py
+# prints the table and writes the best rows x units per format (lowest summed
+# time) to BEST_ENV for later steps and calls (USE_BEST=1).
+sw="$OUT/sweep"
+mkdir -p "$sw"
+i=0
+for v in ${SWEEP:-"QUERN_CUDA_MMV_KERNEL=block" "QUERN_CUDA_MMW_FUSE=0" "QUERN_CUDA_MMW_ROWS=1:QUERN_CUDA_MMW_UNITS=2"}; do
+  i=$((i + 1))
+  echo "-- $i ${v//:/ }"
+  echo "${v//:/ }" >"$sw/v$i.env"
+  env ${v//:/ } timeout ${T_SWEEP:-40} "$DIR/quern" bench --device cuda --kernels --json --batches 1 \
+    --types "${SWEEP_TYPES:-Q4_0,Q4_K,Q6_K,Q8_0,Q5_0}" >"$sw/v$i.json" || status=1
+done 2>&1 | tail -60
+python3 "$DIR/sweep.py" "$sw" "${BEST_ENV:-/tmp/quern-best.env}" | tee "$OUT/sweep.txt" || status=1
+rm -rf "$sw"
+fi
+
+if want ncu; then
+step "Nsight Compute on single launches"
+# NCU_CASES: TYPE:INxOUT:KERNEL (regex of the kernel's name); the first launch of
+# that kernel in a one-case benchmark is profiled (clocks left alone).
+for spec in ${NCU_CASES:-"Q4_K:4096x14336:mmwf_b1" "Q4_0:4096x14336:mmwf_b1"}; do
+  IFS=: read -r t shp k <<<"$spec"
+  echo "-- ncu $t $shp $k"
+  timeout ${T_NCU:-90} ncu --clock-control none -k "regex:^$k\$" -c 1 --section SpeedOfLight \
+    --section Occupancy --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis \
+    "$DIR/quern" bench --device cuda --kernels --types "$t" --shapes "$shp" --batches 1 || status=1
+done 2>&1 | grep -v '^==PROF==' | tee -a "$OUT/${NCU_FILE:-sweep.txt}"
+fi
+
+if want realmodel; then
+step "the reference model on the GPU against the CPU"
+# MODEL_PARTS: a glob of the parts of one GGUF (split here, carried over
+# several calls of the warm machine), joined in order; then quern quantizes it
+# to each of REAL_TYPES (--allow-requantize: the reference's weights lie on this
+# file's Q4_1 grid) and verifies each file on the GPU against itself on the CPU
+# over REAL_CHUNKS chunks of REAL_CTX tokens of REAL_TEXT.
+src=/dev/shm/real-src.gguf
+cat ${MODEL_PARTS:-$DIR/../model/part-*} >"$src" && ls -l "$src" && sha256sum "$src" || status=1
+for t in ${REAL_TYPES:-Q8_0 Q4_K_M}; do
+  f=/dev/shm/real-$t.gguf
+  echo "-- $t"
+  timeout ${T_QUANT:-120} "$DIR/quern" quantize "$src" -o "$f" --type "$t" --allow-requantize -q 2>&1 | tail -3 || status=1
+  timeout ${T_REAL:-180} "$DIR/quern" verify "$f" -r "$f" --device cuda --text "${REAL_TEXT:-$DIR/wiki.test.raw}" \
+    --ctx ${REAL_CTX:-512} --chunks ${REAL_CHUNKS:-1} --max-kld 1e-3 --min-top1 0.99 --json "$OUT/verify-$t.json" -q 2>&1 | tail -40 || status=1
+done 2>&1 | tee "$OUT/realmodel.txt"
 fi
 
 if want summary; then

@@ -52,6 +52,14 @@ pub struct BenchArgs {
     /// Q4_0,Q4_K); default all the CUDA backend multiplies.
     #[arg(long, value_delimiter = ',', requires = "kernels")]
     pub types: Vec<String>,
+    /// With --kernels: only these batch sizes (comma-separated, 1..=16; default
+    /// 1,4,16).
+    #[arg(long, value_delimiter = ',', requires = "kernels")]
+    pub batches: Vec<usize>,
+    /// With --kernels: only these shapes, INxOUT (comma-separated, e.g.
+    /// 4096x14336; default 4096x4096,4096x14336,14336x4096).
+    #[arg(long, value_delimiter = ',', requires = "kernels")]
+    pub shapes: Vec<String>,
     /// With --kernels: instead of single products, time the weight products of one
     /// decode step of a model shape (`llama-8b`: Llama-3-8B, 128256 outputs) as
     /// one CUDA graph, typed by the quantisation mix given with --types (one name,

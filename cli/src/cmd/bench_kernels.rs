@@ -37,11 +37,30 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             })
             .collect::<Result<_>>()?;
     }
+    if !args.shapes.is_empty() {
+        cfg.shapes = args
+            .shapes
+            .iter()
+            .map(|v| {
+                v.trim()
+                    .split_once('x')
+                    .and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?)))
+                    .filter(|&(a, b)| a > 0 && b > 0)
+                    .with_context(|| format!("--shapes: {v:?} is not INxOUT"))
+            })
+            .collect::<Result<_>>()?;
+    }
+    if !args.batches.is_empty() {
+        if let Some(b) = args.batches.iter().find(|b| !(1..=16).contains(*b)) {
+            bail!("--batches: {b} is not in 1..=16");
+        }
+        cfg.batches = args.batches.clone();
+    }
     let tc = be.toolchain().clone();
     let geo = be.geometry();
     if !args.json {
         println!(
-            "device {} ({}, driver {}, NVRTC {}.{}); {} warps per block, rows per warp {:?} for batches 1, 2, 4, 8, 16 (repacked formats: rows per block {:?}, {} units per step); weights rotated over {} MiB of copies, median of {} graph replays of {} launches",
+            "device {} ({}, driver {}, NVRTC {}.{}); {} warps per block, rows per warp {:?} for batches 1, 2, 4, 8, 16 (repacked formats: {:?} kernels; block kernels: rows per block {:?}, {} units per step; warp kernels: {} warps per block, rows per warp {}, units per lane {}, fused quantisation {}, blocks per SM {}); weights rotated over {} MiB of copies, median of {} graph replays of {} launches",
             be.device_name(),
             tc.arch,
             tc.driver_version,
@@ -49,8 +68,17 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             tc.nvrtc_version.1,
             geo.warps,
             geo.rows_per_warp,
+            geo.packed_kernel,
             geo.mmv_rows,
             geo.mmv_unroll,
+            geo.mmw_warps,
+            geo.mmw_rows
+                .map_or("per format".to_string(), |r| format!("{r:?}")),
+            geo.mmw_units
+                .map_or("per format".to_string(), |r| format!("{r:?}")),
+            if geo.mmw_fuse { "on" } else { "off" },
+            geo.mmw_blocks_per_sm
+                .map_or("as many as fit".to_string(), |r| r.to_string()),
             cfg.rotate_bytes >> 20,
             cfg.samples,
             cfg.group
@@ -111,6 +139,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 "packed_rows_per_block": geo.mmv_rows,
                 "packed_unroll": geo.mmv_unroll,
                 "packed_warps": geo.mmv_warps,
+                "packed_kernel": format!("{:?}", geo.packed_kernel),
+                "warp_kernel_warps": geo.mmw_warps,
+                "warp_kernel_rows": geo.mmw_rows,
+                "warp_kernel_units": geo.mmw_units,
+                "warp_kernel_fused": geo.mmw_fuse,
+                "warp_kernel_blocks_per_sm": geo.mmw_blocks_per_sm,
             },
             "copy": {"bytes": report.copy.bytes, "us": report.copy.us, "gb_s": copy},
             "method": {

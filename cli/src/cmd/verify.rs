@@ -12,6 +12,8 @@ use quern_runtime::eval::Accumulator;
 use quern_runtime::verify::{self, Progress, Report, Stage, Thresholds, VerifyOptions};
 use quern_runtime::CpuBackend;
 
+use crate::device::Device;
+
 /// Verify a quantised artifact against the model it was made from.
 ///
 /// 1. Weights: every tensor of the artifact is dequantised and compared with the
@@ -78,6 +80,13 @@ pub struct VerifyArgs {
     /// No progress bars.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Where the artifact runs (cuda: its whole forward pass on the first GPU;
+    /// with the same file as --reference on the CPU this compares the backends).
+    #[arg(long, value_enum, default_value_t = crate::device::Device::Cpu)]
+    pub device: crate::device::Device,
+    /// Where the reference runs.
+    #[arg(long, value_enum, default_value_t = crate::device::Device::Cpu)]
+    pub reference_device: crate::device::Device,
 }
 
 /// One bar per stage, restyled as the stages change.
@@ -175,7 +184,30 @@ pub fn run(args: VerifyArgs) -> Result<()> {
         quiet: args.quiet,
         bar: Mutex::new(None),
     };
-    let backend = || -> Box<dyn quern_runtime::Backend> { Box::new(CpuBackend::new()) };
+    // Each device's backend is made before the long work, so a missing GPU fails
+    // fast; a model takes its backend when it is opened.
+    let make =
+        |d: crate::device::Device| -> Result<Mutex<Option<Box<dyn quern_runtime::Backend>>>> {
+            Ok(Mutex::new(Some(crate::device::backend(d)?)))
+        };
+    let (art_be, ref_be) = (make(args.device)?, make(args.reference_device)?);
+    if !args.quiet && (args.device, args.reference_device) != (Device::Cpu, Device::Cpu) {
+        eprintln!(
+            "artifact on {}, reference on {}",
+            args.device.name(),
+            args.reference_device.name()
+        );
+    }
+    let backend = |role: verify::Role| -> Box<dyn quern_runtime::Backend> {
+        let slot = match role {
+            verify::Role::Artifact => &art_be,
+            verify::Role::Reference => &ref_be,
+        };
+        slot.lock()
+            .ok()
+            .and_then(|mut s| s.take())
+            .unwrap_or_else(|| Box::new(CpuBackend::new()))
+    };
     let report = verify::verify(&opts, &backend, &bars).with_context(|| {
         format!(
             "cannot verify {} against {}",

@@ -11,10 +11,14 @@
 //!   reuse the device copy.
 //! - Batches of 1..=16 activation rows run one fused GEMV each; longer batches
 //!   (prefill) run it over slices of 16 rows (no tensor-core GEMM yet).
-//! - The integer block formats (Q8_0, Q4_0/1, Q5_0/1, Q2_K..Q6_K) multiply 8-bit
-//!   activations (blocks of 32, the CPU backend's rounding) with dp4a; the float
-//!   formats and IQ4_NL/IQ4_XS multiply f32 activations. `QUERN_CUDA_FLOAT_ACTS=1`
-//!   puts every format on f32 activations.
+//! - The integer block formats (Q8_0, Q4_0/1, Q5_0/1, Q2_K..Q6_K) multiply
+//!   quantised activations with dp4a; the float formats and IQ4_NL/IQ4_XS multiply
+//!   f32 activations. `QUERN_CUDA_FLOAT_ACTS=1` puts every format on f32
+//!   activations. The repacked formats ([`packed`]: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
+//!   Q4_K, Q6_K) get their activations as the CPU backend quantises them for the
+//!   same weights (16-bit codes for Q8_0, one scale per 256 for Q4_K/Q6_K, 8 bits
+//!   per 32 otherwise), so both backends form the same integer sums; the others
+//!   8-bit codes per 32.
 
 pub mod bench;
 pub mod compile;
@@ -58,6 +62,49 @@ const ROWS_PER_WARP: [usize; 5] = [1, 1, 2, 4, 4];
 const MMV_ROWS: [usize; 5] = [2, 2, 2, 2, 2];
 const MMV_UNROLL: usize = 2;
 
+/// Which kernel family multiplies the repacked formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PackedKernel {
+    /// `mmv_*`: a block splits each of its rows' units across all its threads,
+    /// a barrier per block (default: the fastest measured, BENCHMARKS.md).
+    Block,
+    /// `mmw_*` / `mmwf_*` (`QUERN_CUDA_MMV_KERNEL=warp`): independent warps,
+    /// each over R rows at a time; at small batches of the 32-value formats the
+    /// activations are quantised inside the kernel. Slower than `Block` on the
+    /// H200 at batch 1 (BENCHMARKS.md), kept for tuning runs.
+    Warp,
+}
+
+/// The warp kernels' rows per warp step and units per lane per step for each
+/// entry of [`BATCHES`], by format: 16-byte units (Q4_0, Q4_1, Q5_0, Q5_1) take
+/// more units per step than 32- and 48-byte ones, so that a lane has about
+/// 128 bytes in flight at batch 1.
+fn mmw_defaults(ty: GgmlType) -> ([usize; 5], [usize; 5]) {
+    match ty {
+        GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 => {
+            ([2, 2, 2, 1, 1], [4, 2, 2, 2, 1])
+        }
+        _ => ([2, 2, 2, 1, 1], [2, 2, 1, 1, 1]),
+    }
+}
+/// `QUERN_CUDA_MMW_B1="Q4_0:2x4 Q4_K:1x2"`: batch-1 rows per warp × units per
+/// lane for some formats (tuning runs pick one per format).
+fn mmw_b1_override(ty: GgmlType) -> Option<(usize, usize)> {
+    let v = std::env::var("QUERN_CUDA_MMW_B1").ok()?;
+    v.split([' ', ',', ';']).find_map(|part| {
+        let (name, geo) = part.trim().split_once(':')?;
+        if !name.eq_ignore_ascii_case(ty.name()) {
+            return None;
+        }
+        let (r, u) = geo.split_once('x')?;
+        let (r, u) = (r.parse::<usize>().ok()?, u.parse::<usize>().ok()?);
+        ((1..=4).contains(&r) && (1..=4).contains(&u)).then_some((r, u))
+    })
+}
+
+/// Warps per block of the warp kernels.
+const MMW_WARPS: usize = 8;
+
 /// The kernels' launch geometry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Geometry {
@@ -70,6 +117,24 @@ pub struct Geometry {
     pub mmv_unroll: usize,
     /// Repacked formats: warps per block, when fixed.
     pub mmv_warps: Option<usize>,
+    /// Repacked formats: the kernel family (`QUERN_CUDA_MMV_KERNEL=block|warp`).
+    pub packed_kernel: PackedKernel,
+    /// Warp kernels: rows per warp step and units per lane per step for each
+    /// batch size, when set (`QUERN_CUDA_MMW_ROWS`, `QUERN_CUDA_MMW_UNITS`: one
+    /// value or five); by default per format ([`mmw_defaults`]).
+    pub mmw_rows: Option<[usize; 5]>,
+    pub mmw_units: Option<[usize; 5]>,
+    /// Warp kernels: warps per block (`QUERN_CUDA_MMW_WARPS`, 1..8).
+    pub mmw_warps: usize,
+    /// Warp kernels with in-kernel activation quantisation: at most this many
+    /// blocks per SM (`QUERN_CUDA_MMW_BPS`; by default as many as fit).
+    pub mmw_blocks_per_sm: Option<usize>,
+    /// Whether small batches quantise their activations inside the warp kernel
+    /// (`QUERN_CUDA_MMW_FUSE=0`: a quantiser launch first, as the block kernels).
+    pub mmw_fuse: bool,
+    /// Fused warp kernels: float4 loads per lane the staging issues at once
+    /// (`QUERN_CUDA_MMW_STAGE`: 2, 4, 8, 16; default 8).
+    pub mmw_stage: Option<usize>,
 }
 
 fn env_list(name: &str, ok: impl Fn(&usize) -> bool) -> Option<[usize; 5]> {
@@ -86,6 +151,18 @@ fn env_list(name: &str, ok: impl Fn(&usize) -> bool) -> Option<[usize; 5]> {
 }
 
 impl Geometry {
+    /// The warp kernels' rows per warp step and units per lane per step for
+    /// each batch size of `ty`: the format's defaults, then the environment's.
+    pub fn mmw_geometry(&self, ty: GgmlType) -> ([usize; 5], [usize; 5]) {
+        let (dr, du) = mmw_defaults(ty);
+        let (mut r, mut u) = (self.mmw_rows.unwrap_or(dr), self.mmw_units.unwrap_or(du));
+        if let Some((r1, u1)) = mmw_b1_override(ty) {
+            r[0] = r1;
+            u[0] = u1;
+        }
+        (r, u)
+    }
+
     fn from_env() -> Geometry {
         let ok = |v: &usize| [1, 2, 4, 8].contains(v);
         let warps = std::env::var("QUERN_CUDA_GEMV_WARPS")
@@ -104,12 +181,31 @@ impl Geometry {
             .ok()
             .and_then(|v| v.parse::<usize>().ok())
             .filter(|v| (1..=8).contains(v));
+        let packed_kernel = match std::env::var("QUERN_CUDA_MMV_KERNEL").as_deref() {
+            Ok("warp") => PackedKernel::Warp,
+            _ => PackedKernel::Block,
+        };
+        let small = |v: &usize| (1..=4).contains(v);
+        let env_usize = |name: &str| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+        };
         Geometry {
             warps,
             rows_per_warp: rows,
             mmv_rows,
             mmv_unroll,
             mmv_warps,
+            packed_kernel,
+            mmw_rows: env_list("QUERN_CUDA_MMW_ROWS", small),
+            mmw_units: env_list("QUERN_CUDA_MMW_UNITS", small),
+            mmw_warps: env_usize("QUERN_CUDA_MMW_WARPS")
+                .filter(|v| (1..=8).contains(v))
+                .unwrap_or(MMW_WARPS),
+            mmw_blocks_per_sm: env_usize("QUERN_CUDA_MMW_BPS").filter(|v| *v > 0),
+            mmw_fuse: std::env::var("QUERN_CUDA_MMW_FUSE").as_deref() != Ok("0"),
+            mmw_stage: env_usize("QUERN_CUDA_MMW_STAGE").filter(|v| [2, 4, 8, 16].contains(v)),
         }
     }
 }
@@ -210,14 +306,65 @@ pub enum ActKind {
     Float,
     /// 8-bit codes and a scale per 32 (`quantize_act`, gemv.cu).
     Q8,
-    /// 8-bit codes with (d, d·Σq) per 32 (`quantize_act_ds`, packed.cu).
-    Packed,
+    /// The repacked formats' activations (`quantize_act_ds`, packed.cu), as the
+    /// CPU backend quantises them for the same weights: 8-bit codes with
+    /// (d, d·Σq) per 32 (Q4_0, Q4_1, Q5_0, Q5_1)...
+    Packed32,
+    /// ... one scale per 256 (Q4_K, Q6_K) ...
+    Packed256,
+    /// ... or 16-bit codes per 32 (Q8_0).
+    Packed16,
+}
+
+/// Whether Q8_0's repacked kernels take 16-bit activation codes (default, as the
+/// CPU backend); `QUERN_CUDA_Q8_ACT=8`: 8-bit codes per 32, which batches of
+/// 4-16 (prefill) multiply about twice as fast, at the cost of Q8_0's accuracy
+/// and of agreement with the CPU backend (BENCHMARKS.md). Read when a module is
+/// compiled and when a product is launched: set it before the backend is made.
+fn q8_act16() -> bool {
+    std::env::var("QUERN_CUDA_Q8_ACT").as_deref() != Ok("8")
+}
+
+/// The activations the repacked kernels of `ty` read.
+fn packed_act_kind(ty: GgmlType) -> ActKind {
+    match ty {
+        GgmlType::Q8_0 if q8_act16() => ActKind::Packed16,
+        GgmlType::Q4K | GgmlType::Q6K => ActKind::Packed256,
+        _ => ActKind::Packed32,
+    }
+}
+
+/// Bytes per activation code of `kind`.
+fn code_bytes(kind: ActKind) -> usize {
+    if kind == ActKind::Packed16 {
+        2
+    } else {
+        1
+    }
+}
+
+/// How the GPU quantises the activations that meet weights of `ty`, as
+/// (values per scale, largest code), when it does (tests bound the rounding
+/// with it).
+pub fn act_quantisation(ty: GgmlType) -> Option<(usize, u32)> {
+    if !quantises_activations(ty) {
+        return None;
+    }
+    Some(if packed::use_packed(ty) {
+        match packed_act_kind(ty) {
+            ActKind::Packed16 => (32, 32767),
+            ActKind::Packed256 => (256, 127),
+            _ => (32, 127),
+        }
+    } else {
+        (32, 127)
+    })
 }
 
 impl DeviceWeight {
     pub fn act_kind(&self) -> ActKind {
         if self.packed.is_some() {
-            ActKind::Packed
+            packed_act_kind(self.ty)
         } else if quantises_activations(self.ty) {
             ActKind::Q8
         } else {
@@ -226,10 +373,11 @@ impl DeviceWeight {
     }
 }
 
-/// Bytes of 8-bit activations (codes, then per 32 a scale or a scale pair) the
-/// GEMV of `n_tokens` rows of `k` values needs, for either kernel family.
+/// Bytes of quantised activations (codes of up to 2 bytes, then per 32 a scale
+/// or a scale pair) the GEMV of `n_tokens` rows of `k` values needs, for every
+/// kernel family.
 pub fn act_bytes(k: usize, n_tokens: usize) -> usize {
-    (n_tokens * k).div_ceil(16) * 16 + n_tokens * k / 32 * 8
+    (2 * n_tokens * k).div_ceil(16) * 16 + n_tokens * k / 32 * 8
 }
 
 /// One format's compiled kernels.
@@ -240,8 +388,27 @@ struct GemvModule {
     qfuncs: Option<(Vec<CudaFunction>, CudaFunction)>,
     /// The repacked layout's kernels (8-bit activations), with their quantiser.
     pfuncs: Option<(Vec<CudaFunction>, CudaFunction)>,
+    /// The repacked layout's warp kernels: one per entry of [`BATCHES`] on
+    /// quantised activations, then the fused ones for the first [`FUSED_BATCHES`].
+    wfuncs: Vec<CudaFunction>,
+    wffuncs: Vec<CudaFunction>,
+    /// Blocks per SM of each fused kernel at the largest staged size, as measured
+    /// by the occupancy calculator (at most [`MMW_FUSED_SMEM`] bytes each).
+    wf_occupancy: Vec<u32>,
     /// Dynamic shared memory of each batch size's kernels.
     smem: Vec<u32>,
+}
+
+/// Batch sizes (entries of [`BATCHES`]) with fused warp kernels.
+const FUSED_BATCHES: usize = 3;
+/// The most shared memory a fused warp kernel stages (within the 48 KB every
+/// launch may use without opting in).
+const MMW_FUSED_SMEM: usize = 48 * 1024;
+
+/// Shared-memory bytes the fused warp kernels stage for `nt` tokens of `k`
+/// values (`stage_bytes` in packed.cu).
+fn stage_bytes(nt: usize, k: usize) -> usize {
+    (nt * k).div_ceil(16) * 16 + nt * (k / 32) * 8
 }
 
 /// A weight matrix on the device, rows `stride` bytes apart.
@@ -334,6 +501,8 @@ pub struct CudaBackend {
     act_q8: Mutex<Option<CudaSlice<u8>>>,
     poison: AtomicBool,
     geometry: Geometry,
+    /// Streaming multiprocessors of the device.
+    sm_count: usize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -400,6 +569,12 @@ impl CudaBackend {
             include: compile::cuda_include_dir(),
         };
         let device_name = ctx.name().ctx("reading the device name")?;
+        let sm_count = ctx
+            .attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+            )
+            .ctx("reading the multiprocessor count")?
+            .max(1) as usize;
         Ok(CudaBackend {
             ctx,
             stream,
@@ -411,6 +586,7 @@ impl CudaBackend {
             act_q8: Mutex::new(None),
             poison: AtomicBool::new(false),
             geometry: Geometry::from_env(),
+            sm_count,
         })
     }
 
@@ -506,6 +682,19 @@ impl CudaBackend {
             src.push_str(&format!("#define MR{b} {r}\n"));
         }
         src.push_str(&format!("#define MUN {}\n", g.mmv_unroll));
+        if !packed::use_slabs() {
+            src.push_str("#define SLAB 0\n");
+        }
+        if ty == GgmlType::Q8_0 && !q8_act16() {
+            src.push_str("#define ACT_Q16 0\n");
+        }
+        if let Some(p) = g.mmw_stage {
+            src.push_str(&format!("#define STAGE_P {p}\n"));
+        }
+        let (wr, wu) = g.mmw_geometry(ty);
+        for ((b, r), u) in BATCHES.iter().zip(wr).zip(wu) {
+            src.push_str(&format!("#define WR{b} {r}\n#define WU{b} {u}\n"));
+        }
         src.push_str(&gemv_source(ty).unwrap_or_default());
         let (cubin, origin) = compile::cubin(&module_name(ty), &src, &self.toolchain)?;
         Ok((cubin, origin.compiled))
@@ -585,6 +774,7 @@ impl CudaBackend {
         } else {
             None
         };
+        let (mut wfuncs, mut wffuncs, mut wf_occupancy) = (Vec::new(), Vec::new(), Vec::new());
         let pfuncs = if packed::has_packed(ty) {
             let mut p = Vec::with_capacity(BATCHES.len());
             for b in BATCHES {
@@ -593,6 +783,22 @@ impl CudaBackend {
                         .load_function(&format!("mmv_b{b}"))
                         .ctx(&format!("finding mmv_b{b} in {name}"))?,
                 );
+                wfuncs.push(
+                    module
+                        .load_function(&format!("mmw_b{b}"))
+                        .ctx(&format!("finding mmw_b{b} in {name}"))?,
+                );
+            }
+            let threads = (g.mmw_warps * 32) as u32;
+            for b in &BATCHES[..FUSED_BATCHES] {
+                let f = module
+                    .load_function(&format!("mmwf_b{b}"))
+                    .ctx(&format!("finding mmwf_b{b} in {name}"))?;
+                let occ = f
+                    .occupancy_max_active_blocks_per_multiprocessor(threads, MMW_FUSED_SMEM, None)
+                    .ctx(&format!("reading the occupancy of mmwf_b{b}"))?;
+                wffuncs.push(f);
+                wf_occupancy.push(occ.max(1));
             }
             let quant = module
                 .load_function("quantize_act_ds")
@@ -605,6 +811,9 @@ impl CudaBackend {
             funcs,
             qfuncs,
             pfuncs,
+            wfuncs,
+            wffuncs,
+            wf_occupancy,
             smem,
         });
         lock(&self.modules).insert(ty, m.clone());
@@ -724,6 +933,10 @@ impl CudaBackend {
     ) -> Result<(), CudaError> {
         let (m, _) = self.module(w.ty)?;
         if let (Some(layout), Some(pf)) = (&w.packed, &m.pfuncs) {
+            if self.geometry.packed_kernel == PackedKernel::Warp {
+                return self
+                    .launch_warp(w, layout, &m, w_ptr, x_ptr, y_ptr, n_tokens, act, quantise);
+            }
             return self.launch_packed(w, layout, pf, w_ptr, x_ptr, y_ptr, n_tokens, act, quantise);
         }
         let g = self.geometry;
@@ -825,7 +1038,8 @@ impl CudaBackend {
     ) -> Result<(), CudaError> {
         let g = self.geometry;
         // n*k codes, then a float pair per 32 (16-byte aligned).
-        let codes = (n_tokens * w.k).div_ceil(16) * 16;
+        let cb = code_bytes(w.act_kind());
+        let codes = (cb * n_tokens * w.k).div_ceil(16) * 16;
         let (xq, xa) = (act, act + codes as u64);
         let nblocks = (n_tokens * w.k / 32) as i64;
         let threads = 256u32;
@@ -855,7 +1069,7 @@ impl CudaBackend {
             let nt = (n_tokens - t0).min(MAX_BATCH);
             let bi = batch_variant(nt);
             let yp = y_ptr + (t0 * w.rows * 4) as u64;
-            let xqt = xq + (t0 * w.k) as u64;
+            let xqt = xq + (cb * t0 * w.k) as u64;
             let xat = xa + (t0 * w.k / 32 * 8) as u64;
             let nt_i = nt as i32;
             self.stream
@@ -877,6 +1091,114 @@ impl CudaBackend {
                     grid_dim: (w.rows.div_ceil(g.mmv_rows[bi]) as u32, 1, 1),
                     block_dim: ((warps * 32) as u32, 1, 1),
                     shared_mem_bytes: 0,
+                })
+                .map_err(|e| CudaError::driver(format!("launching the {} gemv", w.ty), e))?;
+            t0 += nt;
+        }
+        Ok(())
+    }
+
+    /// Whether a launch of `nt` tokens of `k` values takes the fused warp kernel
+    /// (which quantises the activations itself and leaves `act` unwritten), for
+    /// formats with 8-bit activations per 32 ([`ActKind::Packed32`]): the same
+    /// answer for every product of one input, so products that share a
+    /// quantisation all take it or none does.
+    fn fused(&self, nt: usize, k: usize) -> bool {
+        self.geometry.packed_kernel == PackedKernel::Warp
+            && self.geometry.mmw_fuse
+            && batch_variant(nt) < FUSED_BATCHES
+            && stage_bytes(BATCHES[batch_variant(nt)], k) <= MMW_FUSED_SMEM
+    }
+
+    /// The warp kernels' path of [`Self::launch_gemv_raw`] (`mmw_*` in packed.cu):
+    /// for batches whose activations fit in shared memory one fused launch that
+    /// quantises them itself; otherwise the quantiser (unless `quantise` is false),
+    /// then one launch per 16 tokens.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn launch_warp(
+        &self,
+        w: &DeviceWeight,
+        l: &packed::PackedLayout,
+        m: &GemvModule,
+        w_ptr: u64,
+        x_ptr: u64,
+        y_ptr: u64,
+        n_tokens: usize,
+        act: u64,
+        quantise: bool,
+    ) -> Result<(), CudaError> {
+        let g = self.geometry;
+        let Some((_, quant)) = &m.pfuncs else {
+            unreachable!("warp kernels come with the repacked ones");
+        };
+        let rows_per_warp = g.mmw_geometry(w.ty).0;
+        let cb = code_bytes(w.act_kind());
+        let codes = (cb * n_tokens * w.k).div_ceil(16) * 16;
+        let (xq, xa) = (act, act + codes as u64);
+        let fused = w.act_kind() == ActKind::Packed32
+            && self.fused(n_tokens.min(MAX_BATCH), w.k)
+            && n_tokens <= MAX_BATCH;
+        if quantise && !fused {
+            let nblocks = (n_tokens * w.k / 32) as i64;
+            let threads = 256u32;
+            self.stream
+                .launch_builder(quant)
+                .arg(&x_ptr)
+                .arg(&nblocks)
+                .arg(&xq)
+                .arg(&xa)
+                .launch(LaunchConfig {
+                    grid_dim: ((nblocks as u64 * 32).div_ceil(threads as u64) as u32, 1, 1),
+                    block_dim: (threads, 1, 1),
+                    shared_mem_bytes: 0,
+                })
+                .ctx("launching the activation quantiser")?;
+        }
+        let warps = g.mmw_warps;
+        let (qs, ss, ds) = (l.q_stride as i64, l.s_stride as i64, l.d_stride as i64);
+        let (sp, dp) = (w_ptr + l.s_offset as u64, w_ptr + l.d_offset as u64);
+        let (rows, units, k) = (w.rows as i32, l.units as i32, w.k as i32);
+        let mut t0 = 0;
+        while t0 < n_tokens {
+            let nt = (n_tokens - t0).min(MAX_BATCH);
+            let bi = batch_variant(nt);
+            let groups = w.rows.div_ceil(rows_per_warp[bi]);
+            let mut blocks = groups.div_ceil(warps);
+            let (func, smem) = if fused {
+                // Each block stages the activations once: no more blocks than fit
+                // on the device at once (the warps then loop over the rows).
+                let per_sm = m.wf_occupancy[bi] as usize;
+                let per_sm = g.mmw_blocks_per_sm.map_or(per_sm, |c| c.min(per_sm));
+                blocks = blocks.min(self.sm_count * per_sm);
+                (&m.wffuncs[bi], stage_bytes(nt, w.k) as u32)
+            } else {
+                (&m.wfuncs[bi], 0)
+            };
+            let yp = y_ptr + (t0 * w.rows * 4) as u64;
+            let xt = x_ptr + (t0 * w.k * 4) as u64;
+            let xqt = xq + (cb * t0 * w.k) as u64;
+            let xat = xa + (t0 * w.k / 32 * 8) as u64;
+            let nt_i = nt as i32;
+            self.stream
+                .launch_builder(func)
+                .arg(&w_ptr)
+                .arg(&qs)
+                .arg(&sp)
+                .arg(&ss)
+                .arg(&dp)
+                .arg(&ds)
+                .arg(&rows)
+                .arg(&units)
+                .arg(&k)
+                .arg(&xt)
+                .arg(&xqt)
+                .arg(&xat)
+                .arg(&yp)
+                .arg(&nt_i)
+                .launch(LaunchConfig {
+                    grid_dim: (blocks.max(1) as u32, 1, 1),
+                    block_dim: ((warps * 32) as u32, 1, 1),
+                    shared_mem_bytes: smem,
                 })
                 .map_err(|e| CudaError::driver(format!("launching the {} gemv", w.ty), e))?;
             t0 += nt;

@@ -1,14 +1,16 @@
 // quern's GEMV kernels over repacked weights (appended to gemv.cu, which gives
 // the types, h2f and QFMT), for the formats that matter most in decode: Q4_0,
-// Q8_0, Q4_K and Q6_K.
+// Q4_1, Q5_0, Q5_1, Q8_0, Q4_K and Q6_K.
 //
 // The host repacks each matrix at upload into up to three regions (rows of each
 // padded to 16 bytes; see cuda/packed.rs):
-//   Q  the codes, UW 32-bit words per unit of UE weights, units back to back, so
-//      a thread reads a unit with 16-byte loads and neighbouring threads read
-//      neighbouring bytes;
+//   Q  the codes, UW 32-bit words per unit of UE weights, in groups of 32 units,
+//      each group as slabs of 16 bytes per unit (see load_unit), so a thread
+//      reads a unit with 16-byte loads and neighbouring threads read
+//      neighbouring 16 bytes;
 //   S  the per-unit or per-super-block scales (Q4_0/Q8_0: the f16 d of each
-//      block; Q4_K: the 16-byte header d, dmin, scales[12] of each super-block;
+//      block; Q4_1: d and m; Q5_0/Q5_1: the block's 32 high bits, reordered
+//      (see dot_unit), then d (and m); Q4_K: the 16-byte header d, dmin, scales[12] of each super-block;
 //      Q6_K: the 16 signed 8-bit scales of each super-block);
 //   D  Q6_K only: the f16 d of each super-block.
 // The weights' values are the file's, bit for bit; only where the bytes lie
@@ -22,10 +24,24 @@
 // every block of the SM finds them. Sums are reduced across the warp with
 // shuffles and across warps in shared memory.
 
-#if QFMT == 3 || QFMT == 7 || QFMT == 10 || QFMT == 12
+#if QFMT == 3 || QFMT == 4 || QFMT == 5 || QFMT == 6 || QFMT == 7 || QFMT == 10 || QFMT == 12
 #define PACKED 1
+// The activations' form (see quantize_act_ds): 16-bit codes for Q8_0, one scale
+// per 256 for the K formats, else 8-bit codes per 32.
+#ifndef ACT_Q16
+#if QFMT == 7
+#define ACT_Q16 1
+#else
+#define ACT_Q16 0
+#endif
+#endif
+#if QFMT == 10 || QFMT == 12
+#define ACT_K 1
+#else
+#define ACT_K 0
+#endif
 
-#if QFMT == 3  // Q4_0: 32 weights, 16 bytes of nibbles (byte i: weight i, i + 16)
+#if QFMT >= 3 && QFMT <= 6  // Q4_0, Q4_1, Q5_0, Q5_1: 32 weights, 16 bytes of nibbles (byte i: weight i, i + 16)
 #define UE 32
 #define UW 4
 #elif QFMT == 7  // Q8_0: 32 signed bytes
@@ -59,6 +75,9 @@
 #define MUN 2
 #endif
 #define MAXWARPS 8
+#ifndef SLAB
+#define SLAB 1
+#endif
 
 // A 16-byte load that does not keep the line in L1 (weights are read once).
 __device__ __forceinline__ uint4 ld_stream(const void* p) {
@@ -81,17 +100,32 @@ struct Unit {
 #else
     u32 s;
 #endif
+#if QFMT == 5 || QFMT == 6
+    u32 h;
+#endif
 #if QFMT == 12
     u32 d;
 #endif
 };
 
+// Unit u's codes: units lie in groups of 32, each group as UW / 4 slabs of 16
+// bytes per unit (slab i: the i-th 16 bytes of each of the group's m units), so
+// that 32 lanes reading 32 consecutive units load 512 contiguous bytes per
+// instruction.
 __device__ __forceinline__ void load_unit(Unit& w, const u8* __restrict__ q, const u8* __restrict__ s,
-                                          const u8* __restrict__ d, int u) {
-    const uint4* qp = (const uint4*)(q + (long long)u * (UW * 4));
+                                          const u8* __restrict__ d, int u, int nunits) {
+#if SLAB
+    const int grp = u >> 5;
+    const int m = imin(32, nunits - (grp << 5));
+    const u8* qp = q + (long long)grp * (32 * UW * 4) + (u & 31) * 16;
+#else
+    // QUERN_CUDA_SLAB=0: units back to back (the second slice's layout).
+    const u8* qp = q + (long long)u * (UW * 4);
+    const int m = 1;
+#endif
 #pragma unroll
     for (int i = 0; i < UW / 4; i++) {
-        uint4 v = ld_stream(qp + i);
+        uint4 v = ld_stream(qp + i * m * 16);
         w.q[4 * i] = v.x;
         w.q[4 * i + 1] = v.y;
         w.q[4 * i + 2] = v.z;
@@ -99,6 +133,12 @@ __device__ __forceinline__ void load_unit(Unit& w, const u8* __restrict__ q, con
     }
 #if QFMT == 3 || QFMT == 7
     w.s = __ldg((const u16*)s + u);
+#elif QFMT == 4
+    w.s = __ldg((const u32*)s + u);
+#elif QFMT == 5 || QFMT == 6
+    const uint2 hs = __ldg((const uint2*)s + u);
+    w.h = hs.x;
+    w.s = hs.y;
 #elif QFMT == 10
     w.h = __ldg((const uint4*)s + (u >> 2));
 #else
@@ -111,25 +151,48 @@ __device__ __forceinline__ void load_unit(Unit& w, const u8* __restrict__ q, con
 // (Q6_K) the code sums of each group of 16.
 struct Act {
     int x[UE / 4];
+#if ACT_Q16
+    // The low bytes of the 16-bit codes (x: their high bytes).
+    int xl[UE / 4];
+#endif
     float2 a[UE / 32];
 #if QFMT == 12
     int sx[4];
 #endif
 };
 
+// SH: the activations are in shared memory (plain loads), else global (__ldg).
+template <bool SH = false>
 __device__ __forceinline__ void load_act(Act& v, const i8* __restrict__ xq, const float2* __restrict__ xa,
                                          long long e) {
+#if ACT_Q16
+    const uint4* p = (const uint4*)(xq + 2 * e);
+#pragma unroll
+    for (int i = 0; i < UE / 16; i++) {
+        uint4 t = SH ? p[i] : __ldg(p + i);
+        v.x[4 * i] = (int)t.x;
+        v.x[4 * i + 1] = (int)t.y;
+        v.x[4 * i + 2] = (int)t.z;
+        v.x[4 * i + 3] = (int)t.w;
+        uint4 l = SH ? p[UE / 16 + i] : __ldg(p + UE / 16 + i);
+        v.xl[4 * i] = (int)l.x;
+        v.xl[4 * i + 1] = (int)l.y;
+        v.xl[4 * i + 2] = (int)l.z;
+        v.xl[4 * i + 3] = (int)l.w;
+    }
+#else
     const uint4* p = (const uint4*)(xq + e);
 #pragma unroll
     for (int i = 0; i < UE / 16; i++) {
-        uint4 t = __ldg(p + i);
+        uint4 t = SH ? p[i] : __ldg(p + i);
         v.x[4 * i] = (int)t.x;
         v.x[4 * i + 1] = (int)t.y;
         v.x[4 * i + 2] = (int)t.z;
         v.x[4 * i + 3] = (int)t.w;
     }
+#endif
 #pragma unroll
-    for (int i = 0; i < UE / 32; i++) v.a[i] = __ldg(xa + (e >> 5) + i);
+    for (int i = 0; i < UE / 32; i++) v.a[i] = SH ? xa[(e >> 5) + i] : __ldg(xa + (e >> 5) + i);
 #if QFMT == 12
 #pragma unroll
     for (int g = 0; g < 4; g++) {
@@ -152,11 +215,45 @@ __device__ __forceinline__ float dot_unit(const Unit& w, const Act& v, int u) {
     }
     // Codes are stored + 8: Σ (q - 8) x = Σ q x - 8 Σ x.
     return h2f((u16)w.s) * (v.a[0].x * i2f_small(s) - 8.0f * v.a[0].y);
+#elif QFMT == 4 || QFMT == 5 || QFMT == 6
+    // Q5: the repacked high bits h hold, at bit 8j + k, the high bit of weight
+    // 4k + j (k < 4), and at bit 8j + 4 + k that of weight 16 + 4k + j, so each
+    // word of 4 codes takes its 4 high bits with one shift and one mask.
+    int s = 0;
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        u32 lo = w.q[k] & 0x0F0F0F0Fu, hi = (w.q[k] >> 4) & 0x0F0F0F0Fu;
+#if QFMT != 4
+        lo |= (w.h << (4 - k)) & 0x10101010u;
+        hi |= (w.h >> k) & 0x10101010u;
+#endif
+        s = __dp4a((int)lo, v.x[k], s);
+        s = __dp4a((int)hi, v.x[4 + k], s);
+    }
+#if QFMT == 5
+    // Codes are stored + 16.
+    return h2f((u16)w.s) * (v.a[0].x * i2f_small(s) - 16.0f * v.a[0].y);
+#else
+    // value = d q + m: Σ (d q + m) x = d Σ q x + m Σ x.
+    return h2f((u16)(w.s & 0xFFFF)) * v.a[0].x * i2f_small(s) + h2f((u16)(w.s >> 16)) * v.a[0].y;
+#endif
 #elif QFMT == 7
+#if ACT_Q16
+    // 16-bit activation codes q = 256 hi + lo (hi signed, lo unsigned bytes).
+    int sh = 0, sl = 0;
+#pragma unroll
+    for (int k = 0; k < 8; k++) {
+        sh = __dp4a((int)w.q[k], v.x[k], sh);
+        asm("dp4a.s32.u32 %0, %1, %2, %3;" : "=r"(sl) : "r"((int)w.q[k]), "r"(v.xl[k]), "r"(sl));
+    }
+    return h2f((u16)w.s) * v.a[0].x * (float)(sh * 256 + sl);
+#else
+    // QUERN_CUDA_Q8_ACT=8: 8-bit activation codes (faster at batches of 4-16).
     int s = 0;
 #pragma unroll
     for (int k = 0; k < 8; k++) s = __dp4a((int)w.q[k], v.x[k], s);
     return h2f((u16)w.s) * v.a[0].x * i2f_small(s);
+#endif
 #elif QFMT == 10
     int s0 = 0, s1 = 0;
 #pragma unroll
@@ -246,7 +343,7 @@ __device__ __forceinline__ void mmv(const u8* __restrict__ Q, long long qs, cons
         for (int i = 0; i < MUN; i++) {
             const int u = imin(u0 + i * nth, nunits - 1);
 #pragma unroll
-            for (int r = 0; r < R; r++) load_unit(w[i][r], qr[r], sr[r], dr[r], u);
+            for (int r = 0; r < R; r++) load_unit(w[i][r], qr[r], sr[r], dr[r], u, nunits);
         }
 #pragma unroll
         for (int i = 0; i < MUN; i++) {
@@ -298,30 +395,256 @@ MMV_ENTRY(mmv_b4, 4, MR4)
 MMV_ENTRY(mmv_b8, 8, MR8)
 MMV_ENTRY(mmv_b16, 16, MR16)
 
-// x (n rows of K floats, K a multiple of 32) to 8-bit codes and, per block of 32,
-// (d, d·Σq): the CPU backend's rounding (d = amax / 127, half away from zero).
-// One warp per block of 32.
+// ---------------------------------------------------------------------------
+// The warp-per-rows kernels (mmw_*): each warp owns R consecutive rows at a
+// time and walks them with its 32 lanes (lane l takes units l, l + 32, ...), NU
+// units per lane per step, every load of a step issued before its arithmetic;
+// warps are independent (shuffle reductions only, no barrier after the start),
+// and a warp that finishes its rows takes the rows one grid's worth of warps
+// further on. The fused entries (mmwf_*) quantise the activations themselves:
+// each block first issues its first step's weight loads, then turns the f32
+// activations into 8-bit codes and (d, d·Σq) per 32 in shared memory (the
+// rounding of quantize_act_ds), so no quantiser launch precedes the product and
+// every activation read is a shared-memory one.
+#ifndef WR1
+#define WR1 2
+#endif
+#ifndef WR2
+#define WR2 2
+#endif
+#ifndef WR4
+#define WR4 2
+#endif
+#ifndef WR8
+#define WR8 1
+#endif
+#ifndef WR16
+#define WR16 1
+#endif
+#ifndef WU1
+#define WU1 2
+#endif
+#ifndef WU2
+#define WU2 2
+#endif
+#ifndef WU4
+#define WU4 2
+#endif
+#ifndef WU8
+#define WU8 2
+#endif
+#ifndef WU16
+#define WU16 1
+#endif
+// Passes of 4 blocks of 32 per warp whose loads the staging issues together.
+#ifndef STAGE_P
+#define STAGE_P 8
+#endif
+
+// nt rows of K floats (token-major) to 8-bit codes (sq, 4 per word) and (d, d·Σq)
+// per block of 32 (sa), by all threads of the block; 8 lanes per block of 32.
+__device__ __forceinline__ void stage_act(const float* __restrict__ x, int nt, int K, u32* sq,
+                                          float2* sa) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    const int nblk = nt * (K >> 5);
+    const int step = nw * 4;
+    for (int base = warp * 4; base < nblk; base += step * STAGE_P) {
+        float4 v[STAGE_P];
+#pragma unroll
+        for (int p = 0; p < STAGE_P; p++) {
+            const int b = base + p * step + (lane >> 3);
+            v[p] = b < nblk ? __ldg((const float4*)x + (long long)b * 8 + (lane & 7))
+                            : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        }
+#pragma unroll
+        for (int p = 0; p < STAGE_P; p++) {
+            const int b = base + p * step + (lane >> 3);
+            float amax = fmaxf(fmaxf(fabsf(v[p].x), fabsf(v[p].y)), fmaxf(fabsf(v[p].z), fabsf(v[p].w)));
+#pragma unroll
+            for (int o = 4; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+            const float d = amax / 127.0f;
+            const float id = d > 0.0f ? 1.0f / d : 0.0f;
+            const int q0 = (int)roundf(v[p].x * id), q1 = (int)roundf(v[p].y * id);
+            const int q2 = (int)roundf(v[p].z * id), q3 = (int)roundf(v[p].w * id);
+            int s = q0 + q1 + q2 + q3;
+#pragma unroll
+            for (int o = 4; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+            if (b < nblk) {
+                sq[b * 8 + (lane & 7)] = (u32)(q0 & 0xFF) | ((u32)(q1 & 0xFF) << 8) |
+                                         ((u32)(q2 & 0xFF) << 16) | ((u32)q3 << 24);
+                if ((lane & 7) == 0) sa[b] = make_float2(d, d * (float)s);
+            }
+        }
+    }
+}
+
+// Shared-memory bytes of the fused kernels' staged activations for nt tokens.
+__host__ __device__ __forceinline__ int stage_bytes(int nt, int K) {
+    return ((nt * K + 15) & ~15) + nt * (K >> 5) * 8;
+}
+
+template <int R, int NU>
+__device__ __forceinline__ void load_step(Unit (&w)[NU][R], const u8* const (&qr)[R], const u8* const (&sr)[R],
+                                          const u8* const (&dr)[R], int u0, int nunits) {
+#pragma unroll
+    for (int i = 0; i < NU; i++) {
+        const int u = imin(u0 + 32 * i, nunits - 1);
+#pragma unroll
+        for (int r = 0; r < R; r++) load_unit(w[i][r], qr[r], sr[r], dr[r], u, nunits);
+    }
+}
+
+template <int B, int R, int NU, bool FUSED>
+__device__ __forceinline__ void mmw(const u8* __restrict__ Q, long long qs, const u8* __restrict__ S,
+                                    long long ss, const u8* __restrict__ D, long long ds, int rows,
+                                    int nunits, int K, const float* __restrict__ x,
+                                    const i8* __restrict__ xq, const float2* __restrict__ xa,
+                                    float* __restrict__ y, int nt) {
+    extern __shared__ uint4 stage_sm[];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    const int ngroups = (rows + R - 1) / R;
+    const int gstride = gridDim.x * nw;
+    int g = blockIdx.x * nw + warp;
+    const u8* qr[R];
+    const u8* sr[R];
+    const u8* dr[R];
+    auto rows_of = [&](int grp) {
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            // Rows past the end re-read the last row; their sums are never stored.
+            const long long rr = imin(grp * R + r, rows - 1);
+            qr[r] = Q + rr * qs;
+            sr[r] = S + rr * ss;
+            dr[r] = D + rr * ds;
+        }
+    };
+    Unit w[NU][R];
+    const i8* aq = xq;
+    const float2* aa = xa;
+    bool pre = false;
+    if (FUSED) {
+        // This warp's first loads go out before the activations are staged.
+        if (g < ngroups) {
+            rows_of(g);
+            load_step<R, NU>(w, qr, sr, dr, lane, nunits);
+            pre = true;
+        }
+        u32* sq = (u32*)stage_sm;
+        float2* sa = (float2*)((u8*)stage_sm + ((nt * K + 15) & ~15));
+        stage_act(x, nt, K, sq, sa);
+        __syncthreads();
+        aq = (const i8*)sq;
+        aa = sa;
+    }
+    for (; g < ngroups; g += gstride) {
+        if (!pre) rows_of(g);
+        float acc[R][B];
+#pragma unroll
+        for (int r = 0; r < R; r++)
+#pragma unroll
+            for (int t = 0; t < B; t++) acc[r][t] = 0.0f;
+        for (int base = 0; base < nunits; base += 32 * NU) {
+            if (!pre) load_step<R, NU>(w, qr, sr, dr, base + lane, nunits);
+            pre = false;
+#pragma unroll
+            for (int i = 0; i < NU; i++) {
+                const int uu = base + lane + 32 * i;
+                const bool ok = uu < nunits;
+                const int u = ok ? uu : nunits - 1;
+#pragma unroll
+                for (int t = 0; t < B; t++) {
+                    const int tt = t < nt ? t : nt - 1;
+                    Act v;
+                    load_act<FUSED>(v, aq, aa, (long long)tt * K + (long long)u * UE);
+#pragma unroll
+                    for (int r = 0; r < R; r++) {
+                        const float p = dot_unit(w[i][r], v, u);
+                        acc[r][t] += ok ? p : 0.0f;
+                    }
+                }
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < R; r++)
+#pragma unroll
+            for (int t = 0; t < B; t++) {
+                float s = acc[r][t];
+#pragma unroll
+                for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+                const int row = g * R + r;
+                if (lane == ((r * B + t) & 31) && t < nt && row < rows) y[(long long)t * rows + row] = s;
+            }
+    }
+}
+
+#define MMW_ENTRY(NAME, BB, RR, UU, FF)                                                            \
+    extern "C" __global__ void __launch_bounds__(MAXWARPS * 32)                                    \
+        NAME(const u8* Q, long long qs, const u8* S, long long ss, const u8* D, long long ds,      \
+             int rows, int nunits, int K, const float* x, const i8* xq, const float2* xa, float* y, \
+             int nt) {                                                                             \
+        mmw<BB, RR, UU, FF>(Q, qs, S, ss, D, ds, rows, nunits, K, x, xq, xa, y, nt);               \
+    }
+MMW_ENTRY(mmw_b1, 1, WR1, WU1, false)
+MMW_ENTRY(mmw_b2, 2, WR2, WU2, false)
+MMW_ENTRY(mmw_b4, 4, WR4, WU4, false)
+MMW_ENTRY(mmw_b8, 8, WR8, WU8, false)
+MMW_ENTRY(mmw_b16, 16, WR16, WU16, false)
+MMW_ENTRY(mmwf_b1, 1, WR1, WU1, true)
+MMW_ENTRY(mmwf_b2, 2, WR2, WU2, true)
+MMW_ENTRY(mmwf_b4, 4, WR4, WU4, true)
+
+// x (n rows of K floats, K a multiple of 32) to the activation codes this
+// format's kernels read, as the CPU backend quantises them for the same weights
+// (cpu/act.rs; its rounding: d = amax / levels, half away from zero), so both
+// backends form the same integer sums:
+//   ACT_Q16 (Q8_0): 16-bit codes per block of 32 (d = amax / 32767), stored as
+//     32 high bytes (signed) then 32 low bytes (unsigned) per block, and (d, 0);
+//   ACT_K (Q4_K, Q6_K): 8-bit codes with one d per 256 (amax / 127) and
+//     (d, d·Σq) per 32; one thread block of 256 threads per 256 values;
+//   else: 8-bit codes and (d, d·Σq) per block of 32.
+// One thread per value, a warp per block of 32 (blockDim.x = 256).
 extern "C" __global__ void quantize_act_ds(const float* __restrict__ x, long long nblocks,
                                            i8* __restrict__ xq, float2* __restrict__ xa) {
     long long blk = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     int lane = threadIdx.x & 31;
+#if ACT_K
+    // Every thread of the block takes part in the block's maximum (nblocks is a
+    // multiple of 8 here: rows of the K formats are multiples of 256).
+    __shared__ float wmax[8];
+    const bool in = blk < nblocks;
+    float v = in ? x[blk * 32 + lane] : 0.0f;
+    float amax = fabsf(v);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    if (lane == 0) wmax[threadIdx.x >> 5] = amax;
+    __syncthreads();
+    amax = wmax[0];
+#pragma unroll
+    for (int i = 1; i < 8; i++) amax = fmaxf(amax, wmax[i]);
+    if (!in) return;
+#else
     if (blk >= nblocks) return;
     float v = x[blk * 32 + lane];
     float amax = fabsf(v);
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-    float d = amax / 127.0f;
-    float id = d > 0.0f ? 1.0f / d : 0.0f;
-    int q = (int)roundf(v * id);
+#endif
+#if ACT_Q16
+    const float d = amax / 32767.0f;
+    const float id = d > 0.0f ? 1.0f / d : 0.0f;
+    const int q = (int)roundf(v * id);
+    xq[blk * 64 + lane] = (i8)(q >> 8);
+    xq[blk * 64 + 32 + lane] = (i8)(q & 0xFF);
+    if (lane == 0) xa[blk] = make_float2(d, 0.0f);
+#else
+    const float d = amax / 127.0f;
+    const float id = d > 0.0f ? 1.0f / d : 0.0f;
+    const int q = (int)roundf(v * id);
     xq[blk * 32 + lane] = (i8)q;
     int s = q;
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-    if (lane == 0) {
-        float2 r;
-        r.x = d;
-        r.y = d * (float)s;
-        xa[blk] = r;
-    }
+    if (lane == 0) xa[blk] = make_float2(d, d * (float)s);
+#endif
 }
 #endif

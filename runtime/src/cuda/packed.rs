@@ -25,7 +25,13 @@ pub struct PackedLayout {
 pub fn has_packed(ty: GgmlType) -> bool {
     matches!(
         ty,
-        GgmlType::Q4_0 | GgmlType::Q8_0 | GgmlType::Q4K | GgmlType::Q6K
+        GgmlType::Q4_0
+            | GgmlType::Q4_1
+            | GgmlType::Q5_0
+            | GgmlType::Q5_1
+            | GgmlType::Q8_0
+            | GgmlType::Q4K
+            | GgmlType::Q6K
     )
 }
 
@@ -41,7 +47,7 @@ pub fn use_packed(ty: GgmlType) -> bool {
 /// (weights per unit, code bytes per unit).
 fn unit_shape(ty: GgmlType) -> Option<(usize, usize)> {
     Some(match ty {
-        GgmlType::Q4_0 => (32, 16),
+        GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 => (32, 16),
         GgmlType::Q8_0 => (32, 32),
         GgmlType::Q4K => (64, 32),
         GgmlType::Q6K => (64, 48),
@@ -62,10 +68,14 @@ pub fn layout(ty: GgmlType, rows: usize, cols: usize) -> Option<PackedLayout> {
     let units = cols / ue;
     let blocks = cols / ty.block_size();
     let q_stride = align16(units * ub);
-    // Scales: Q4_0/Q8_0 the f16 d of each block; Q4_K the 16-byte header of each
-    // super-block; Q6_K the 16 scales of each super-block, and its d apart.
+    // Scales: Q4_0/Q8_0 the f16 d of each block; Q4_1 d and m; Q5_0/Q5_1 the
+    // block's high bits (reordered) and d (and m), 8 bytes; Q4_K the 16-byte
+    // header of each super-block; Q6_K the 16 scales of each super-block, and its
+    // d apart.
     let (s_row, d_row) = match ty {
         GgmlType::Q4_0 | GgmlType::Q8_0 => (blocks * 2, 0),
+        GgmlType::Q4_1 => (blocks * 4, 0),
+        GgmlType::Q5_0 | GgmlType::Q5_1 => (blocks * 8, 0),
         GgmlType::Q4K => (blocks * 16, 0),
         _ => (blocks * 16, blocks * 2),
     };
@@ -98,6 +108,21 @@ fn q6k_code(b: &[u8], e: usize) -> u8 {
     low | (high << 4)
 }
 
+/// Q5_0/Q5_1's 32 high bits (bit j: weight j) in the order the kernel reads
+/// them: bit 8j + k holds weight 4k + j's and bit 8j + 4 + k weight 16 + 4k + j's
+/// (j, k < 4), so that the 4 high bits of each word of 4 codes are one shift and
+/// one mask away.
+pub fn reorder_q5_high(qh: u32) -> u32 {
+    let mut out = 0u32;
+    for j in 0..4 {
+        for k in 0..4 {
+            out |= ((qh >> (4 * k + j)) & 1) << (8 * j + k);
+            out |= ((qh >> (16 + 4 * k + j)) & 1) << (8 * j + 4 + k);
+        }
+    }
+    out
+}
+
 /// Rewrites `data` (`rows` rows of `cols` weights of `ty`, the file layout) into the
 /// device layout. None when `ty` has none.
 pub fn repack(
@@ -112,6 +137,7 @@ pub fn repack(
         return None;
     }
     let mut out = vec![0u8; l.total_bytes(rows)];
+    let slabs = use_slabs();
     let (qreg, rest) = out.split_at_mut(l.s_offset);
     let (sreg, dreg) = rest.split_at_mut(l.d_offset - l.s_offset);
     let drows: Vec<&mut [u8]> = if l.d_stride > 0 {
@@ -125,34 +151,79 @@ pub fn repack(
         .zip(sreg.par_chunks_exact_mut(l.s_stride))
         .zip(drows.into_par_iter())
         .zip(data.par_chunks_exact(row_bytes))
-        .for_each(|(((q, s), d), src)| repack_row(ty, src, q, s, d));
+        .for_each(|(((q, s), d), src)| repack_row(ty, src, q, s, d, slabs));
     Some((out, l))
 }
 
+/// Where the `i`-th 16 bytes of unit `u` (of `units` per row, `ub` code bytes
+/// each) lie in a row of the code region: units in groups of 32, each group as
+/// `ub / 16` slabs holding the `i`-th 16 bytes of each of its units (packed.cu's
+/// `load_unit`).
+pub fn slab_offset(u: usize, i: usize, units: usize, ub: usize) -> usize {
+    let (g, j) = (u / 32, u % 32);
+    let m = (units - g * 32).min(32);
+    g * 32 * ub + i * m * 16 + j * 16
+}
+
+/// Whether codes lie in slabs ([`slab_offset`]); `QUERN_CUDA_SLAB=0`: units back
+/// to back (the earlier layout, for comparison runs).
+pub fn use_slabs() -> bool {
+    std::env::var("QUERN_CUDA_SLAB").as_deref() != Ok("0")
+}
+
+/// Writes unit `u`'s code bytes into the code row `q`.
+fn put_unit(q: &mut [u8], u: usize, units: usize, bytes: &[u8], slabs: bool) {
+    if !slabs {
+        let n = bytes.len();
+        q[u * n..(u + 1) * n].copy_from_slice(bytes);
+        return;
+    }
+    for (i, part) in bytes.chunks_exact(16).enumerate() {
+        let at = slab_offset(u, i, units, bytes.len());
+        q[at..at + 16].copy_from_slice(part);
+    }
+}
+
 /// One row of [`repack`]: `src` in the file layout into its code, scale and d rows.
-fn repack_row(ty: GgmlType, src: &[u8], q: &mut [u8], s: &mut [u8], d: &mut [u8]) {
+fn repack_row(ty: GgmlType, src: &[u8], q: &mut [u8], s: &mut [u8], d: &mut [u8], slabs: bool) {
+    let units = src.len() / ty.type_size() * ty.block_size() / unit_shape(ty).map_or(32, |u| u.0);
     for (i, b) in src.chunks_exact(ty.type_size()).enumerate() {
         match ty {
             GgmlType::Q4_0 => {
                 s[i * 2..i * 2 + 2].copy_from_slice(&b[..2]);
                 q[i * 16..i * 16 + 16].copy_from_slice(&b[2..18]);
             }
+            GgmlType::Q4_1 => {
+                s[i * 4..i * 4 + 4].copy_from_slice(&b[..4]);
+                q[i * 16..i * 16 + 16].copy_from_slice(&b[4..20]);
+            }
+            GgmlType::Q5_0 | GgmlType::Q5_1 => {
+                // Q5_0: d, qh[4], qs[16]; Q5_1: d, m, qh[4], qs[16].
+                let sc = if ty == GgmlType::Q5_0 { 2 } else { 4 };
+                let qh = u32::from_le_bytes([b[sc], b[sc + 1], b[sc + 2], b[sc + 3]]);
+                let e = &mut s[i * 8..i * 8 + 8];
+                e[..4].copy_from_slice(&reorder_q5_high(qh).to_le_bytes());
+                e[4..4 + sc].copy_from_slice(&b[..sc]);
+                q[i * 16..i * 16 + 16].copy_from_slice(&b[sc + 4..sc + 20]);
+            }
             GgmlType::Q8_0 => {
                 s[i * 2..i * 2 + 2].copy_from_slice(&b[..2]);
-                q[i * 32..i * 32 + 32].copy_from_slice(&b[2..34]);
+                put_unit(q, i, units, &b[2..34], slabs);
             }
             GgmlType::Q4K => {
                 // The file's code bytes are already four units of 32.
                 s[i * 16..i * 16 + 16].copy_from_slice(&b[..16]);
-                q[i * 128..i * 128 + 128].copy_from_slice(&b[16..144]);
+                for k in 0..4 {
+                    put_unit(q, i * 4 + k, units, &b[16 + 32 * k..48 + 32 * k], slabs);
+                }
             }
             _ => {
                 s[i * 16..i * 16 + 16].copy_from_slice(&b[192..208]);
                 d[i * 2..i * 2 + 2].copy_from_slice(&b[208..210]);
                 for u in 0..4 {
-                    let dst = &mut q[(i * 4 + u) * 48..(i * 4 + u + 1) * 48];
+                    let mut unit = [0u8; 48];
                     let e0 = 64 * u;
-                    let (lo, hi) = dst.split_at_mut(32);
+                    let (lo, hi) = unit.split_at_mut(32);
                     for (j, v) in lo.iter_mut().enumerate() {
                         *v = (q6k_code(b, e0 + j) & 15) | ((q6k_code(b, e0 + 32 + j) & 15) << 4);
                     }
@@ -161,6 +232,7 @@ fn repack_row(ty: GgmlType, src: &[u8], q: &mut [u8], s: &mut [u8], d: &mut [u8]
                             h | ((q6k_code(b, e0 + 16 * g + j) >> 4) << (2 * g))
                         });
                     }
+                    put_unit(q, i * 4 + u, units, &unit, slabs);
                 }
             }
         }
@@ -176,7 +248,11 @@ mod tests {
     fn q6k_from_packed(buf: &[u8], l: &PackedLayout, r: usize, e: usize) -> (u8, i8, [u8; 2]) {
         let q = &buf[r * l.q_stride..];
         let (u, k) = (e / 64, e % 64);
-        let unit = &q[u * 48..u * 48 + 48];
+        let mut unit = [0u8; 48];
+        for (i, part) in unit.chunks_exact_mut(16).enumerate() {
+            let at = slab_offset(u, i, l.units, 48);
+            part.copy_from_slice(&q[at..at + 16]);
+        }
         let low = if k < 32 {
             unit[k] & 15
         } else {
@@ -210,9 +286,56 @@ mod tests {
         }
     }
 
+    /// The reordered high bits, read the way packed.cu reads them, give every
+    /// weight its own bit back.
+    #[test]
+    fn q5_high_bits_reorder_is_what_the_kernel_reads() {
+        for seed in [0x1234_5678u32, 0x8000_0001, 0xFFFF_0000, 0xA5A5_5A5A, 1] {
+            let h = reorder_q5_high(seed);
+            for k in 0..4u32 {
+                let lo = (h << (4 - k)) & 0x1010_1010;
+                let hi = (h >> k) & 0x1010_1010;
+                for j in 0..4u32 {
+                    let w_lo = 4 * k + j;
+                    let w_hi = 16 + 4 * k + j;
+                    assert_eq!((lo >> (8 * j + 4)) & 1, (seed >> w_lo) & 1, "weight {w_lo}");
+                    assert_eq!((hi >> (8 * j + 4)) & 1, (seed >> w_hi) & 1, "weight {w_hi}");
+                }
+            }
+        }
+    }
+
+    /// Every byte of a row's code region belongs to exactly one (unit, slab) place,
+    /// for full and partial groups of 32 units.
+    #[test]
+    fn slabs_tile_the_code_row() {
+        for ub in [16, 32, 48] {
+            for units in [1, 18, 32, 33, 64, 70, 136] {
+                let mut seen = vec![0u8; units * ub];
+                for u in 0..units {
+                    for i in 0..ub / 16 {
+                        let at = slab_offset(u, i, units, ub);
+                        for b in &mut seen[at..at + 16] {
+                            *b += 1;
+                        }
+                    }
+                }
+                assert!(seen.iter().all(|&c| c == 1), "ub {ub} units {units}");
+            }
+        }
+    }
+
     #[test]
     fn regions_are_aligned_and_disjoint() {
-        for ty in [GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q6K] {
+        for ty in [
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q5_0,
+            GgmlType::Q5_1,
+            GgmlType::Q8_0,
+            GgmlType::Q4K,
+            GgmlType::Q6K,
+        ] {
             for (rows, cols) in [(37, 512), (5, 4352), (1, 256)] {
                 let l = layout(ty, rows, cols).expect("layout");
                 assert_eq!(l.q_stride % 16, 0);

@@ -82,12 +82,22 @@ fn open_model(path: &Path, backend: Box<dyn Backend>) -> Result<Model, VerifyErr
     })
 }
 
+/// Which of the two models a backend is made for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Reference,
+    Artifact,
+}
+
 /// Runs the whole verification. Every input and setting is checked (thresholds,
 /// formats, architectures, shapes, text length) before the long work starts.
-/// `backend` makes a compute backend for each of the two models.
+/// `backend` makes a compute backend for each of the two models (a model opened
+/// on the CUDA backend runs its whole forward pass on the GPU: e.g. the same
+/// file as artifact on the GPU and as reference on the CPU compares the two
+/// backends).
 pub fn verify(
     opts: &VerifyOptions,
-    backend: &dyn Fn() -> Box<dyn Backend>,
+    backend: &dyn Fn(Role) -> Box<dyn Backend>,
     progress: &dyn Progress,
 ) -> Result<Report, VerifyError> {
     let t0 = Instant::now();
@@ -115,8 +125,8 @@ pub fn verify(
     let models = if opts.weights_only {
         None
     } else {
-        let reference = open_model(&opts.reference, backend())?;
-        let artifact = open_model(&opts.artifact, backend())?;
+        let reference = open_model(&opts.reference, backend(Role::Reference))?;
+        let artifact = open_model(&opts.artifact, backend(Role::Artifact))?;
         outputs::check_models(&reference, &artifact, &plan)?;
         Some((reference, artifact))
     };

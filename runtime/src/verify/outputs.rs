@@ -36,16 +36,24 @@ pub fn check_models(
     Ok(())
 }
 
-/// The logits of `chunk` from an empty cache.
+/// The logits of `chunk` from an empty cache. A model opened on the CUDA
+/// backend runs the device-resident forward pass ([`crate::cuda::decode::DeviceModel`]:
+/// every op on the GPU, the logits copied back) unless `QUERN_VERIFY_HOST_OPS=1`.
 fn chunk_logits(model: &Model, chunk: &[u32], c: usize) -> Result<Vec<f32>, VerifyError> {
+    let err = |source| VerifyError::Forward {
+        path: model.path().to_path_buf(),
+        chunk: c,
+        source: Box::new(source),
+    };
+    // QUERN_VERIFY_HOST_OPS=1: the CUDA backend multiplies, the host does the
+    // rest (to tell the device-resident pass from the kernels when they differ).
+    let host_ops = std::env::var("QUERN_VERIFY_HOST_OPS").as_deref() == Ok("1");
+    if !host_ops && crate::cuda::decode::cuda_backend(model).is_some() {
+        let mut dm = crate::cuda::decode::DeviceModel::new(model, chunk.len()).map_err(err)?;
+        return dm.forward(chunk, true).map_err(err);
+    }
     let mut session = model.session(chunk.len());
-    model
-        .forward(&mut session, chunk, true)
-        .map_err(|source| VerifyError::Forward {
-            path: model.path().to_path_buf(),
-            chunk: c,
-            source: Box::new(source),
-        })
+    model.forward(&mut session, chunk, true).map_err(err)
 }
 
 /// Where the reference's scored logits of each chunk are kept between runs, so
