@@ -13,6 +13,8 @@ pub mod pool;
 pub mod portable;
 #[cfg(target_arch = "x86_64")]
 mod tile;
+#[cfg(target_arch = "x86_64")]
+mod vnni;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -59,11 +61,29 @@ enum Kernel {
     Q8K(Q8KDot, Option<Q8KDot4>, Option<Tiles<ActQ8K>>),
 }
 
-/// Which instruction set the kernels use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which instruction set the kernels use, in increasing order: each level's
+/// CPUs also run the ones below it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Isa {
     Portable,
+    /// AVX2 with FMA and F16C.
     Avx2,
+    /// AVX-512 F/BW/VL with VNNI (and AVX2): `vpdpbusd`/`vpdpwssd` integer
+    /// kernels for the hottest formats, the AVX2 ones for the rest.
+    Avx512Vnni,
+}
+
+impl Isa {
+    /// The level named `name` (`portable`, `avx2`, `avx512vnni` or `avx512`),
+    /// as `QUERN_CPU_ISA` takes it.
+    pub fn from_name(name: &str) -> Option<Isa> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "portable" | "scalar" => Some(Isa::Portable),
+            "avx2" => Some(Isa::Avx2),
+            "avx512vnni" | "avx512" | "avx512_vnni" | "vnni" => Some(Isa::Avx512Vnni),
+            _ => None,
+        }
+    }
 }
 
 pub struct CpuBackend {
@@ -80,20 +100,17 @@ impl Default for CpuBackend {
 }
 
 impl CpuBackend {
-    /// The fastest kernels this CPU runs, on as many threads as rayon's global
-    /// pool has (which `--threads` sets).
+    /// The fastest kernels this CPU runs (at most the level `QUERN_CPU_ISA`
+    /// names), on as many threads as rayon's global pool has (which `--threads`
+    /// sets).
     pub fn new() -> Self {
         Self::with_isa(detect())
     }
 
     /// A backend restricted to `isa` (tests compare the paths); falls back to
-    /// portable when the CPU lacks it.
+    /// the best level below it that the CPU has.
     pub fn with_isa(isa: Isa) -> Self {
-        let isa = if isa == Isa::Avx2 && detect() != Isa::Avx2 {
-            Isa::Portable
-        } else {
-            isa
-        };
+        let isa = isa.min(hardware());
         CpuBackend {
             isa,
             pool: Pool::new(rayon::current_num_threads()),
@@ -119,7 +136,55 @@ impl CpuBackend {
 
     fn kernel(&self, ty: GgmlType) -> Option<Kernel> {
         #[cfg(target_arch = "x86_64")]
-        if self.isa == Isa::Avx2 {
+        if self.isa == Isa::Avx512Vnni {
+            // The prefill leftovers (rows not in a group of four) keep the AVX2
+            // one-row-four-token kernels of the legacy formats.
+            let k = match ty {
+                GgmlType::Q8_0 => Some(Kernel::Q16(
+                    vnni::q8_0_row,
+                    Some(avx2::q8_0_row_x4),
+                    self.tiles(vnni::q8_0_4x4),
+                )),
+                GgmlType::Q4_0 => Some(Kernel::Q8(
+                    vnni::q4_0_row,
+                    Some(avx2::q4_0_row_x4),
+                    self.tiles(vnni::q4_0_4x4),
+                )),
+                GgmlType::Q4_1 => Some(Kernel::Q8(
+                    vnni::q4_1_row,
+                    Some(avx2::q4_1_row_x4),
+                    self.tiles(vnni::q4_1_4x4),
+                )),
+                GgmlType::Q5_0 => Some(Kernel::Q8(
+                    vnni::q5_0_row,
+                    Some(avx2::q5_0_row_x4),
+                    self.tiles(vnni::q5_0_4x4),
+                )),
+                GgmlType::Q5_1 => Some(Kernel::Q8(
+                    vnni::q5_1_row,
+                    Some(avx2::q5_1_row_x4),
+                    self.tiles(vnni::q5_1_4x4),
+                )),
+                // One row against four tokens (the row's codes and scales
+                // unpacked once): no four-row tiles.
+                GgmlType::Q4K => Some(Kernel::Q8K(
+                    vnni::q4_k_row,
+                    Some(vnni::q4_k_row_x4),
+                    None,
+                )),
+                GgmlType::Q6K => Some(Kernel::Q8K(
+                    vnni::q6_k_row,
+                    Some(vnni::q6_k_row_x4),
+                    None,
+                )),
+                _ => None,
+            };
+            if k.is_some() {
+                return k;
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        if self.isa >= Isa::Avx2 {
             return Some(match ty {
                 GgmlType::F32 => Kernel::Float(avx2::f32_row, Some(float_tile::f32_tile)),
                 GgmlType::F16 => Kernel::Float(avx2::f16_row, Some(float_tile::f16_tile)),
@@ -206,15 +271,44 @@ fn portable_kernel(ty: GgmlType) -> Option<Kernel> {
 }
 
 /// The fastest instruction set this CPU has kernels for.
-pub fn detect() -> Isa {
+pub fn hardware() -> Isa {
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx2")
         && is_x86_feature_detected!("fma")
         && is_x86_feature_detected!("f16c")
     {
+        if is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512vnni")
+        {
+            return Isa::Avx512Vnni;
+        }
         return Isa::Avx2;
     }
     Isa::Portable
+}
+
+/// The instruction set [`CpuBackend::new`] uses: [`hardware`]'s, or the lower
+/// level `QUERN_CPU_ISA` names (`portable`, `avx2`, `avx512vnni`) to compare the
+/// paths; a name it does not know is ignored with a notice.
+pub fn detect() -> Isa {
+    let hw = hardware();
+    match std::env::var("QUERN_CPU_ISA") {
+        Ok(v) if !v.is_empty() => match Isa::from_name(&v) {
+            Some(isa) => isa.min(hw),
+            None => {
+                static WARNED: std::sync::Once = std::sync::Once::new();
+                WARNED.call_once(|| {
+                    eprintln!(
+                        "notice: QUERN_CPU_ISA={v} is not one of portable, avx2, avx512vnni; using {hw:?}"
+                    )
+                });
+                hw
+            }
+        },
+        _ => hw,
+    }
 }
 
 /// Activations in the form a kernel reads, token-major.
@@ -553,7 +647,7 @@ impl CpuBackend {
             for t in tasks {
                 if i < t.items {
                     // SAFETY: see `Task::run`; kernels come from `kernel`, which
-                    // picks AVX2 ones only when `detect` found the features.
+                    // picks AVX2 or VNNI ones only when `hardware` found the features.
                     unsafe { t.run(i) };
                     break;
                 }

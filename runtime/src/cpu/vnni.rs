@@ -1,0 +1,514 @@
+//! x86-64 kernels for CPUs with AVX-512 F/BW/VL and VNNI (checked at run time
+//! by `cpu::hardware`): `vpdpbusd` multiplies 64 unsigned weight codes by 64
+//! signed 8-bit activation codes and adds each group of four products into an
+//! i32 lane in one instruction (AVX2 needs `maddubs` + `madd` per 32 values),
+//! and `vpdpwssd` does the same for i16 pairs (Q8_0 weights against 16-bit
+//! activation codes, and the K-quants' integer sub-block scales).
+//!
+//! Every format here stores (or is rewritten as) unsigned codes `u` with a
+//! signed offset, so `dpbusd`'s unsigned × signed operand order needs no sign
+//! trick: the offset meets the activations' block sums outside the integer
+//! product (as in `avx2.rs`).
+//!
+//! Decode (one weight row against one token) puts two 32-value blocks in one
+//! 512-bit register; prefill (`*_4x4`) puts two rows' blocks in one register
+//! against a token's codes broadcast to both halves, four rows × four tokens
+//! per call, and the K-quants run one row against four tokens (`*_row_x4`) with
+//! the row's codes and scales unpacked once for the four.
+
+#![cfg(target_arch = "x86_64")]
+
+use std::arch::x86_64::*;
+
+use quern_quant::q4_0::BlockQ4_0;
+use quern_quant::q4_1::BlockQ4_1;
+use quern_quant::q4_k::BlockQ4K;
+use quern_quant::q5_0::BlockQ5_0;
+use quern_quant::q5_1::BlockQ5_1;
+use quern_quant::q6_k::BlockQ6K;
+use quern_quant::q8_0::BlockQ8_0;
+
+use super::act::{ActQ16, ActQ8, ActQ8K};
+use super::tile::k_scales_mins;
+
+/// Puts the feature list of this module on each function.
+macro_rules! vnni {
+    ($($item:item)*) => {$(
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+        $item
+    )*};
+}
+
+/// How far ahead of the current block the weight stream is prefetched (as in
+/// `avx2.rs`).
+const PREFETCH_BYTES: usize = 1024;
+
+vnni! {
+    /// One IEEE half to f32 (F16C).
+    #[inline]
+    unsafe fn f16(b: [u8; 2]) -> f32 {
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(u16::from_le_bytes(b) as i32)))
+    }
+
+    /// `s0` in lanes 0..8, `s1` in lanes 8..16.
+    #[inline]
+    unsafe fn two(s0: f32, s1: f32) -> __m512 {
+        _mm512_mask_mov_ps(_mm512_set1_ps(s0), 0xff00, _mm512_set1_ps(s1))
+    }
+
+    /// Sum of the eight lanes.
+    #[inline]
+    unsafe fn hsum256(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
+        _mm_cvtss_f32(s)
+    }
+
+    /// Two 32-byte activation blocks side by side.
+    #[inline]
+    unsafe fn acts2(a0: &ActQ8, a1: &ActQ8) -> __m512i {
+        let lo = _mm256_loadu_si256(a0.qs.as_ptr() as *const __m256i);
+        let hi = _mm256_loadu_si256(a1.qs.as_ptr() as *const __m256i);
+        _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
+    }
+}
+
+/// A legacy 32-value block as unsigned codes `u` (0..=31) with `w = d u + c`:
+/// `c = k d` for a fixed `k`, or a stored minimum `m`.
+trait Legacy: bytemuck::Pod {
+    /// `Some(k)`: `c = k d`; `None`: `c` is [`Legacy::m`].
+    const K: Option<f32>;
+    /// Whether the block has a fifth bit per value.
+    const QH: bool;
+    fn qs(&self) -> &[u8; 16];
+    /// Bit j: the fifth bit of value j (zero without one).
+    fn qh(&self) -> u32;
+    fn d(&self) -> [u8; 2];
+    fn m(&self) -> [u8; 2];
+}
+
+macro_rules! legacy {
+    ($($block:ty, $k:expr, $qh:expr, |$b:ident| $h:expr, |$bm:ident| $m:expr;)*) => {$(
+        impl Legacy for $block {
+            const K: Option<f32> = $k;
+            const QH: bool = $qh;
+            #[inline(always)]
+            fn qs(&self) -> &[u8; 16] {
+                &self.qs
+            }
+            #[inline(always)]
+            fn qh(&self) -> u32 {
+                let $b = self;
+                $h
+            }
+            #[inline(always)]
+            fn d(&self) -> [u8; 2] {
+                self.d
+            }
+            #[inline(always)]
+            fn m(&self) -> [u8; 2] {
+                let $bm = self;
+                $m
+            }
+        }
+    )*};
+}
+
+legacy! {
+    BlockQ4_0, Some(-8.0), false, |_b| 0, |_b| [0, 0];
+    BlockQ4_1, None, false, |_b| 0, |b| b.m;
+    BlockQ5_0, Some(-16.0), true, |b| u32::from_le_bytes(b.qh), |_b| [0, 0];
+    BlockQ5_1, None, true, |b| u32::from_le_bytes(b.qh), |b| b.m;
+}
+
+vnni! {
+    /// The offset `c` of a block.
+    #[inline]
+    unsafe fn offset<B: Legacy>(b: &B, d: f32) -> f32 {
+        match B::K {
+            Some(k) => k * d,
+            None => f16(b.m()),
+        }
+    }
+
+    /// The codes of two blocks, `b0`'s 32 in bytes 0..32 and `b1`'s in 32..64
+    /// (each block's low nibbles first, then its high nibbles, then the fifth
+    /// bits added where the format has them).
+    #[inline]
+    unsafe fn codes2<B: Legacy>(b0: &B, b1: &B) -> __m512i {
+        let q0 = _mm_loadu_si128(b0.qs().as_ptr() as *const __m128i);
+        let q1 = _mm_loadu_si128(b1.qs().as_ptr() as *const __m128i);
+        let v = _mm512_castsi256_si512(_mm256_set_m128i(q1, q0));
+        // 128-bit lanes [q0, q0, q1, q1]; the odd ones shifted by a nibble.
+        let v = _mm512_shuffle_i64x2::<0x50>(v, v);
+        let u = _mm512_and_si512(
+            _mm512_srlv_epi64(v, _mm512_setr_epi64(0, 0, 4, 4, 0, 0, 4, 4)),
+            _mm512_set1_epi8(15),
+        );
+        if B::QH {
+            let k = b0.qh() as u64 | (b1.qh() as u64) << 32;
+            _mm512_mask_add_epi8(u, k, u, _mm512_set1_epi8(16))
+        } else {
+            u
+        }
+    }
+
+    /// The codes of one block (32 bytes).
+    #[inline]
+    unsafe fn codes1<B: Legacy>(b: &B) -> __m256i {
+        let v = _mm256_broadcastsi128_si256(_mm_loadu_si128(b.qs().as_ptr() as *const __m128i));
+        let u = _mm256_and_si256(
+            _mm256_srlv_epi64(v, _mm256_setr_epi64x(0, 0, 4, 4)),
+            _mm256_set1_epi8(15),
+        );
+        if B::QH {
+            _mm256_mask_add_epi8(u, b.qh(), u, _mm256_set1_epi8(16))
+        } else {
+            u
+        }
+    }
+
+    /// One legacy row against one token: two blocks per `dpbusd`, four per
+    /// iteration in two accumulators. No overflow: a lane sums four products of
+    /// at most 31 · 127.
+    #[inline]
+    unsafe fn legacy_row<B: Legacy>(w: &[u8], a: &[ActQ8]) -> f32 {
+        let base = w.as_ptr();
+        let bytes = std::mem::size_of::<B>();
+        let w: &[B] = bytemuck::cast_slice(w);
+        let nb = w.len();
+        let zero = _mm512_setzero_si512();
+        let mut acc = [_mm512_setzero_ps(); 2];
+        let mut off = [0f32; 2];
+        let mut i = 0;
+        while i + 4 <= nb {
+            _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(i * bytes + PREFETCH_BYTES) as *const i8);
+            for h in 0..2 {
+                let j = i + 2 * h;
+                let (b0, b1) = (w.get_unchecked(j), w.get_unchecked(j + 1));
+                let (a0, a1) = (a.get_unchecked(j), a.get_unchecked(j + 1));
+                let dp = _mm512_dpbusd_epi32(zero, codes2(b0, b1), acts2(a0, a1));
+                let (d0, d1) = (f16(b0.d()), f16(b1.d()));
+                acc[h] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dp), two(d0 * a0.d, d1 * a1.d), acc[h]);
+                off[h] += offset(b0, d0) * a0.s + offset(b1, d1) * a1.s;
+            }
+            i += 4;
+        }
+        if i + 2 <= nb {
+            let (b0, b1) = (w.get_unchecked(i), w.get_unchecked(i + 1));
+            let (a0, a1) = (a.get_unchecked(i), a.get_unchecked(i + 1));
+            let dp = _mm512_dpbusd_epi32(zero, codes2(b0, b1), acts2(a0, a1));
+            let (d0, d1) = (f16(b0.d()), f16(b1.d()));
+            acc[0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dp), two(d0 * a0.d, d1 * a1.d), acc[0]);
+            off[0] += offset(b0, d0) * a0.s + offset(b1, d1) * a1.s;
+            i += 2;
+        }
+        let mut sum = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1])) + off[0] + off[1];
+        if i < nb {
+            let (b, at) = (w.get_unchecked(i), a.get_unchecked(i));
+            let q = _mm256_loadu_si256(at.qs.as_ptr() as *const __m256i);
+            let dp = _mm256_dpbusd_epi32(_mm256_setzero_si256(), codes1(b), q);
+            let d = f16(b.d());
+            sum += hsum256(_mm256_cvtepi32_ps(dp)) * d * at.d + offset(b, d) * at.s;
+        }
+        sum
+    }
+
+    /// Four legacy rows against `T` tokens: rows 0 and 1 share one register (a
+    /// block each), rows 2 and 3 another, against the token's 32 codes
+    /// broadcast to both halves; the codes are unpacked once for the `T`
+    /// tokens. `out[t][r]`.
+    #[inline]
+    unsafe fn legacy_tile<B: Legacy, const T: usize>(
+        w: &[&[u8]; 4],
+        a: &[&[ActQ8]; T],
+    ) -> [[f32; 4]; T] {
+        let rows: [&[B]; 4] = std::array::from_fn(|r| bytemuck::cast_slice(w[r]));
+        let nb = rows[0].len();
+        let zero = _mm512_setzero_si512();
+        let pick = [
+            _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1),
+            _mm512_setr_epi32(2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3),
+        ];
+        let mut acc = [[_mm512_setzero_ps(); 2]; T];
+        for i in 0..nb {
+            let b: [&B; 4] = std::array::from_fn(|r| rows[r].get_unchecked(i));
+            let u = [codes2(b[0], b[1]), codes2(b[2], b[3])];
+            let h = |x: [u8; 2]| i16::from_le_bytes(x);
+            let dm = _mm512_castps256_ps512(_mm256_cvtph_ps(_mm_setr_epi16(
+                h(b[0].d()),
+                h(b[1].d()),
+                h(b[2].d()),
+                h(b[3].d()),
+                h(b[0].m()),
+                h(b[1].m()),
+                h(b[2].m()),
+                h(b[3].m()),
+            )));
+            let d = [_mm512_permutexvar_ps(pick[0], dm), _mm512_permutexvar_ps(pick[1], dm)];
+            // The offset once per row and block: an eighth in each of its 8 lanes.
+            let c = match B::K {
+                Some(k) => {
+                    let k = _mm512_set1_ps(k / 8.0);
+                    [_mm512_mul_ps(d[0], k), _mm512_mul_ps(d[1], k)]
+                }
+                None => {
+                    let k = _mm512_set1_ps(1.0 / 8.0);
+                    let four = _mm512_set1_epi32(4);
+                    [
+                        _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_add_epi32(pick[0], four), dm), k),
+                        _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_add_epi32(pick[1], four), dm), k),
+                    ]
+                }
+            };
+            for t in 0..T {
+                let at = a[t].get_unchecked(i);
+                let q = _mm512_broadcast_i64x4(_mm256_loadu_si256(at.qs.as_ptr() as *const __m256i));
+                let (ad, asum) = (_mm512_set1_ps(at.d), _mm512_set1_ps(at.s));
+                for p in 0..2 {
+                    let dp = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, u[p], q));
+                    acc[t][p] = _mm512_fmadd_ps(dp, _mm512_mul_ps(d[p], ad), acc[t][p]);
+                    acc[t][p] = _mm512_fmadd_ps(c[p], asum, acc[t][p]);
+                }
+            }
+        }
+        std::array::from_fn(|t| {
+            let half = |v: __m512, k: usize| {
+                let v = _mm512_castps_pd(v);
+                hsum256(_mm256_castpd_ps(if k == 0 {
+                    _mm512_castpd512_pd256(v)
+                } else {
+                    _mm512_extractf64x4_pd::<1>(v)
+                }))
+            };
+            [
+                half(acc[t][0], 0),
+                half(acc[t][0], 1),
+                half(acc[t][1], 0),
+                half(acc[t][1], 1),
+            ]
+        })
+    }
+}
+
+macro_rules! legacy_kernels {
+    ($($one:ident, $tile:ident, $block:ty;)*) => {$(
+        vnni! {
+            pub unsafe fn $one(w: &[u8], a: &[ActQ8]) -> f32 {
+                legacy_row::<$block>(w, a)
+            }
+
+            pub unsafe fn $tile(w: &[&[u8]; 4], a: &[&[ActQ8]; 4]) -> [[f32; 4]; 4] {
+                legacy_tile::<$block, 4>(w, a)
+            }
+        }
+    )*};
+}
+
+legacy_kernels! {
+    q4_0_row, q4_0_4x4, BlockQ4_0;
+    q4_1_row, q4_1_4x4, BlockQ4_1;
+    q5_0_row, q5_0_4x4, BlockQ5_0;
+    q5_1_row, q5_1_4x4, BlockQ5_1;
+}
+
+vnni! {
+    /// Q8_0 against 16-bit activation codes: the block's 32 weights widened to
+    /// i16 meet the 32 codes in one `dpwssd` (no overflow: a lane sums two
+    /// products of at most 127 · 32767).
+    pub unsafe fn q8_0_row(w: &[u8], a: &[ActQ16]) -> f32 {
+        let base = w.as_ptr();
+        let w: &[BlockQ8_0] = bytemuck::cast_slice(w);
+        let zero = _mm512_setzero_si512();
+        let mut acc = [_mm512_setzero_ps(); 2];
+        let dot = |b: &BlockQ8_0, at: &ActQ16| {
+            let wq = _mm512_cvtepi8_epi16(_mm256_loadu_si256(b.qs.as_ptr() as *const __m256i));
+            let aq = _mm512_loadu_si512(at.qs.as_ptr() as *const _);
+            _mm512_cvtepi32_ps(_mm512_dpwssd_epi32(zero, wq, aq))
+        };
+        let mut i = 0;
+        while i + 2 <= w.len() {
+            _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(i * 34 + PREFETCH_BYTES) as *const i8);
+            for h in 0..2 {
+                let (b, at) = (w.get_unchecked(i + h), a.get_unchecked(i + h));
+                acc[h] = _mm512_fmadd_ps(dot(b, at), _mm512_set1_ps(f16(b.d) * at.d), acc[h]);
+            }
+            i += 2;
+        }
+        if i < w.len() {
+            let (b, at) = (w.get_unchecked(i), a.get_unchecked(i));
+            acc[0] = _mm512_fmadd_ps(dot(b, at), _mm512_set1_ps(f16(b.d) * at.d), acc[0]);
+        }
+        _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]))
+    }
+
+    /// Four Q8_0 rows against `T` tokens: each row's weights widened once.
+    #[inline]
+    unsafe fn q8_0_tile<const T: usize>(w: &[&[u8]; 4], a: &[&[ActQ16]; T]) -> [[f32; 4]; T] {
+        let rows: [&[BlockQ8_0]; 4] = std::array::from_fn(|r| bytemuck::cast_slice(w[r]));
+        let nb = rows[0].len();
+        let zero = _mm512_setzero_si512();
+        let mut acc = [[_mm512_setzero_ps(); 4]; T];
+        for i in 0..nb {
+            let b: [&BlockQ8_0; 4] = std::array::from_fn(|r| rows[r].get_unchecked(i));
+            let wq: [__m512i; 4] = std::array::from_fn(|r| {
+                _mm512_cvtepi8_epi16(_mm256_loadu_si256(b[r].qs.as_ptr() as *const __m256i))
+            });
+            let d: [__m512; 4] = std::array::from_fn(|r| _mm512_set1_ps(f16(b[r].d)));
+            for t in 0..T {
+                let at = a[t].get_unchecked(i);
+                let aq = _mm512_loadu_si512(at.qs.as_ptr() as *const _);
+                let ad = _mm512_set1_ps(at.d);
+                for r in 0..4 {
+                    let p = _mm512_cvtepi32_ps(_mm512_dpwssd_epi32(zero, wq[r], aq));
+                    acc[t][r] = _mm512_fmadd_ps(_mm512_mul_ps(p, ad), d[r], acc[t][r]);
+                }
+            }
+        }
+        std::array::from_fn(|t| std::array::from_fn(|r| _mm512_reduce_add_ps(acc[t][r])))
+    }
+
+    pub unsafe fn q8_0_4x4(w: &[&[u8]; 4], a: &[&[ActQ16]; 4]) -> [[f32; 4]; 4] {
+        q8_0_tile::<4>(w, a)
+    }
+
+    /// Q4_K, one row against `T` tokens. Per 64 values (two sub-blocks: one
+    /// 32-byte load, low and high nibbles) one `dpbusd` against 64 contiguous
+    /// activation codes; its i32 lanes (at most 4 · 15 · 127, an i16) meet the
+    /// sub-blocks' 6-bit scales, spread as `(scale, 0)` i16 pairs, in one
+    /// `dpwssd`. The minimums meet the activation group sums in one `madd`.
+    #[inline]
+    unsafe fn q4_k_rows<const T: usize>(w: &[u8], a: [&[ActQ8K]; T]) -> [f32; T] {
+        let base = w.as_ptr();
+        let w: &[BlockQ4K] = bytemuck::cast_slice(w);
+        let zero = _mm512_setzero_si512();
+        let low = _mm256_set1_epi8(15);
+        let mut acc = [_mm512_setzero_ps(); T];
+        let mut mins = [_mm256_setzero_ps(); T];
+        for (i, b) in w.iter().enumerate() {
+            if T == 1 {
+                _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(i * 144 + PREFETCH_BYTES) as *const i8);
+            }
+            let (sc, m) = k_scales_mins(&b.scales);
+            let sc32 = _mm512_cvtepu8_epi32(_mm_cvtsi64_si128(sc as i64));
+            let m = _mm_cvtsi64_si128(m as i64);
+            // Each minimum twice, for the two 16-value group sums of its sub-block.
+            let m16 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m, m));
+            let mut isum = [zero; T];
+            for g in 0..4 {
+                let q = _mm256_loadu_si256(b.qs.as_ptr().add(g * 32) as *const __m256i);
+                let lo = _mm256_and_si256(q, low);
+                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), low);
+                let u = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
+                let j = 2 * g as i32;
+                let idx = _mm512_setr_epi32(
+                    j, j, j, j, j, j, j, j, j + 1, j + 1, j + 1, j + 1, j + 1, j + 1, j + 1, j + 1,
+                );
+                let s = _mm512_permutexvar_epi32(idx, sc32);
+                for t in 0..T {
+                    let at = a[t].get_unchecked(i);
+                    let av = _mm512_loadu_si512(at.qs.as_ptr().add(g * 64) as *const _);
+                    let dp = _mm512_dpbusd_epi32(zero, u, av);
+                    isum[t] = _mm512_dpwssd_epi32(isum[t], dp, s);
+                }
+            }
+            let (d, dmin) = (f16(b.d), f16(b.dmin));
+            for t in 0..T {
+                let at = a[t].get_unchecked(i);
+                let bs = _mm256_loadu_si256(at.bsums.as_ptr() as *const __m256i);
+                let ms = _mm256_cvtepi32_ps(_mm256_madd_epi16(bs, m16));
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t]), _mm512_set1_ps(d * at.d), acc[t]);
+                mins[t] = _mm256_fmadd_ps(ms, _mm256_set1_ps(dmin * at.d), mins[t]);
+            }
+        }
+        std::array::from_fn(|t| _mm512_reduce_add_ps(acc[t]) - hsum256(mins[t]))
+    }
+
+    pub unsafe fn q4_k_row(w: &[u8], a: &[ActQ8K]) -> f32 {
+        q4_k_rows::<1>(w, [a])[0]
+    }
+
+    pub unsafe fn q4_k_row_x4(w: &[u8], a: [&[ActQ8K]; 4]) -> [f32; 4] {
+        q4_k_rows::<4>(w, a)
+    }
+
+    /// Q6_K, one row against `T` tokens: per 128 values one 64-byte load of the
+    /// low bits gives values 0..64 (low nibbles) and 64..128 (high nibbles) in
+    /// order; the two high bits come from the 32 bytes of `qh` in both halves,
+    /// rotated per 64-bit lane into bits 4..6. Codes u = 0..63 go through
+    /// `dpbusd` (a lane at most 4 · 63 · 127 = 32004, an i16), then `dpwssd` by
+    /// the signed scales as `(scale, 0)` pairs; the offset of 32 comes back from
+    /// the activation group sums.
+    #[inline]
+    unsafe fn q6_k_rows<const T: usize>(w: &[u8], a: [&[ActQ8K]; T]) -> [f32; T] {
+        let base = w.as_ptr();
+        let w: &[BlockQ6K] = bytemuck::cast_slice(w);
+        let zero = _mm512_setzero_si512();
+        let low = _mm512_set1_epi8(15);
+        let top = _mm512_set1_epi8(0x30);
+        let rot_lo = _mm512_setr_epi64(4, 4, 4, 4, 2, 2, 2, 2);
+        let rot_hi = _mm512_setr_epi64(0, 0, 0, 0, 62, 62, 62, 62);
+        let mut acc = [_mm512_setzero_ps(); T];
+        let mut offs = [_mm256_setzero_ps(); T];
+        for (i, b) in w.iter().enumerate() {
+            if T == 1 {
+                _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(i * 210 + PREFETCH_BYTES) as *const i8);
+            }
+            let sc8 = _mm_loadu_si128(b.scales.as_ptr() as *const __m128i);
+            let sc32 = _mm512_and_si512(_mm512_cvtepi8_epi32(sc8), _mm512_set1_epi32(0xffff));
+            let wide = _mm256_cvtepi8_epi16(sc8);
+            let mut isum = [zero; T];
+            for g in 0..2 {
+                let ql = _mm512_loadu_si512(b.ql.as_ptr().add(g * 64) as *const _);
+                let qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(
+                    b.qh.as_ptr().add(g * 32) as *const __m256i
+                ));
+                let u_lo = _mm512_or_si512(
+                    _mm512_and_si512(ql, low),
+                    _mm512_and_si512(_mm512_rolv_epi64(qh, rot_lo), top),
+                );
+                let u_hi = _mm512_or_si512(
+                    _mm512_and_si512(_mm512_srli_epi16::<4>(ql), low),
+                    _mm512_and_si512(_mm512_rolv_epi64(qh, rot_hi), top),
+                );
+                // Lane l of the 64 values at 128 g + 64 h has scale 8 g + 4 h + l / 4.
+                let s = |h: i32| {
+                    let k = 8 * g as i32 + 4 * h;
+                    let idx = _mm512_setr_epi32(
+                        k, k, k, k, k + 1, k + 1, k + 1, k + 1, k + 2, k + 2, k + 2, k + 2, k + 3,
+                        k + 3, k + 3, k + 3,
+                    );
+                    _mm512_permutexvar_epi32(idx, sc32)
+                };
+                let (s_lo, s_hi) = (s(0), s(1));
+                for t in 0..T {
+                    let at = a[t].get_unchecked(i);
+                    let p = at.qs.as_ptr().add(g * 128);
+                    let a_lo = _mm512_loadu_si512(p as *const _);
+                    let a_hi = _mm512_loadu_si512(p.add(64) as *const _);
+                    isum[t] = _mm512_dpwssd_epi32(isum[t], _mm512_dpbusd_epi32(zero, u_lo, a_lo), s_lo);
+                    isum[t] = _mm512_dpwssd_epi32(isum[t], _mm512_dpbusd_epi32(zero, u_hi, a_hi), s_hi);
+                }
+            }
+            let d = f16(b.d);
+            for t in 0..T {
+                let at = a[t].get_unchecked(i);
+                let bs = _mm256_loadu_si256(at.bsums.as_ptr() as *const __m256i);
+                let o = _mm256_cvtepi32_ps(_mm256_madd_epi16(wide, bs));
+                let dd = d * at.d;
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t]), _mm512_set1_ps(dd), acc[t]);
+                offs[t] = _mm256_fmadd_ps(o, _mm256_set1_ps(dd), offs[t]);
+            }
+        }
+        std::array::from_fn(|t| _mm512_reduce_add_ps(acc[t]) - 32.0 * hsum256(offs[t]))
+    }
+
+    pub unsafe fn q6_k_row(w: &[u8], a: &[ActQ8K]) -> f32 {
+        q6_k_rows::<1>(w, [a])[0]
+    }
+
+    pub unsafe fn q6_k_row_x4(w: &[u8], a: [&[ActQ8K]; 4]) -> [f32; 4] {
+        q6_k_rows::<4>(w, a)
+    }
+}
