@@ -294,7 +294,7 @@ fn vnni_and_avx2_agree() {
             if cols % ty.block_size() != 0 {
                 continue;
             }
-            for (rows, n) in [(9, 1), (6, 5), (13, 16)] {
+            for (rows, n) in [(9, 1), (6, 5), (13, 16), (40, 1), (35, 9), (48, 17)] {
                 let x: Vec<f32> = (0..n * cols)
                     .map(|i| rng.next() * if i % 29 == 0 { 6.0 } else { 1.0 })
                     .collect();

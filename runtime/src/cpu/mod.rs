@@ -42,6 +42,13 @@ type Dot4<A> = unsafe fn(&[u8], [&[A]; 4]) -> [f32; 4];
 /// Four weight rows against `T` activation rows: `out[t][r]`.
 type Tile<A, const T: usize> = unsafe fn(&[&[u8]; 4], &[&[A]; T]) -> [[f32; 4]; T];
 
+/// Sixteen-row kernels (one token, and `vnni::WIDE_TOKENS` tokens) of a
+/// legacy format on AVX-512 VNNI.
+#[cfg(target_arch = "x86_64")]
+type WideKernels = (vnni::Wide1, vnni::WideT);
+#[cfg(not(target_arch = "x86_64"))]
+type WideKernels = ();
+
 /// Four weight rows against four tokens (prefill). Decode keeps the one-row
 /// kernels: four-row ones against one token were faster on cached weights
 /// (`kernel_speed`) but slower streaming a model from memory (BENCHMARKS.md).
@@ -91,6 +98,8 @@ pub struct CpuBackend {
     pool: Pool,
     /// Whether the four-row kernels are used where a format has them.
     tiles: bool,
+    /// Whether the sixteen-row kernels are used where a format has them.
+    wide: bool,
 }
 
 impl Default for CpuBackend {
@@ -115,6 +124,7 @@ impl CpuBackend {
             isa,
             pool: Pool::new(rayon::current_num_threads()),
             tiles: std::env::var_os("QUERN_CPU_TILES").is_none_or(|v| v != "0"),
+            wide: std::env::var_os("QUERN_CPU_WIDE").is_none_or(|v| v != "0"),
         }
     }
 
@@ -123,6 +133,29 @@ impl CpuBackend {
     pub fn with_tiles(mut self, on: bool) -> Self {
         self.tiles = on;
         self
+    }
+
+    /// The same backend with the sixteen-row kernels (AVX-512 VNNI, legacy
+    /// formats) on or off.
+    pub fn with_wide(mut self, on: bool) -> Self {
+        self.wide = on;
+        self
+    }
+
+    /// The sixteen-row kernels for `ty`, where this backend uses them.
+    fn wide_kernels(&self, ty: GgmlType) -> Option<WideKernels> {
+        #[cfg(target_arch = "x86_64")]
+        if self.wide && self.isa == Isa::Avx512Vnni {
+            return match ty {
+                GgmlType::Q4_0 => Some((vnni::q4_0_wide1, vnni::q4_0_wide)),
+                GgmlType::Q4_1 => Some((vnni::q4_1_wide1, vnni::q4_1_wide)),
+                GgmlType::Q5_0 => Some((vnni::q5_0_wide1, vnni::q5_0_wide)),
+                GgmlType::Q5_1 => Some((vnni::q5_1_wide1, vnni::q5_1_wide)),
+                _ => None,
+            };
+        }
+        let _ = ty;
+        None
     }
 
     pub fn isa(&self) -> Isa {
@@ -385,6 +418,8 @@ struct Task<'a> {
     /// An F32 product in prefill, given to `matrixmultiply`: its work items
     /// cover all tokens (so each weight block is packed once), not `TOKEN_BLOCK`.
     sgemm: bool,
+    /// Sixteen-row kernels, which take the item's rows sixteen at a time.
+    wide: Option<WideKernels>,
     items: usize,
 }
 
@@ -419,6 +454,10 @@ impl Task<'_> {
                 return;
             }
             r0 = float_tiles(&self.w, x, r0, r1, t0, t1, one, tile, put);
+        }
+        #[cfg(target_arch = "x86_64")]
+        if let (Some(wide), Acts::Q8(a)) = (self.wide, self.acts) {
+            r0 = wide_rows(&self.w, a, r0, r1, t0, t1, wide, put);
         }
         // Groups of four rows where the format has four-row kernels.
         let mut r = r0;
@@ -521,6 +560,54 @@ unsafe fn sgemm_f32(
         1,
     );
     true
+}
+
+/// Rows `r0..r1` sixteen at a time against tokens `t0..t1`, `WIDE_TOKENS` at a
+/// time and the rest one by one; returns the first row left undone.
+///
+/// # Safety
+/// As [`Task::run`]; the kernels' instruction set is present.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn wide_rows(
+    w: &WeightView<'_>,
+    a: &[ActQ8],
+    r0: usize,
+    r1: usize,
+    t0: usize,
+    t1: usize,
+    (one, many): WideKernels,
+    put: impl Fn(usize, usize, f32),
+) -> usize {
+    const R: usize = vnni::WIDE_ROWS;
+    const T: usize = vnni::WIDE_TOKENS;
+    let nb = w.cols / 32;
+    let stride = w.row_bytes();
+    let act = |t: usize| &a[t * nb..(t + 1) * nb];
+    let mut r = r0;
+    while r + R <= r1 {
+        let base = w.row(r).as_ptr();
+        let mut t = t0;
+        while t + T <= t1 {
+            let acts: [&[ActQ8]; T] = std::array::from_fn(|k| act(t + k));
+            let v = many(base, stride, nb, &acts);
+            for (k, vt) in v.iter().enumerate() {
+                for (j, &x) in vt.iter().enumerate() {
+                    put(r + j, t + k, x);
+                }
+            }
+            t += T;
+        }
+        for t in t..t1 {
+            let v = one(base, stride, nb, &[act(t)]);
+            for (j, &x) in v[0].iter().enumerate() {
+                put(r + j, t, x);
+            }
+        }
+        r += R;
+    }
+    r
 }
 
 /// Float prefill: rows `r0..` three at a time against tokens `t0..t1` four at a
@@ -628,12 +715,13 @@ unsafe fn tiled<A>(
 impl CpuBackend {
     /// Rows per work item: about sixteen items per thread for balance, at least
     /// a few rows so an item outweighs fetching it.
-    fn rows_per_item(&self, rows: usize, n_tokens: usize) -> usize {
+    fn rows_per_item(&self, rows: usize, n_tokens: usize, granule: usize) -> usize {
         let token_blocks = n_tokens.div_ceil(TOKEN_BLOCK);
         let want_items = self.pool.threads() * 16;
         let per = rows * token_blocks / want_items.max(1);
-        // A multiple of four: the four-row kernels take whole groups.
-        per.clamp(4, 256).next_multiple_of(4)
+        // A multiple of the kernels' row group (four, or sixteen for the wide
+        // kernels): they take whole groups.
+        per.clamp(4, 256).next_multiple_of(granule)
     }
 
     fn run_tasks(&self, tasks: &[Task<'_>]) {
@@ -704,7 +792,9 @@ impl Backend for CpuBackend {
             .zip(outs.iter_mut())
             .zip(&kernels)
             .map(|((w, out), &kernel)| {
-                let rows_per_item = self.rows_per_item(w.rows, n_tokens);
+                let wide = self.wide_kernels(w.ty);
+                let granule = if wide.is_some() { 16 } else { 4 };
+                let rows_per_item = self.rows_per_item(w.rows, n_tokens, granule);
                 let sgemm = w.ty == GgmlType::F32
                     && n_tokens >= SGEMM_MIN_TOKENS
                     && matches!(kernel, Kernel::Float(_, Some(_)));
@@ -717,6 +807,7 @@ impl Backend for CpuBackend {
                     n_tokens,
                     rows_per_item,
                     sgemm,
+                    wide,
                     items: w.rows.div_ceil(rows_per_item) * n_tokens.div_ceil(token_block),
                 }
             })

@@ -512,3 +512,180 @@ vnni! {
         q6_k_rows::<4>(w, a)
     }
 }
+
+/// Where a legacy block keeps its parts, for the sixteen-row kernels that
+/// gather one 32-bit word per row.
+trait Layout: Legacy {
+    /// Byte offset of the 16 bytes of nibbles.
+    const QS: usize;
+    /// Byte offset of the four bytes of fifth bits (when `QH`).
+    const QH_AT: usize;
+}
+
+impl Layout for BlockQ4_0 {
+    const QS: usize = 2;
+    const QH_AT: usize = 0;
+}
+impl Layout for BlockQ4_1 {
+    const QS: usize = 4;
+    const QH_AT: usize = 0;
+}
+impl Layout for BlockQ5_0 {
+    const QS: usize = 6;
+    const QH_AT: usize = 2;
+}
+impl Layout for BlockQ5_1 {
+    const QS: usize = 8;
+    const QH_AT: usize = 4;
+}
+
+/// Rows per call of the sixteen-row kernels.
+pub const WIDE_ROWS: usize = 16;
+/// Tokens per call of the sixteen-row prefill kernels.
+pub const WIDE_TOKENS: usize = 8;
+
+vnni! {
+    /// 16 in byte b of lane r where bit `base + b` of lane r of `qh` is set
+    /// (`base` a multiple of 4), as a byte mask.
+    #[inline]
+    unsafe fn fifth16(qh: __m512i, base: u32) -> __mmask64 {
+        // Every byte of a lane takes the lane's byte `base / 8`.
+        let src = (base / 8) as i8;
+        let ctl = _mm512_set_epi8(
+            12 + src, 12 + src, 12 + src, 12 + src, 8 + src, 8 + src, 8 + src, 8 + src,
+            4 + src, 4 + src, 4 + src, 4 + src, src, src, src, src,
+            12 + src, 12 + src, 12 + src, 12 + src, 8 + src, 8 + src, 8 + src, 8 + src,
+            4 + src, 4 + src, 4 + src, 4 + src, src, src, src, src,
+            12 + src, 12 + src, 12 + src, 12 + src, 8 + src, 8 + src, 8 + src, 8 + src,
+            4 + src, 4 + src, 4 + src, 4 + src, src, src, src, src,
+            12 + src, 12 + src, 12 + src, 12 + src, 8 + src, 8 + src, 8 + src, 8 + src,
+            4 + src, 4 + src, 4 + src, 4 + src, src, src, src, src,
+        );
+        let bits = if base % 8 == 0 { 0x0804_0201u32 } else { 0x8040_2010u32 };
+        _mm512_test_epi8_mask(_mm512_shuffle_epi8(qh, ctl), _mm512_set1_epi32(bits as i32))
+    }
+
+    /// Sixteen legacy rows (`stride` bytes apart from `base`, `nb` blocks each)
+    /// against `T` tokens: `out[t][r]`. Lane r of every register is row r: per
+    /// block, one gather per 32-bit word gives each row's scale and four nibble
+    /// words (values 4k..4k+4 in the low nibbles, 16+4k.. in the high), so
+    /// `dpbusd` against the token's matching four codes broadcast adds each
+    /// row's block product in its own lane, and one conversion and two fused
+    /// multiply-adds scale all sixteen rows (the per-block float work that
+    /// dominates the one- and four-row kernels, shared sixteen ways).
+    #[inline]
+    unsafe fn legacy_wide<B: Layout, const T: usize>(
+        base: *const u8,
+        stride: usize,
+        nb: usize,
+        a: &[&[ActQ8]; T],
+    ) -> [[f32; WIDE_ROWS]; T] {
+        let bytes = std::mem::size_of::<B>();
+        let idx = _mm512_mullo_epi32(
+            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+            _mm512_set1_epi32(stride as i32),
+        );
+        let low = _mm512_set1_epi8(15);
+        let sixteen = _mm512_set1_epi8(16);
+        let zero = _mm512_setzero_si512();
+        let mut acc = [_mm512_setzero_ps(); T];
+        for i in 0..nb {
+            let p = base.add(i * bytes);
+            if T == 1 {
+                for r in 0..WIDE_ROWS {
+                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(r * stride + 512) as *const i8);
+                }
+            }
+            let dm = _mm512_i32gather_epi32::<1>(idx, p as *const _);
+            let d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dm));
+            let mut u = [zero; 8];
+            let qh = if B::QH {
+                _mm512_i32gather_epi32::<1>(idx, p.add(B::QH_AT) as *const _)
+            } else {
+                zero
+            };
+            for k in 0..4 {
+                let q = _mm512_i32gather_epi32::<1>(idx, p.add(B::QS + 4 * k) as *const _);
+                u[k] = _mm512_and_si512(q, low);
+                u[4 + k] = _mm512_and_si512(_mm512_srli_epi32::<4>(q), low);
+                if B::QH {
+                    let (lo, hi) = (fifth16(qh, 4 * k as u32), fifth16(qh, 16 + 4 * k as u32));
+                    u[k] = _mm512_mask_add_epi8(u[k], lo, u[k], sixteen);
+                    u[4 + k] = _mm512_mask_add_epi8(u[4 + k], hi, u[4 + k], sixteen);
+                }
+            }
+            let m = if B::K.is_none() {
+                _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(dm)))
+            } else {
+                _mm512_setzero_ps()
+            };
+            for t in 0..T {
+                let at = a[t].get_unchecked(i);
+                let q = at.qs.as_ptr() as *const i32;
+                // Two chains of four, so successive `dpbusd`s overlap.
+                let mut s0 = zero;
+                let mut s1 = zero;
+                for k in 0..4 {
+                    s0 = _mm512_dpbusd_epi32(s0, u[k], _mm512_set1_epi32(q.add(k).read_unaligned()));
+                    s1 = _mm512_dpbusd_epi32(
+                        s1,
+                        u[4 + k],
+                        _mm512_set1_epi32(q.add(4 + k).read_unaligned()),
+                    );
+                }
+                let s = _mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1));
+                acc[t] = match B::K {
+                    // d (ad Σuq + k as): w = d (u + k).
+                    Some(k) => _mm512_fmadd_ps(
+                        _mm512_fmadd_ps(s, _mm512_set1_ps(at.d), _mm512_set1_ps(k * at.s)),
+                        d,
+                        acc[t],
+                    ),
+                    // d ad Σuq + m as.
+                    None => _mm512_fmadd_ps(
+                        m,
+                        _mm512_set1_ps(at.s),
+                        _mm512_fmadd_ps(_mm512_mul_ps(s, _mm512_set1_ps(at.d)), d, acc[t]),
+                    ),
+                };
+            }
+        }
+        std::array::from_fn(|t| std::mem::transmute::<__m512, [f32; WIDE_ROWS]>(acc[t]))
+    }
+}
+
+/// Sixteen rows against one token (decode) and against [`WIDE_TOKENS`] tokens.
+pub type Wide1 = unsafe fn(*const u8, usize, usize, &[&[ActQ8]; 1]) -> [[f32; WIDE_ROWS]; 1];
+pub type WideT =
+    unsafe fn(*const u8, usize, usize, &[&[ActQ8]; WIDE_TOKENS]) -> [[f32; WIDE_ROWS]; WIDE_TOKENS];
+
+macro_rules! wide_kernels {
+    ($($one:ident, $many:ident, $block:ty;)*) => {$(
+        vnni! {
+            pub unsafe fn $one(
+                base: *const u8,
+                stride: usize,
+                nb: usize,
+                a: &[&[ActQ8]; 1],
+            ) -> [[f32; WIDE_ROWS]; 1] {
+                legacy_wide::<$block, 1>(base, stride, nb, a)
+            }
+
+            pub unsafe fn $many(
+                base: *const u8,
+                stride: usize,
+                nb: usize,
+                a: &[&[ActQ8]; WIDE_TOKENS],
+            ) -> [[f32; WIDE_ROWS]; WIDE_TOKENS] {
+                legacy_wide::<$block, WIDE_TOKENS>(base, stride, nb, a)
+            }
+        }
+    )*};
+}
+
+wide_kernels! {
+    q4_0_wide1, q4_0_wide, BlockQ4_0;
+    q4_1_wide1, q4_1_wide, BlockQ4_1;
+    q5_0_wide1, q5_0_wide, BlockQ5_0;
+    q5_1_wide1, q5_1_wide, BlockQ5_1;
+}
