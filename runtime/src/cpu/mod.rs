@@ -45,7 +45,11 @@ type Tile<A, const T: usize> = unsafe fn(&[&[u8]; 4], &[&[A]; T]) -> [[f32; 4]; 
 /// Sixteen-row kernels (one token, and `vnni::WIDE_TOKENS` tokens) of a
 /// legacy format on AVX-512 VNNI.
 #[cfg(target_arch = "x86_64")]
-type WideKernels = (vnni::Wide1, vnni::WideT);
+#[derive(Clone, Copy)]
+enum WideKernels {
+    Q8(vnni::Wide1<ActQ8>, vnni::WideT<ActQ8>),
+    Q8K(vnni::Wide1<ActQ8K>, vnni::WideT<ActQ8K>),
+}
 #[cfg(not(target_arch = "x86_64"))]
 type WideKernels = ();
 
@@ -147,10 +151,12 @@ impl CpuBackend {
         #[cfg(target_arch = "x86_64")]
         if self.wide && self.isa == Isa::Avx512Vnni {
             return match ty {
-                GgmlType::Q4_0 => Some((vnni::q4_0_wide1, vnni::q4_0_wide)),
-                GgmlType::Q4_1 => Some((vnni::q4_1_wide1, vnni::q4_1_wide)),
-                GgmlType::Q5_0 => Some((vnni::q5_0_wide1, vnni::q5_0_wide)),
-                GgmlType::Q5_1 => Some((vnni::q5_1_wide1, vnni::q5_1_wide)),
+                GgmlType::Q4_0 => Some(WideKernels::Q8(vnni::q4_0_wide1, vnni::q4_0_wide)),
+                GgmlType::Q4_1 => Some(WideKernels::Q8(vnni::q4_1_wide1, vnni::q4_1_wide)),
+                GgmlType::Q5_0 => Some(WideKernels::Q8(vnni::q5_0_wide1, vnni::q5_0_wide)),
+                GgmlType::Q5_1 => Some(WideKernels::Q8(vnni::q5_1_wide1, vnni::q5_1_wide)),
+                GgmlType::Q4K => Some(WideKernels::Q8K(vnni::q4_k_wide1, vnni::q4_k_wide_t)),
+                GgmlType::Q6K => Some(WideKernels::Q8K(vnni::q6_k_wide1, vnni::q6_k_wide_t)),
                 _ => None,
             };
         }
@@ -456,8 +462,14 @@ impl Task<'_> {
             r0 = float_tiles(&self.w, x, r0, r1, t0, t1, one, tile, put);
         }
         #[cfg(target_arch = "x86_64")]
-        if let (Some(wide), Acts::Q8(a)) = (self.wide, self.acts) {
-            r0 = wide_rows(&self.w, a, r0, r1, t0, t1, wide, put);
+        match (self.wide, self.acts) {
+            (Some(WideKernels::Q8(one, many)), Acts::Q8(a)) => {
+                r0 = wide_rows(&self.w, a, 32, r0, r1, t0, t1, one, many, put)
+            }
+            (Some(WideKernels::Q8K(one, many)), Acts::Q8K(a)) => {
+                r0 = wide_rows(&self.w, a, 256, r0, r1, t0, t1, one, many, put)
+            }
+            _ => {}
         }
         // Groups of four rows where the format has four-row kernels.
         let mut r = r0;
@@ -570,19 +582,21 @@ unsafe fn sgemm_f32(
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn wide_rows(
+unsafe fn wide_rows<A>(
     w: &WeightView<'_>,
-    a: &[ActQ8],
+    a: &[A],
+    block: usize,
     r0: usize,
     r1: usize,
     t0: usize,
     t1: usize,
-    (one, many): WideKernels,
+    one: vnni::Wide1<A>,
+    many: vnni::WideT<A>,
     put: impl Fn(usize, usize, f32),
 ) -> usize {
     const R: usize = vnni::WIDE_ROWS;
     const T: usize = vnni::WIDE_TOKENS;
-    let nb = w.cols / 32;
+    let nb = w.cols / block;
     let stride = w.row_bytes();
     let act = |t: usize| &a[t * nb..(t + 1) * nb];
     let mut r = r0;
@@ -590,7 +604,7 @@ unsafe fn wide_rows(
         let base = w.row(r).as_ptr();
         let mut t = t0;
         while t + T <= t1 {
-            let acts: [&[ActQ8]; T] = std::array::from_fn(|k| act(t + k));
+            let acts: [&[A]; T] = std::array::from_fn(|k| act(t + k));
             let v = many(base, stride, nb, &acts);
             for (k, vt) in v.iter().enumerate() {
                 for (j, &x) in vt.iter().enumerate() {

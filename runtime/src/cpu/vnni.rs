@@ -654,10 +654,11 @@ vnni! {
     }
 }
 
-/// Sixteen rows against one token (decode) and against [`WIDE_TOKENS`] tokens.
-pub type Wide1 = unsafe fn(*const u8, usize, usize, &[&[ActQ8]; 1]) -> [[f32; WIDE_ROWS]; 1];
-pub type WideT =
-    unsafe fn(*const u8, usize, usize, &[&[ActQ8]; WIDE_TOKENS]) -> [[f32; WIDE_ROWS]; WIDE_TOKENS];
+/// Sixteen rows (`base`, row stride in bytes, blocks per row) against one
+/// token (decode) and against [`WIDE_TOKENS`] tokens of activations `A`.
+pub type Wide1<A> = unsafe fn(*const u8, usize, usize, &[&[A]; 1]) -> [[f32; WIDE_ROWS]; 1];
+pub type WideT<A> =
+    unsafe fn(*const u8, usize, usize, &[&[A]; WIDE_TOKENS]) -> [[f32; WIDE_ROWS]; WIDE_TOKENS];
 
 macro_rules! wide_kernels {
     ($($one:ident, $many:ident, $block:ty;)*) => {$(
@@ -688,4 +689,274 @@ wide_kernels! {
     q4_1_wide1, q4_1_wide, BlockQ4_1;
     q5_0_wide1, q5_0_wide, BlockQ5_0;
     q5_1_wide1, q5_1_wide, BlockQ5_1;
+}
+
+vnni! {
+    /// Q4_K, sixteen rows against `T` tokens, lane r = row r as in
+    /// [`legacy_wide`]: per super-block one gather per 32-bit word of each row
+    /// (scales, minimums, 128 bytes of nibbles). The 6-bit sub-block scales and
+    /// minimums unpack lane-wise (Q4_K's packing, as `tile::k_scales_mins`);
+    /// per sub-block, eight `dpbusd`s against the token's codes broadcast four
+    /// at a time give each row's integer sum (at most 32 · 15 · 127), which one
+    /// conversion and one fused multiply-add scale by `d · scale`; the
+    /// minimums meet the activation group sums as i16 pairs in `dpwssd`.
+    #[inline]
+    unsafe fn q4_k_wide<const T: usize>(
+        base: *const u8,
+        stride: usize,
+        nb: usize,
+        a: &[&[ActQ8K]; T],
+    ) -> [[f32; WIDE_ROWS]; T] {
+        let idx = _mm512_mullo_epi32(
+            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+            _mm512_set1_epi32(stride as i32),
+        );
+        let gather = |p: *const u8| _mm512_i32gather_epi32::<1>(idx, p as *const _);
+        let low = _mm512_set1_epi8(15);
+        let zero = _mm512_setzero_si512();
+        let m6 = _mm512_set1_epi32(0x3f3f_3f3f);
+        let m4 = _mm512_set1_epi32(0x0f0f_0f0f);
+        let m2 = _mm512_set1_epi32(0x0303_0303);
+        let byte = _mm512_set1_epi32(0xff);
+        let mut acc = [_mm512_setzero_ps(); T];
+        for i in 0..nb {
+            let p = base.add(i * 144);
+            if T == 1 {
+                for r in 0..WIDE_ROWS {
+                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(r * stride + 288) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(r * stride + 352) as *const i8);
+                }
+            }
+            let dd = gather(p);
+            let d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dd));
+            let dmin = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(dd)));
+            let (w0, w1, w2) = (gather(p.add(4)), gather(p.add(8)), gather(p.add(12)));
+            // Bytes j of `sc[h]` / `mn[h]`: scale / minimum of sub-block 4 h + j.
+            let sc = [
+                _mm512_and_si512(w0, m6),
+                _mm512_or_si512(
+                    _mm512_and_si512(w2, m4),
+                    _mm512_slli_epi32::<4>(_mm512_and_si512(_mm512_srli_epi32::<6>(w0), m2)),
+                ),
+            ];
+            let mn = [
+                _mm512_and_si512(w1, m6),
+                _mm512_or_si512(
+                    _mm512_and_si512(_mm512_srli_epi32::<4>(w2), m4),
+                    _mm512_slli_epi32::<4>(_mm512_and_si512(_mm512_srli_epi32::<6>(w1), m2)),
+                ),
+            ];
+            // Minimums as i16 pairs (sub-blocks 2q, 2q + 1) per lane.
+            let mpair: [__m512i; 4] = std::array::from_fn(|q| {
+                let x = mn[q / 2];
+                let x = if q % 2 == 0 { x } else { _mm512_srli_epi32::<16>(x) };
+                _mm512_or_si512(
+                    _mm512_and_si512(x, byte),
+                    _mm512_slli_epi32::<8>(_mm512_and_si512(x, _mm512_set1_epi32(0xff00))),
+                )
+            });
+            let mut sb = [_mm512_setzero_ps(); T];
+            for g in 0..4 {
+                let q: [__m512i; 8] = std::array::from_fn(|k| gather(p.add(16 + 32 * g + 4 * k)));
+                let lo: [__m512i; 8] = std::array::from_fn(|k| _mm512_and_si512(q[k], low));
+                let hi: [__m512i; 8] =
+                    std::array::from_fn(|k| _mm512_and_si512(_mm512_srli_epi32::<4>(q[k]), low));
+                let scale = |j: usize| {
+                    let x = sc[j / 4];
+                    let x = match j % 4 {
+                        0 => x,
+                        1 => _mm512_srli_epi32::<8>(x),
+                        2 => _mm512_srli_epi32::<16>(x),
+                        _ => _mm512_srli_epi32::<24>(x),
+                    };
+                    _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_and_si512(x, byte)))
+                };
+                let (s0, s1) = (scale(2 * g), scale(2 * g + 1));
+                for t in 0..T {
+                    let aq = a[t].get_unchecked(i).qs.as_ptr().add(64 * g) as *const i32;
+                    let (mut x0, mut x1) = (zero, zero);
+                    for k in 0..8 {
+                        x0 = _mm512_dpbusd_epi32(x0, lo[k], _mm512_set1_epi32(aq.add(k).read_unaligned()));
+                        x1 = _mm512_dpbusd_epi32(
+                            x1,
+                            hi[k],
+                            _mm512_set1_epi32(aq.add(8 + k).read_unaligned()),
+                        );
+                    }
+                    sb[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(x0), s0, sb[t]);
+                    sb[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(x1), s1, sb[t]);
+                }
+            }
+            for t in 0..T {
+                let at = a[t].get_unchecked(i);
+                // Sums of the 32 codes of each sub-block, as i16 pairs.
+                let bs = _mm_hadd_epi16(
+                    _mm_loadu_si128(at.bsums.as_ptr() as *const __m128i),
+                    _mm_loadu_si128(at.bsums.as_ptr().add(8) as *const __m128i),
+                );
+                let bs = _mm512_broadcast_i32x4(bs);
+                let mut ms = zero;
+                for (q, mp) in mpair.iter().enumerate() {
+                    let b = _mm512_permutexvar_epi32(_mm512_set1_epi32(q as i32), bs);
+                    ms = _mm512_dpwssd_epi32(ms, *mp, b);
+                }
+                let v = _mm512_fnmadd_ps(dmin, _mm512_cvtepi32_ps(ms), sb[t]);
+                acc[t] = _mm512_fmadd_ps(v, _mm512_set1_ps(at.d), acc[t]);
+            }
+        }
+        std::array::from_fn(|t| std::mem::transmute::<__m512, [f32; WIDE_ROWS]>(acc[t]))
+    }
+
+    pub unsafe fn q4_k_wide1(
+        base: *const u8,
+        stride: usize,
+        nb: usize,
+        a: &[&[ActQ8K]; 1],
+    ) -> [[f32; WIDE_ROWS]; 1] {
+        q4_k_wide::<1>(base, stride, nb, a)
+    }
+
+    pub unsafe fn q4_k_wide_t(
+        base: *const u8,
+        stride: usize,
+        nb: usize,
+        a: &[&[ActQ8K]; WIDE_TOKENS],
+    ) -> [[f32; WIDE_ROWS]; WIDE_TOKENS] {
+        q4_k_wide::<WIDE_TOKENS>(base, stride, nb, a)
+    }
+}
+
+vnni! {
+    /// The signed byte `b` of each 32-bit lane of `x` as i32.
+    #[inline]
+    unsafe fn sbyte(x: __m512i, b: u32) -> __m512i {
+        let up = _mm512_sll_epi32(x, _mm_cvtsi32_si128(24 - 8 * b as i32));
+        _mm512_srai_epi32::<24>(up)
+    }
+
+    /// Q6_K, sixteen rows against `T` tokens, lane r = row r: per 128 values
+    /// and per 32-bit word c of the 32 low-bit bytes, one gather each of the
+    /// two low-bit words and the high-bit word gives four words of codes
+    /// u = 0..63 (the four 32-value quarters at offset 4c); four `dpbusd`s per
+    /// 16 values (a lane at most 16 · 63 · 127) meet one conversion and one
+    /// fused multiply-add by `d · scale`. The offset of 32 comes back from the
+    /// activation group sums against the scales as i16 pairs (`dpwssd`).
+    #[inline]
+    unsafe fn q6_k_wide<const T: usize>(
+        base: *const u8,
+        stride: usize,
+        nb: usize,
+        a: &[&[ActQ8K]; T],
+    ) -> [[f32; WIDE_ROWS]; T] {
+        let idx = _mm512_mullo_epi32(
+            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+            _mm512_set1_epi32(stride as i32),
+        );
+        let gather = |p: *const u8| _mm512_i32gather_epi32::<1>(idx, p as *const _);
+        let low = _mm512_set1_epi8(15);
+        let top = _mm512_set1_epi8(0x30);
+        let zero = _mm512_setzero_si512();
+        let mut acc = [_mm512_setzero_ps(); T];
+        for i in 0..nb {
+            let p = base.add(i * 210);
+            if T == 1 {
+                for r in 0..WIDE_ROWS {
+                    for off in [420, 484, 548, 612] {
+                        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(r * stride + off) as *const i8);
+                    }
+                }
+            }
+            // Bytes 206..210: the last two scales and d (reading at 208 would
+            // pass the block's end).
+            let d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(gather(
+                p.add(206),
+            ))));
+            let scw: [__m512i; 4] = std::array::from_fn(|w| gather(p.add(192 + 4 * w)));
+            // Scales as i16 pairs (2q, 2q + 1), for the offset.
+            let scpair: [__m512i; 8] = std::array::from_fn(|q| {
+                let x = scw[q / 2];
+                let (e0, e1) = if q % 2 == 0 {
+                    (sbyte(x, 0), sbyte(x, 1))
+                } else {
+                    (sbyte(x, 2), sbyte(x, 3))
+                };
+                _mm512_or_si512(
+                    _mm512_and_si512(e0, _mm512_set1_epi32(0xffff)),
+                    _mm512_slli_epi32::<16>(e1),
+                )
+            });
+            let dsc = |j: usize| _mm512_mul_ps(d, _mm512_cvtepi32_ps(sbyte(scw[j / 4], (j % 4) as u32)));
+            let mut sb = [_mm512_setzero_ps(); T];
+            for g in 0..2 {
+                for h in 0..2 {
+                    // u[s][cc]: quarter s (values 128 g + 32 s + 4 c ..), c = 4 h + cc.
+                    let mut u = [[zero; 4]; 4];
+                    for cc in 0..4 {
+                        let c = 4 * h + cc;
+                        let qa = gather(p.add(64 * g + 4 * c));
+                        let qb = gather(p.add(64 * g + 32 + 4 * c));
+                        let qh = gather(p.add(128 + 32 * g + 4 * c));
+                        u[0][cc] = _mm512_or_si512(
+                            _mm512_and_si512(qa, low),
+                            _mm512_and_si512(_mm512_slli_epi32::<4>(qh), top),
+                        );
+                        u[1][cc] = _mm512_or_si512(
+                            _mm512_and_si512(qb, low),
+                            _mm512_and_si512(_mm512_slli_epi32::<2>(qh), top),
+                        );
+                        u[2][cc] = _mm512_or_si512(
+                            _mm512_and_si512(_mm512_srli_epi32::<4>(qa), low),
+                            _mm512_and_si512(qh, top),
+                        );
+                        u[3][cc] = _mm512_or_si512(
+                            _mm512_and_si512(_mm512_srli_epi32::<4>(qb), low),
+                            _mm512_and_si512(_mm512_srli_epi32::<2>(qh), top),
+                        );
+                    }
+                    let sc: [__m512; 4] = std::array::from_fn(|s| dsc(8 * g + 2 * s + h));
+                    for t in 0..T {
+                        let aq = a[t].get_unchecked(i).qs.as_ptr().add(128 * g + 16 * h) as *const i32;
+                        for s in 0..4 {
+                            let mut x = zero;
+                            for (cc, us) in u[s].iter().enumerate() {
+                                let q = aq.add(8 * s + cc).read_unaligned();
+                                x = _mm512_dpbusd_epi32(x, *us, _mm512_set1_epi32(q));
+                            }
+                            sb[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(x), sc[s], sb[t]);
+                        }
+                    }
+                }
+            }
+            let d32 = _mm512_mul_ps(d, _mm512_set1_ps(32.0));
+            for t in 0..T {
+                let at = a[t].get_unchecked(i);
+                let bs = at.bsums.as_ptr() as *const i32;
+                let mut off = zero;
+                for (q, sp) in scpair.iter().enumerate() {
+                    off = _mm512_dpwssd_epi32(off, *sp, _mm512_set1_epi32(bs.add(q).read_unaligned()));
+                }
+                let v = _mm512_fnmadd_ps(d32, _mm512_cvtepi32_ps(off), sb[t]);
+                acc[t] = _mm512_fmadd_ps(v, _mm512_set1_ps(at.d), acc[t]);
+            }
+        }
+        std::array::from_fn(|t| std::mem::transmute::<__m512, [f32; WIDE_ROWS]>(acc[t]))
+    }
+
+    pub unsafe fn q6_k_wide1(
+        base: *const u8,
+        stride: usize,
+        nb: usize,
+        a: &[&[ActQ8K]; 1],
+    ) -> [[f32; WIDE_ROWS]; 1] {
+        q6_k_wide::<1>(base, stride, nb, a)
+    }
+
+    pub unsafe fn q6_k_wide_t(
+        base: *const u8,
+        stride: usize,
+        nb: usize,
+        a: &[&[ActQ8K]; WIDE_TOKENS],
+    ) -> [[f32; WIDE_ROWS]; WIDE_TOKENS] {
+        q6_k_wide::<WIDE_TOKENS>(base, stride, nb, a)
+    }
 }
