@@ -48,7 +48,10 @@ type Tile<A, const T: usize> = unsafe fn(&[&[u8]; 4], &[&[A]; T]) -> [[f32; 4]; 
 #[derive(Clone, Copy)]
 enum WideKernels {
     Q8(vnni::Wide1<ActQ8>, vnni::WideT<ActQ8>),
-    Q8K(vnni::Wide1<ActQ8K>, vnni::WideT<ActQ8K>),
+    /// The flag: whether decode (fewer tokens than `vnni::WIDE_TOKENS`) uses
+    /// them too; Q6_K's, gathering 53 words per row and super-block, are
+    /// slower there than the one-row kernel.
+    Q8K(vnni::Wide1<ActQ8K>, vnni::WideT<ActQ8K>, bool),
 }
 #[cfg(not(target_arch = "x86_64"))]
 type WideKernels = ();
@@ -155,8 +158,8 @@ impl CpuBackend {
                 GgmlType::Q4_1 => Some(WideKernels::Q8(vnni::q4_1_wide1, vnni::q4_1_wide)),
                 GgmlType::Q5_0 => Some(WideKernels::Q8(vnni::q5_0_wide1, vnni::q5_0_wide)),
                 GgmlType::Q5_1 => Some(WideKernels::Q8(vnni::q5_1_wide1, vnni::q5_1_wide)),
-                GgmlType::Q4K => Some(WideKernels::Q8K(vnni::q4_k_wide1, vnni::q4_k_wide_t)),
-                GgmlType::Q6K => Some(WideKernels::Q8K(vnni::q6_k_wide1, vnni::q6_k_wide_t)),
+                GgmlType::Q4K => Some(WideKernels::Q8K(vnni::q4_k_wide1, vnni::q4_k_wide_t, true)),
+                GgmlType::Q6K => Some(WideKernels::Q8K(vnni::q6_k_wide1, vnni::q6_k_wide_t, false)),
                 _ => None,
             };
         }
@@ -309,6 +312,22 @@ fn portable_kernel(ty: GgmlType) -> Option<Kernel> {
     })
 }
 
+/// Keeps freed heap memory mapped (glibc): the forward pass allocates its
+/// activation buffers afresh per layer, and above glibc's default threshold
+/// each one is a new `mmap` whose pages the kernel zeroes again on first touch
+/// (7% of a 2-thread prefill in `perf`, on the workers writing the outputs).
+/// With allocations up to 32 MiB served from the heap and no trimming, the
+/// pages are reused. Called once by the CLI; a no-op off glibc.
+pub fn keep_heap_pages() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; called before the
+    // threads that allocate start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+}
+
 /// The fastest instruction set this CPU has kernels for.
 pub fn hardware() -> Isa {
     #[cfg(target_arch = "x86_64")]
@@ -367,10 +386,28 @@ struct Prepared<'a> {
 }
 
 impl<'a> Prepared<'a> {
-    fn new(kernels: &[Kernel], x: &'a [f32]) -> Prepared<'a> {
+    fn new(kernels: &[Kernel], x: &'a [f32], isa: Isa) -> Prepared<'a> {
         let need_q8 = kernels.iter().any(|k| matches!(k, Kernel::Q8(..)));
         let need_q8k = kernels.iter().any(|k| matches!(k, Kernel::Q8K(..)));
         let need_q16 = kernels.iter().any(|k| matches!(k, Kernel::Q16(..)));
+        // The same codes either way; AVX-512 avoids a libm call per value.
+        #[cfg(target_arch = "x86_64")]
+        let (quantize_q8, quantize_q16, quantize_q8k): (
+            fn(&[f32], &mut Vec<ActQ8>),
+            fn(&[f32], &mut Vec<ActQ16>),
+            fn(&[f32], &mut Vec<ActQ8K>),
+        ) = if isa == Isa::Avx512Vnni {
+            (
+                // SAFETY: `isa` is at most what `hardware` found.
+                |x, v| unsafe { vnni::quantize_q8(x, v) },
+                |x, v| unsafe { vnni::quantize_q16(x, v) },
+                |x, v| unsafe { vnni::quantize_q8k(x, v) },
+            )
+        } else {
+            (quantize_q8, quantize_q16, quantize_q8k)
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = isa;
         Prepared {
             float: Acts::Float(x),
             q8: need_q8.then(|| {
@@ -466,7 +503,9 @@ impl Task<'_> {
             (Some(WideKernels::Q8(one, many)), Acts::Q8(a)) => {
                 r0 = wide_rows(&self.w, a, 32, r0, r1, t0, t1, one, many, put)
             }
-            (Some(WideKernels::Q8K(one, many)), Acts::Q8K(a)) => {
+            (Some(WideKernels::Q8K(one, many, decode)), Acts::Q8K(a))
+                if decode || t1 - t0 >= vnni::WIDE_TOKENS =>
+            {
                 r0 = wide_rows(&self.w, a, 256, r0, r1, t0, t1, one, many, put)
             }
             _ => {}
@@ -800,7 +839,7 @@ impl Backend for CpuBackend {
         if n_tokens == 0 {
             return Ok(());
         }
-        let prepared = Prepared::new(&kernels, x);
+        let prepared = Prepared::new(&kernels, x, self.isa);
         let tasks: Vec<Task<'_>> = ws
             .iter()
             .zip(outs.iter_mut())
@@ -839,6 +878,49 @@ impl Backend for CpuBackend {
             }
             f(i);
         });
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+
+    /// The AVX-512 activation quantisers give exactly the scalar codes, ties
+    /// (values at half a step) included.
+    #[test]
+    fn vnni_activation_codes_match_scalar() {
+        if hardware() != Isa::Avx512Vnni {
+            eprintln!("notice: no AVX-512 VNNI here; quantisers not compared");
+            return;
+        }
+        let mut x: Vec<f32> = (0..4096)
+            .map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 0.013 * if i % 41 == 0 { 9.0 } else { 1.0 })
+            .collect();
+        // A block of exact half steps: amax 127 gives d = 1.
+        for (i, v) in x[..256].iter_mut().enumerate() {
+            *v = if i == 0 { 127.0 } else { (i as f32 % 60.0) - 30.5 };
+        }
+        // And one of zeros (d = 0).
+        x[512..768].iter_mut().for_each(|v| *v = 0.0);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        quantize_q8(&x, &mut a);
+        unsafe { vnni::quantize_q8(&x, &mut b) };
+        assert_eq!(a.len(), b.len());
+        for (u, v) in a.iter().zip(&b) {
+            assert_eq!((u.qs, u.d.to_bits(), u.s.to_bits()), (v.qs, v.d.to_bits(), v.s.to_bits()));
+        }
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        quantize_q8k(&x, &mut a);
+        unsafe { vnni::quantize_q8k(&x, &mut b) };
+        for (u, v) in a.iter().zip(&b) {
+            assert_eq!((u.qs, u.d.to_bits(), u.bsums), (v.qs, v.d.to_bits(), v.bsums));
+        }
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        quantize_q16(&x, &mut a);
+        unsafe { vnni::quantize_q16(&x, &mut b) };
+        for (u, v) in a.iter().zip(&b) {
+            assert_eq!((u.qs, u.d.to_bits()), (v.qs, v.d.to_bits()));
+        }
     }
 }
 

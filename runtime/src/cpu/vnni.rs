@@ -960,3 +960,88 @@ vnni! {
         q6_k_wide::<WIDE_TOKENS>(base, stride, nb, a)
     }
 }
+
+vnni! {
+    /// `x` rounded half away from zero (as `f32::round`, which the scalar
+    /// quantisers use, so both give the same codes), as i32.
+    #[inline]
+    unsafe fn round_away(x: __m512) -> __m512i {
+        let t = _mm512_roundscale_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(x);
+        // Exact: |x| < 2^23 here, so x − trunc(x) has no rounding.
+        let frac = _mm512_abs_ps(_mm512_sub_ps(x, t));
+        let up = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(frac, _mm512_set1_ps(0.5));
+        let sign = _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(i32::MIN));
+        let one = _mm512_castsi512_ps(_mm512_or_si512(sign, _mm512_castps_si512(_mm512_set1_ps(1.0))));
+        _mm512_cvttps_epi32(_mm512_mask_add_ps(t, up, t, one))
+    }
+
+    /// The scale of a block whose largest magnitude is in `amax` lanes, and
+    /// its inverse (as `act::quantize_block`).
+    #[inline]
+    unsafe fn scales(amax: __m512, steps: f32) -> (f32, __m512) {
+        let d = _mm512_reduce_max_ps(amax) / steps;
+        let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+        (d, _mm512_set1_ps(id))
+    }
+
+    /// [`super::act::quantize_q8`] with AVX-512: the same codes and scales.
+    pub unsafe fn quantize_q8(x: &[f32], out: &mut Vec<ActQ8>) {
+        out.clear();
+        out.reserve(x.len() / 32);
+        for c in x.chunks_exact(32) {
+            let v0 = _mm512_loadu_ps(c.as_ptr());
+            let v1 = _mm512_loadu_ps(c.as_ptr().add(16));
+            let (d, id) = scales(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)), 127.0);
+            let q0 = round_away(_mm512_mul_ps(v0, id));
+            let q1 = round_away(_mm512_mul_ps(v1, id));
+            let mut b = ActQ8 {
+                qs: [0; 32],
+                d,
+                s: 0.0,
+            };
+            _mm_storeu_si128(b.qs.as_mut_ptr() as *mut __m128i, _mm512_cvtepi32_epi8(q0));
+            _mm_storeu_si128(b.qs.as_mut_ptr().add(16) as *mut __m128i, _mm512_cvtepi32_epi8(q1));
+            b.s = d * _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1)) as f32;
+            out.push(b);
+        }
+    }
+
+    /// [`super::act::quantize_q8k`] with AVX-512.
+    pub unsafe fn quantize_q8k(x: &[f32], out: &mut Vec<ActQ8K>) {
+        out.clear();
+        out.reserve(x.len() / 256);
+        for c in x.chunks_exact(256) {
+            let v: [__m512; 16] = std::array::from_fn(|k| _mm512_loadu_ps(c.as_ptr().add(16 * k)));
+            let amax = v.iter().fold(_mm512_setzero_ps(), |m, &x| _mm512_max_ps(m, _mm512_abs_ps(x)));
+            let (d, id) = scales(amax, 127.0);
+            let mut b = ActQ8K {
+                qs: [0; 256],
+                d,
+                bsums: [0; 16],
+            };
+            for (k, vk) in v.iter().enumerate() {
+                let q = round_away(_mm512_mul_ps(*vk, id));
+                _mm_storeu_si128(b.qs.as_mut_ptr().add(16 * k) as *mut __m128i, _mm512_cvtepi32_epi8(q));
+                b.bsums[k] = _mm512_reduce_add_epi32(q) as i16;
+            }
+            out.push(b);
+        }
+    }
+
+    /// [`super::act::quantize_q16`] with AVX-512.
+    pub unsafe fn quantize_q16(x: &[f32], out: &mut Vec<ActQ16>) {
+        out.clear();
+        out.reserve(x.len() / 32);
+        for c in x.chunks_exact(32) {
+            let v0 = _mm512_loadu_ps(c.as_ptr());
+            let v1 = _mm512_loadu_ps(c.as_ptr().add(16));
+            let (d, id) = scales(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)), 32767.0);
+            let mut b = ActQ16 { qs: [0; 32], d };
+            let q0 = _mm512_cvtepi32_epi16(round_away(_mm512_mul_ps(v0, id)));
+            let q1 = _mm512_cvtepi32_epi16(round_away(_mm512_mul_ps(v1, id)));
+            _mm256_storeu_si256(b.qs.as_mut_ptr() as *mut __m256i, q0);
+            _mm256_storeu_si256(b.qs.as_mut_ptr().add(16) as *mut __m256i, q1);
+            out.push(b);
+        }
+    }
+}
