@@ -52,6 +52,9 @@ enum WideKernels {
     /// them too; Q6_K's, gathering 53 words per row and super-block, are
     /// slower there than the one-row kernel.
     Q8K(vnni::Wide1<ActQ8K>, vnni::WideT<ActQ8K>, bool),
+    /// Q8_0, prefill only (decode streams 34 bytes per 32 products; the
+    /// one-row kernel keeps up with memory there).
+    Q16(vnni::Wide1<ActQ16>, vnni::WideT<ActQ16>),
 }
 #[cfg(not(target_arch = "x86_64"))]
 type WideKernels = ();
@@ -158,6 +161,7 @@ impl CpuBackend {
                 GgmlType::Q4_1 => Some(WideKernels::Q8(vnni::q4_1_wide1, vnni::q4_1_wide)),
                 GgmlType::Q5_0 => Some(WideKernels::Q8(vnni::q5_0_wide1, vnni::q5_0_wide)),
                 GgmlType::Q5_1 => Some(WideKernels::Q8(vnni::q5_1_wide1, vnni::q5_1_wide)),
+                GgmlType::Q8_0 => Some(WideKernels::Q16(vnni::q8_0_wide1, vnni::q8_0_wide_t)),
                 GgmlType::Q4K => Some(WideKernels::Q8K(vnni::q4_k_wide1, vnni::q4_k_wide_t, true)),
                 GgmlType::Q6K => Some(WideKernels::Q8K(vnni::q6_k_wide1, vnni::q6_k_wide_t, false)),
                 _ => None,
@@ -501,6 +505,11 @@ impl Task<'_> {
         #[cfg(target_arch = "x86_64")]
         match (self.wide, self.acts) {
             (Some(WideKernels::Q8(one, many)), Acts::Q8(a)) => {
+                r0 = wide_rows(&self.w, a, 32, r0, r1, t0, t1, one, many, put)
+            }
+            (Some(WideKernels::Q16(one, many)), Acts::Q16(a))
+                if t1 - t0 >= vnni::WIDE_TOKENS =>
+            {
                 r0 = wide_rows(&self.w, a, 32, r0, r1, t0, t1, one, many, put)
             }
             (Some(WideKernels::Q8K(one, many, decode)), Acts::Q8K(a))

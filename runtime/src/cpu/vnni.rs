@@ -1045,3 +1045,79 @@ vnni! {
         }
     }
 }
+
+vnni! {
+    /// Q8_0 against 16-bit activation codes, sixteen rows against `T` tokens:
+    /// per block, word k of each row's 32 weights gathered (16 rows × 4
+    /// bytes) and widened to i16 as two registers of eight rows, each row's
+    /// two pairs `(w[4k], w[4k+1])`, `(w[4k+2], w[4k+3])` side by side, which
+    /// meet the token's four codes `a[4k..4k+4]` broadcast as 64 bits in one
+    /// `dpwssd`; after the block the pairs fold into lane = row (no overflow: a
+    /// lane sums 16 products of at most 127 · 32767).
+    #[inline]
+    unsafe fn q8_0_wide<const T: usize>(
+        base: *const u8,
+        stride: usize,
+        nb: usize,
+        a: &[&[ActQ16]; T],
+    ) -> [[f32; WIDE_ROWS]; T] {
+        let idx = _mm512_mullo_epi32(
+            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+            _mm512_set1_epi32(stride as i32),
+        );
+        let gather = |p: *const u8| _mm512_i32gather_epi32::<1>(idx, p as *const _);
+        let zero = _mm512_setzero_si512();
+        // Lanes 2r and 2r + 1 of (lo, hi): row r's pairs (rows 8.. in hi).
+        let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+        let mut acc = [_mm512_setzero_ps(); T];
+        for i in 0..nb {
+            let p = base.add(i * 34);
+            let d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(gather(p)));
+            let mut w = [[zero; 2]; 8];
+            for (k, wk) in w.iter_mut().enumerate() {
+                let x = gather(p.add(2 + 4 * k));
+                wk[0] = _mm512_cvtepi8_epi16(_mm512_castsi512_si256(x));
+                wk[1] = _mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64::<1>(x));
+            }
+            for t in 0..T {
+                let at = a[t].get_unchecked(i);
+                let q = at.qs.as_ptr() as *const i64;
+                let (mut lo, mut hi) = (zero, zero);
+                for (k, wk) in w.iter().enumerate() {
+                    let av = _mm512_set1_epi64(q.add(k).read_unaligned());
+                    lo = _mm512_dpwssd_epi32(lo, wk[0], av);
+                    hi = _mm512_dpwssd_epi32(hi, wk[1], av);
+                }
+                let s = _mm512_add_epi32(
+                    _mm512_permutex2var_epi32(lo, even, hi),
+                    _mm512_permutex2var_epi32(lo, odd, hi),
+                );
+                acc[t] = _mm512_fmadd_ps(
+                    _mm512_mul_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(at.d)),
+                    d,
+                    acc[t],
+                );
+            }
+        }
+        std::array::from_fn(|t| std::mem::transmute::<__m512, [f32; WIDE_ROWS]>(acc[t]))
+    }
+
+    pub unsafe fn q8_0_wide1(
+        base: *const u8,
+        stride: usize,
+        nb: usize,
+        a: &[&[ActQ16]; 1],
+    ) -> [[f32; WIDE_ROWS]; 1] {
+        q8_0_wide::<1>(base, stride, nb, a)
+    }
+
+    pub unsafe fn q8_0_wide_t(
+        base: *const u8,
+        stride: usize,
+        nb: usize,
+        a: &[&[ActQ16]; WIDE_TOKENS],
+    ) -> [[f32; WIDE_ROWS]; WIDE_TOKENS] {
+        q8_0_wide::<WIDE_TOKENS>(base, stride, nb, a)
+    }
+}
