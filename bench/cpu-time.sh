@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Tokens per CPU second of `quern bench` and `llama-bench` on the same files, for a
 # machine shared with other work (where wall-clock figures mean little): each run
-# under `perf stat -e task-clock`, whole process (load and warm-up included), the
-# tokens of its REPS repetitions divided by its CPU seconds. Prefill and decode run
+# under `perf stat -e task-clock`, whole process (loading included), the tokens it
+# computed divided by its CPU seconds. Tokens counted include each tool's warm-up:
+# quern warms up with one full repetition of each test; llama-bench with one full
+# prompt run and a single generated token. Prefill and decode run
 # separately (-p PP -n 0, then -p 0 -n TG), THREADS threads (default 1: no spinning
 # workers, so CPU time is the work). Also prints each tool's own tokens/s and the
 # load average before each run. ENV: extra environment for quern (e.g.
@@ -29,7 +31,8 @@ printf '| file | test | quern t/CPU-s | llama-bench t/CPU-s | ratio | quern t/s 
 printf '|---|---|---:|---:|---:|---:|---:|---|\n'
 for f in "$@"; do
     for mode in pp tg; do
-        if [ $mode = pp ]; then p=$PP; n=0; tok=$((PP * REPS)); else p=0; n=$TG; tok=$((TG * REPS)); fi
+        if [ $mode = pp ]; then p=$PP; n=0; tq=$((PP * (REPS + 1))); tl=$((PP * (REPS + 1)));
+        else p=0; n=$TG; tq=$((TG * (REPS + 1))); tl=$((TG * REPS + 1)); fi
         l1="$(cut -d' ' -f1 /proc/loadavg)"
 
         qcpu="$(cpu_s env $ENV "$QUERN" bench "$f" --threads "$THREADS" -p $p -n $n -r "$REPS" --no-floor 2>/tmp/q.out.$$)"
@@ -37,9 +40,9 @@ for f in "$@"; do
         l2="$(cut -d' ' -f1 /proc/loadavg)"
         lcpu="$(cpu_s "$LB" -m "$f" -t "$THREADS" -p $p -n $n -r "$REPS" 2>/tmp/l.out.$$)"
         ltps="$(grep -E "\| +(pp|tg)[0-9]+ +\|" /tmp/l.out.$$ | awk -F'|' '{print $(NF-1)}' | awk '{print $1}' | head -1)"
-        awk -v f="$(basename "$f")" -v m="$mode$([ $mode = pp ] && echo $PP || echo $TG)" -v t="$tok" -v q="$qcpu" -v l="$lcpu" \
+        awk -v f="$(basename "$f")" -v m="$mode$([ $mode = pp ] && echo $PP || echo $TG)" -v tq="$tq" -v tl="$tl" -v q="$qcpu" -v l="$lcpu" \
             -v qt="$qtps" -v lt="$ltps" -v l1="$l1" -v l2="$l2" \
-            'BEGIN {printf "| %s | %s | %.1f | %.1f | %.2f | %s | %s | %s / %s |\n", f, m, t/q, t/l, (t/q)/(t/l), qt, lt, l1, l2}'
+            'BEGIN {printf "| %s | %s | %.1f | %.1f | %.2f | %s | %s | %s / %s |\n", f, m, tq/q, tl/l, (tq/q)/(tl/l), qt, lt, l1, l2}'
     done
 done
 rm -f /tmp/q.out.$$ /tmp/l.out.$$

@@ -109,6 +109,7 @@ pub struct CpuBackend {
     /// Whether the four-row kernels are used where a format has them.
     tiles: bool,
     /// Whether the sixteen-row kernels are used where a format has them.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     wide: bool,
 }
 
@@ -213,16 +214,8 @@ impl CpuBackend {
                 )),
                 // One row against four tokens (the row's codes and scales
                 // unpacked once): no four-row tiles.
-                GgmlType::Q4K => Some(Kernel::Q8K(
-                    vnni::q4_k_row,
-                    Some(vnni::q4_k_row_x4),
-                    None,
-                )),
-                GgmlType::Q6K => Some(Kernel::Q8K(
-                    vnni::q6_k_row,
-                    Some(vnni::q6_k_row_x4),
-                    None,
-                )),
+                GgmlType::Q4K => Some(Kernel::Q8K(vnni::q4_k_row, Some(vnni::q4_k_row_x4), None)),
+                GgmlType::Q6K => Some(Kernel::Q8K(vnni::q6_k_row, Some(vnni::q6_k_row_x4), None)),
                 _ => None,
             };
             if k.is_some() {
@@ -396,6 +389,7 @@ impl<'a> Prepared<'a> {
         let need_q16 = kernels.iter().any(|k| matches!(k, Kernel::Q16(..)));
         // The same codes either way; AVX-512 avoids a libm call per value.
         #[cfg(target_arch = "x86_64")]
+        #[allow(clippy::type_complexity)]
         let (quantize_q8, quantize_q16, quantize_q8k): (
             fn(&[f32], &mut Vec<ActQ8>),
             fn(&[f32], &mut Vec<ActQ16>),
@@ -466,6 +460,7 @@ struct Task<'a> {
     /// cover all tokens (so each weight block is packed once), not `TOKEN_BLOCK`.
     sgemm: bool,
     /// Sixteen-row kernels, which take the item's rows sixteen at a time.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     wide: Option<WideKernels>,
     items: usize,
 }
@@ -507,9 +502,7 @@ impl Task<'_> {
             (Some(WideKernels::Q8(one, many)), Acts::Q8(a)) => {
                 r0 = wide_rows(&self.w, a, 32, r0, r1, t0, t1, one, many, put)
             }
-            (Some(WideKernels::Q16(one, many)), Acts::Q16(a))
-                if t1 - t0 >= vnni::WIDE_TOKENS =>
-            {
+            (Some(WideKernels::Q16(one, many)), Acts::Q16(a)) if t1 - t0 >= vnni::WIDE_TOKENS => {
                 r0 = wide_rows(&self.w, a, 32, r0, r1, t0, t1, one, many, put)
             }
             (Some(WideKernels::Q8K(one, many, decode)), Acts::Q8K(a))
@@ -903,11 +896,17 @@ mod tests {
             return;
         }
         let mut x: Vec<f32> = (0..4096)
-            .map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 0.013 * if i % 41 == 0 { 9.0 } else { 1.0 })
+            .map(|i| {
+                ((i * 7919 % 1000) as f32 - 500.0) * 0.013 * if i % 41 == 0 { 9.0 } else { 1.0 }
+            })
             .collect();
         // A block of exact half steps: amax 127 gives d = 1.
         for (i, v) in x[..256].iter_mut().enumerate() {
-            *v = if i == 0 { 127.0 } else { (i as f32 % 60.0) - 30.5 };
+            *v = if i == 0 {
+                127.0
+            } else {
+                (i as f32 % 60.0) - 30.5
+            };
         }
         // And one of zeros (d = 0).
         x[512..768].iter_mut().for_each(|v| *v = 0.0);
@@ -916,13 +915,19 @@ mod tests {
         unsafe { vnni::quantize_q8(&x, &mut b) };
         assert_eq!(a.len(), b.len());
         for (u, v) in a.iter().zip(&b) {
-            assert_eq!((u.qs, u.d.to_bits(), u.s.to_bits()), (v.qs, v.d.to_bits(), v.s.to_bits()));
+            assert_eq!(
+                (u.qs, u.d.to_bits(), u.s.to_bits()),
+                (v.qs, v.d.to_bits(), v.s.to_bits())
+            );
         }
         let (mut a, mut b) = (Vec::new(), Vec::new());
         quantize_q8k(&x, &mut a);
         unsafe { vnni::quantize_q8k(&x, &mut b) };
         for (u, v) in a.iter().zip(&b) {
-            assert_eq!((u.qs, u.d.to_bits(), u.bsums), (v.qs, v.d.to_bits(), v.bsums));
+            assert_eq!(
+                (u.qs, u.d.to_bits(), u.bsums),
+                (v.qs, v.d.to_bits(), v.bsums)
+            );
         }
         let (mut a, mut b) = (Vec::new(), Vec::new());
         quantize_q16(&x, &mut a);
