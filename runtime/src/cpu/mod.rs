@@ -3,6 +3,14 @@
 //! worker pool ([`pool::Pool`]) that splits each product into chunks of rows
 //! (and, for prefill, blocks of tokens) taken dynamically, so a thread that the
 //! OS descheduled does not hold the others back.
+//!
+//! Instruction sets ([`Isa`], detected at run time, capped by `QUERN_CPU_ISA`):
+//! portable Rust; AVX2 (`avx2.rs` one-row kernels, `tile.rs` four-row prefill
+//! tiles); AVX-512 VNNI (`vnni.rs`), whose fastest kernels take sixteen rows at
+//! once with one row per 32-bit lane (`vpdpbusd` / `vpdpwssd` against
+//! broadcast activation codes), so the per-block float scaling that bounds the
+//! narrower kernels is shared sixteen ways (`QUERN_CPU_WIDE=0` switches those
+//! off, for comparison).
 
 pub mod act;
 #[cfg(target_arch = "x86_64")]
