@@ -592,85 +592,22 @@ pub const WIDE_ROWS: usize = 16;
 /// Tokens per call of the sixteen-row prefill kernels.
 pub const WIDE_TOKENS: usize = 8;
 
-/// 16 in byte b of lane r where bit `base + b` of lane r of `qh` is set
-/// (`base` a multiple of 4), as a byte mask.
+/// Byte `m` of each 32-bit lane of `qh` in all four of that lane's bytes.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn fifth16(qh: __m512i, base: u32) -> __mmask64 {
-    // Every byte of a lane takes the lane's byte `base / 8`.
-    let src = (base / 8) as i8;
-    let ctl = _mm512_set_epi8(
-        12 + src,
-        12 + src,
-        12 + src,
-        12 + src,
-        8 + src,
-        8 + src,
-        8 + src,
-        8 + src,
-        4 + src,
-        4 + src,
-        4 + src,
-        4 + src,
-        src,
-        src,
-        src,
-        src,
-        12 + src,
-        12 + src,
-        12 + src,
-        12 + src,
-        8 + src,
-        8 + src,
-        8 + src,
-        8 + src,
-        4 + src,
-        4 + src,
-        4 + src,
-        4 + src,
-        src,
-        src,
-        src,
-        src,
-        12 + src,
-        12 + src,
-        12 + src,
-        12 + src,
-        8 + src,
-        8 + src,
-        8 + src,
-        8 + src,
-        4 + src,
-        4 + src,
-        4 + src,
-        4 + src,
-        src,
-        src,
-        src,
-        src,
-        12 + src,
-        12 + src,
-        12 + src,
-        12 + src,
-        8 + src,
-        8 + src,
-        8 + src,
-        8 + src,
-        4 + src,
-        4 + src,
-        4 + src,
-        4 + src,
-        src,
-        src,
-        src,
-        src,
-    );
-    let bits = if base.is_multiple_of(8) {
-        0x0804_0201u32
-    } else {
-        0x8040_2010u32
-    };
-    _mm512_test_epi8_mask(_mm512_shuffle_epi8(qh, ctl), _mm512_set1_epi32(bits as i32))
+unsafe fn spread_byte(qh: __m512i, m: u32) -> __m512i {
+    let ctl: [u32; 16] = std::array::from_fn(|d| ((d % 4) as u32 * 4 + m) * 0x0101_0101);
+    _mm512_shuffle_epi8(qh, _mm512_loadu_si512(ctl.as_ptr() as *const _))
+}
+
+/// The bytes b of `spread` (from [`spread_byte`]) whose bit b of the low
+/// (`high` false) or high nibble is set, as a byte mask: the fifth bits of
+/// four consecutive values in each lane.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn nibble_mask(spread: __m512i, high: bool) -> __mmask64 {
+    let bits = if high { 0x8040_2010u32 } else { 0x0804_0201u32 };
+    _mm512_test_epi8_mask(spread, _mm512_set1_epi32(bits as i32))
 }
 
 /// Sixteen legacy rows (`stride` bytes apart from `base`, `nb` blocks each)
@@ -700,7 +637,8 @@ unsafe fn legacy_wide<B: Layout, const T: usize>(
     let mut acc = [_mm512_setzero_ps(); T];
     for i in 0..nb {
         let p = base.add(i * bytes);
-        if T == 1 {
+        // Once per 64-byte line of each row (blocks are 18 to 24 bytes).
+        if T == 1 && (i * bytes) % 64 < bytes {
             for r in 0..WIDE_ROWS {
                 _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(r * stride + 512) as *const i8);
             }
@@ -708,17 +646,24 @@ unsafe fn legacy_wide<B: Layout, const T: usize>(
         let dm = _mm512_i32gather_epi32::<1>(idx, p as *const _);
         let d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dm));
         let mut u = [zero; 8];
-        let qh = if B::QH {
-            _mm512_i32gather_epi32::<1>(idx, p.add(B::QH_AT) as *const _)
+        let sp = if B::QH {
+            let qh = _mm512_i32gather_epi32::<1>(idx, p.add(B::QH_AT) as *const _);
+            std::array::from_fn(|m| spread_byte(qh, m as u32))
         } else {
-            zero
+            [zero; 4]
         };
         for k in 0..4 {
             let q = _mm512_i32gather_epi32::<1>(idx, p.add(B::QS + 4 * k) as *const _);
             u[k] = _mm512_and_si512(q, low);
             u[4 + k] = _mm512_and_si512(_mm512_srli_epi32::<4>(q), low);
             if B::QH {
-                let (lo, hi) = (fifth16(qh, 4 * k as u32), fifth16(qh, 16 + 4 * k as u32));
+                // Values 4k.. take bits 4k.. of qh (byte k / 2), values 16 + 4k..
+                // bits 16 + 4k.. (byte 2 + k / 2).
+                let high = k % 2 == 1;
+                let (lo, hi) = (
+                    nibble_mask(sp[k / 2], high),
+                    nibble_mask(sp[2 + k / 2], high),
+                );
                 u[k] = _mm512_mask_add_epi8(u[k], lo, u[k], sixteen);
                 u[4 + k] = _mm512_mask_add_epi8(u[4 + k], hi, u[4 + k], sixteen);
             }
