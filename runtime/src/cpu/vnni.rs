@@ -33,7 +33,7 @@ use super::tile::k_scales_mins;
 
 /// How far ahead of the current block the weight stream is prefetched (as in
 /// `avx2.rs`).
-const PREFETCH_BYTES: usize = 1024;
+const PREFETCH_BYTES: usize = 2048;
 
 /// One IEEE half to f32 (F16C).
 #[inline]
