@@ -640,7 +640,7 @@ unsafe fn legacy_wide<B: Layout, const T: usize>(
         // Once per 64-byte line of each row (blocks are 18 to 24 bytes).
         if T == 1 && (i * bytes) % 64 < bytes {
             for r in 0..WIDE_ROWS {
-                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(r * stride + 512) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(r * stride + 1024) as *const i8);
             }
         }
         let dm = _mm512_i32gather_epi32::<1>(idx, p as *const _);
