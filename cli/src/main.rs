@@ -36,6 +36,7 @@ enum Command {
 }
 
 fn main() {
+    quern_runtime::cpu::keep_heap_pages();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Convert(a) => cmd::convert::run(a),

@@ -26,9 +26,13 @@ fn main() {
         .num_threads(1)
         .build_global()
         .expect("rayon");
-    // `--one-row`: the one-row kernels only, to compare with the four-row ones.
+    // `--one-row`: the one-row kernels only (no four- or sixteen-row ones), to
+    // compare with them. `QUERN_CPU_ISA` and `QUERN_CPU_WIDE=0` apply as well.
     let one_row = std::env::args().any(|a| a == "--one-row");
-    let backend = CpuBackend::new().with_tiles(!one_row);
+    let mut backend = CpuBackend::new().with_tiles(!one_row);
+    if one_row {
+        backend = backend.with_wide(false);
+    }
     println!("isa {:?}, four-row kernels {}", backend.isa(), !one_row);
     let types = [
         GgmlType::Q8_0,

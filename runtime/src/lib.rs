@@ -3,8 +3,9 @@
 //!
 //! - [`backend`]: the interface the matrix-heavy operations go through, so that a
 //!   CUDA backend can sit beside [`cpu::CpuBackend`];
-//! - [`cpu`]: fused dequantise-and-dot kernels over quantised blocks (portable and
-//!   runtime-detected AVX2), parallel across output rows on a spinning worker pool;
+//! - [`cpu`]: fused dequantise-and-dot kernels over quantised blocks (portable, and
+//!   runtime-detected AVX2 and AVX-512 VNNI), parallel across output rows on a
+//!   spinning worker pool;
 //! - [`cuda`]: the same products on an NVIDIA GPU (cudarc, NVRTC-compiled kernels);
 //! - [`source`]: GGUF, safetensors and AWQ weights seen through GGUF names;
 //! - [`model`]: the Llama / Qwen2 / Qwen3 forward pass with a KV cache, reading the

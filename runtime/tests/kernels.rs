@@ -136,10 +136,24 @@ fn check(ty: GgmlType, backend: &CpuBackend, cols: usize, rows: usize, n_tokens:
     }
 }
 
+/// The levels to test: each one this CPU has (a missing one is reported, not
+/// silently replaced by the level below).
+fn isas() -> Vec<Isa> {
+    let mut v = vec![Isa::Portable];
+    for isa in [Isa::Avx2, Isa::Avx512Vnni] {
+        if CpuBackend::with_isa(isa).isa() == isa {
+            v.push(isa);
+        } else {
+            eprintln!("notice: this CPU lacks {isa:?}; its kernels were not tested");
+        }
+    }
+    v
+}
+
 #[test]
 fn every_format_matches_float64_reference() {
     let mut seed = 1;
-    for isa in [Isa::Portable, Isa::Avx2] {
+    for isa in isas() {
         let backend = CpuBackend::with_isa(isa);
         for &ty in TYPES {
             for cols in [256, 512, 1536] {
@@ -162,11 +176,15 @@ fn every_format_matches_float64_reference() {
 /// products from the one-row kernels agree with them.
 #[test]
 fn four_row_kernels_on_ragged_shapes() {
-    let tiled = CpuBackend::new();
-    if tiled.isa() != Isa::Avx2 {
-        eprintln!("notice: this CPU lacks AVX2; the four-row kernels were not tested");
-        return;
+    for isa in isas() {
+        if isa != Isa::Portable {
+            four_row_kernels_on_ragged_shapes_with(isa);
+        }
     }
+}
+
+fn four_row_kernels_on_ragged_shapes_with(isa: Isa) {
+    let tiled = CpuBackend::with_isa(isa);
     let mut seed = 1000;
     for &ty in TYPES {
         for cols in [256, 768] {
@@ -176,7 +194,7 @@ fn four_row_kernels_on_ragged_shapes() {
             }
         }
     }
-    let single = CpuBackend::new().with_tiles(false);
+    let single = CpuBackend::with_isa(isa).with_tiles(false);
     let mut rng = Rng(5);
     let (cols, rows, n) = (512, 22, 7);
     let x: Vec<f32> = (0..n * cols).map(|_| rng.next()).collect();
@@ -201,7 +219,13 @@ fn four_row_kernels_on_ragged_shapes() {
 
 #[test]
 fn short_rows_of_32_value_formats() {
-    let backend = CpuBackend::new();
+    for isa in isas() {
+        short_rows_with(isa);
+    }
+}
+
+fn short_rows_with(isa: Isa) {
+    let backend = CpuBackend::with_isa(isa);
     for ty in [
         GgmlType::Q8_0,
         GgmlType::Q4_0,
@@ -210,8 +234,11 @@ fn short_rows_of_32_value_formats() {
         GgmlType::Q5_1,
         GgmlType::F16,
     ] {
-        for cols in [32, 96] {
+        // One block, an odd count (the two-block kernels' tail), and a count
+        // that leaves two blocks after the four-block loop.
+        for cols in [32, 96, 160, 192, 224] {
             check(ty, &backend, cols, 5, 2, cols as u64);
+            check(ty, &backend, cols, 9, 5, cols as u64 + 1);
         }
     }
 }
@@ -246,6 +273,64 @@ fn avx2_and_portable_agree() {
             assert!((u - v).abs() <= 1e-4 * u.abs().max(1.0), "{ty}: {u} vs {v}");
         }
     }
+}
+
+/// The AVX-512 VNNI kernels against the AVX2 ones on the same products: decode
+/// (one token) and prefill (tiles and leftovers), rows of many lengths
+/// including SmolLM2's 576 (18 blocks of 32, 2.25 of 256: not a K-quant).
+#[test]
+fn vnni_and_avx2_agree() {
+    let (a, v) = (
+        CpuBackend::with_isa(Isa::Avx2),
+        CpuBackend::with_isa(Isa::Avx512Vnni),
+    );
+    if v.isa() != Isa::Avx512Vnni {
+        eprintln!("notice: this CPU lacks AVX-512 VNNI; its kernels were not compared");
+        return;
+    }
+    let mut rng = Rng(4242);
+    for &ty in TYPES {
+        for cols in [256, 512, 576, 768, 1280, 1536, 2816] {
+            if cols % ty.block_size() != 0 {
+                continue;
+            }
+            for (rows, n) in [(9, 1), (6, 5), (13, 16), (40, 1), (35, 9), (48, 17)] {
+                let x: Vec<f32> = (0..n * cols)
+                    .map(|i| rng.next() * if i % 29 == 0 { 6.0 } else { 1.0 })
+                    .collect();
+                let w: Vec<f32> = (0..rows * cols).map(|_| rng.next()).collect();
+                let data = quantized(ty, &w, cols);
+                let view = WeightView {
+                    name: "t",
+                    ty,
+                    rows,
+                    cols,
+                    data: &data,
+                };
+                let (mut o1, mut o2) = (vec![f32::NAN; n * rows], vec![f32::NAN; n * rows]);
+                a.matmul(&view, &x, n, &mut o1).expect("avx2");
+                v.matmul(&view, &x, n, &mut o2).expect("vnni");
+                // Same integer products and scales; only the order of the float
+                // additions differs.
+                let scale: f32 = o1.iter().fold(0f32, |m, u| m.max(u.abs()));
+                for (u, w) in o1.iter().zip(&o2) {
+                    assert!(
+                        (u - w).abs() <= 1e-4 * scale.max(1.0),
+                        "{ty} cols {cols} rows {rows} tokens {n}: avx2 {u} vs vnni {w}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn isa_names() {
+    assert_eq!(Isa::from_name("avx2"), Some(Isa::Avx2));
+    assert_eq!(Isa::from_name("AVX512VNNI"), Some(Isa::Avx512Vnni));
+    assert_eq!(Isa::from_name("portable"), Some(Isa::Portable));
+    assert_eq!(Isa::from_name("sse9"), None);
+    assert!(Isa::Portable < Isa::Avx2 && Isa::Avx2 < Isa::Avx512Vnni);
 }
 
 #[test]

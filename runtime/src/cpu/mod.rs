@@ -3,6 +3,14 @@
 //! worker pool ([`pool::Pool`]) that splits each product into chunks of rows
 //! (and, for prefill, blocks of tokens) taken dynamically, so a thread that the
 //! OS descheduled does not hold the others back.
+//!
+//! Instruction sets ([`Isa`], detected at run time, capped by `QUERN_CPU_ISA`):
+//! portable Rust; AVX2 (`avx2.rs` one-row kernels, `tile.rs` four-row prefill
+//! tiles); AVX-512 VNNI (`vnni.rs`), whose fastest kernels take sixteen rows at
+//! once with one row per 32-bit lane (`vpdpbusd` / `vpdpwssd` against
+//! broadcast activation codes), so the per-block float scaling that bounds the
+//! narrower kernels is shared sixteen ways (`QUERN_CPU_WIDE=0` switches those
+//! off, for comparison).
 
 pub mod act;
 #[cfg(target_arch = "x86_64")]
@@ -13,6 +21,8 @@ pub mod pool;
 pub mod portable;
 #[cfg(target_arch = "x86_64")]
 mod tile;
+#[cfg(target_arch = "x86_64")]
+mod vnni;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -40,6 +50,23 @@ type Dot4<A> = unsafe fn(&[u8], [&[A]; 4]) -> [f32; 4];
 /// Four weight rows against `T` activation rows: `out[t][r]`.
 type Tile<A, const T: usize> = unsafe fn(&[&[u8]; 4], &[&[A]; T]) -> [[f32; 4]; T];
 
+/// Sixteen-row kernels (one token, and `vnni::WIDE_TOKENS` tokens) of a
+/// legacy format on AVX-512 VNNI.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+enum WideKernels {
+    Q8(vnni::Wide1<ActQ8>, vnni::WideT<ActQ8>),
+    /// The flag: whether decode (fewer tokens than `vnni::WIDE_TOKENS`) uses
+    /// them too; Q6_K's, gathering 53 words per row and super-block, are
+    /// slower there than the one-row kernel.
+    Q8K(vnni::Wide1<ActQ8K>, vnni::WideT<ActQ8K>, bool),
+    /// Q8_0, prefill only (decode streams 34 bytes per 32 products; the
+    /// one-row kernel keeps up with memory there).
+    Q16(vnni::Wide1<ActQ16>, vnni::WideT<ActQ16>),
+}
+#[cfg(not(target_arch = "x86_64"))]
+type WideKernels = ();
+
 /// Four weight rows against four tokens (prefill). Decode keeps the one-row
 /// kernels: four-row ones against one token were faster on cached weights
 /// (`kernel_speed`) but slower streaming a model from memory (BENCHMARKS.md).
@@ -59,11 +86,29 @@ enum Kernel {
     Q8K(Q8KDot, Option<Q8KDot4>, Option<Tiles<ActQ8K>>),
 }
 
-/// Which instruction set the kernels use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which instruction set the kernels use, in increasing order: each level's
+/// CPUs also run the ones below it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Isa {
     Portable,
+    /// AVX2 with FMA and F16C.
     Avx2,
+    /// AVX-512 F/BW/VL with VNNI (and AVX2): `vpdpbusd`/`vpdpwssd` integer
+    /// kernels for the hottest formats, the AVX2 ones for the rest.
+    Avx512Vnni,
+}
+
+impl Isa {
+    /// The level named `name` (`portable`, `avx2`, `avx512vnni` or `avx512`),
+    /// as `QUERN_CPU_ISA` takes it.
+    pub fn from_name(name: &str) -> Option<Isa> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "portable" | "scalar" => Some(Isa::Portable),
+            "avx2" => Some(Isa::Avx2),
+            "avx512vnni" | "avx512" | "avx512_vnni" | "vnni" => Some(Isa::Avx512Vnni),
+            _ => None,
+        }
+    }
 }
 
 pub struct CpuBackend {
@@ -71,6 +116,9 @@ pub struct CpuBackend {
     pool: Pool,
     /// Whether the four-row kernels are used where a format has them.
     tiles: bool,
+    /// Whether the sixteen-row kernels are used where a format has them.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    wide: bool,
 }
 
 impl Default for CpuBackend {
@@ -80,24 +128,22 @@ impl Default for CpuBackend {
 }
 
 impl CpuBackend {
-    /// The fastest kernels this CPU runs, on as many threads as rayon's global
-    /// pool has (which `--threads` sets).
+    /// The fastest kernels this CPU runs (at most the level `QUERN_CPU_ISA`
+    /// names), on as many threads as rayon's global pool has (which `--threads`
+    /// sets).
     pub fn new() -> Self {
         Self::with_isa(detect())
     }
 
     /// A backend restricted to `isa` (tests compare the paths); falls back to
-    /// portable when the CPU lacks it.
+    /// the best level below it that the CPU has.
     pub fn with_isa(isa: Isa) -> Self {
-        let isa = if isa == Isa::Avx2 && detect() != Isa::Avx2 {
-            Isa::Portable
-        } else {
-            isa
-        };
+        let isa = isa.min(hardware());
         CpuBackend {
             isa,
             pool: Pool::new(rayon::current_num_threads()),
             tiles: std::env::var_os("QUERN_CPU_TILES").is_none_or(|v| v != "0"),
+            wide: std::env::var_os("QUERN_CPU_WIDE").is_none_or(|v| v != "0"),
         }
     }
 
@@ -106,6 +152,32 @@ impl CpuBackend {
     pub fn with_tiles(mut self, on: bool) -> Self {
         self.tiles = on;
         self
+    }
+
+    /// The same backend with the sixteen-row kernels (AVX-512 VNNI, legacy
+    /// formats) on or off.
+    pub fn with_wide(mut self, on: bool) -> Self {
+        self.wide = on;
+        self
+    }
+
+    /// The sixteen-row kernels for `ty`, where this backend uses them.
+    fn wide_kernels(&self, ty: GgmlType) -> Option<WideKernels> {
+        #[cfg(target_arch = "x86_64")]
+        if self.wide && self.isa == Isa::Avx512Vnni {
+            return match ty {
+                GgmlType::Q4_0 => Some(WideKernels::Q8(vnni::q4_0_wide1, vnni::q4_0_wide)),
+                GgmlType::Q4_1 => Some(WideKernels::Q8(vnni::q4_1_wide1, vnni::q4_1_wide)),
+                GgmlType::Q5_0 => Some(WideKernels::Q8(vnni::q5_0_wide1, vnni::q5_0_wide)),
+                GgmlType::Q5_1 => Some(WideKernels::Q8(vnni::q5_1_wide1, vnni::q5_1_wide)),
+                GgmlType::Q8_0 => Some(WideKernels::Q16(vnni::q8_0_wide1, vnni::q8_0_wide_t)),
+                GgmlType::Q4K => Some(WideKernels::Q8K(vnni::q4_k_wide1, vnni::q4_k_wide_t, true)),
+                GgmlType::Q6K => Some(WideKernels::Q8K(vnni::q6_k_wide1, vnni::q6_k_wide_t, false)),
+                _ => None,
+            };
+        }
+        let _ = ty;
+        None
     }
 
     pub fn isa(&self) -> Isa {
@@ -119,7 +191,47 @@ impl CpuBackend {
 
     fn kernel(&self, ty: GgmlType) -> Option<Kernel> {
         #[cfg(target_arch = "x86_64")]
-        if self.isa == Isa::Avx2 {
+        if self.isa == Isa::Avx512Vnni {
+            // The prefill leftovers (rows not in a group of four) keep the AVX2
+            // one-row-four-token kernels of the legacy formats.
+            let k = match ty {
+                GgmlType::Q8_0 => Some(Kernel::Q16(
+                    vnni::q8_0_row,
+                    Some(avx2::q8_0_row_x4),
+                    self.tiles(vnni::q8_0_4x4),
+                )),
+                GgmlType::Q4_0 => Some(Kernel::Q8(
+                    vnni::q4_0_row,
+                    Some(avx2::q4_0_row_x4),
+                    self.tiles(vnni::q4_0_4x4),
+                )),
+                GgmlType::Q4_1 => Some(Kernel::Q8(
+                    vnni::q4_1_row,
+                    Some(avx2::q4_1_row_x4),
+                    self.tiles(vnni::q4_1_4x4),
+                )),
+                GgmlType::Q5_0 => Some(Kernel::Q8(
+                    vnni::q5_0_row,
+                    Some(avx2::q5_0_row_x4),
+                    self.tiles(vnni::q5_0_4x4),
+                )),
+                GgmlType::Q5_1 => Some(Kernel::Q8(
+                    vnni::q5_1_row,
+                    Some(avx2::q5_1_row_x4),
+                    self.tiles(vnni::q5_1_4x4),
+                )),
+                // One row against four tokens (the row's codes and scales
+                // unpacked once): no four-row tiles.
+                GgmlType::Q4K => Some(Kernel::Q8K(vnni::q4_k_row, Some(vnni::q4_k_row_x4), None)),
+                GgmlType::Q6K => Some(Kernel::Q8K(vnni::q6_k_row, Some(vnni::q6_k_row_x4), None)),
+                _ => None,
+            };
+            if k.is_some() {
+                return k;
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        if self.isa >= Isa::Avx2 {
             return Some(match ty {
                 GgmlType::F32 => Kernel::Float(avx2::f32_row, Some(float_tile::f32_tile)),
                 GgmlType::F16 => Kernel::Float(avx2::f16_row, Some(float_tile::f16_tile)),
@@ -205,16 +317,61 @@ fn portable_kernel(ty: GgmlType) -> Option<Kernel> {
     })
 }
 
+/// Keeps freed heap memory mapped (glibc): the forward pass allocates its
+/// activation buffers afresh per layer, and above glibc's default threshold
+/// each one is a new `mmap` whose pages the kernel zeroes again on first touch
+/// (7% of a 2-thread prefill in `perf`, on the workers writing the outputs).
+/// With allocations up to 32 MiB served from the heap and no trimming, the
+/// pages are reused. Called once by the CLI; a no-op off glibc.
+pub fn keep_heap_pages() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; called before the
+    // threads that allocate start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+}
+
 /// The fastest instruction set this CPU has kernels for.
-pub fn detect() -> Isa {
+pub fn hardware() -> Isa {
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx2")
         && is_x86_feature_detected!("fma")
         && is_x86_feature_detected!("f16c")
     {
+        if is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512vnni")
+        {
+            return Isa::Avx512Vnni;
+        }
         return Isa::Avx2;
     }
     Isa::Portable
+}
+
+/// The instruction set [`CpuBackend::new`] uses: [`hardware`]'s, or the lower
+/// level `QUERN_CPU_ISA` names (`portable`, `avx2`, `avx512vnni`) to compare the
+/// paths; a name it does not know is ignored with a notice.
+pub fn detect() -> Isa {
+    let hw = hardware();
+    match std::env::var("QUERN_CPU_ISA") {
+        Ok(v) if !v.is_empty() => match Isa::from_name(&v) {
+            Some(isa) => isa.min(hw),
+            None => {
+                static WARNED: std::sync::Once = std::sync::Once::new();
+                WARNED.call_once(|| {
+                    eprintln!(
+                        "notice: QUERN_CPU_ISA={v} is not one of portable, avx2, avx512vnni; using {hw:?}"
+                    )
+                });
+                hw
+            }
+        },
+        _ => hw,
+    }
 }
 
 /// Activations in the form a kernel reads, token-major.
@@ -234,10 +391,29 @@ struct Prepared<'a> {
 }
 
 impl<'a> Prepared<'a> {
-    fn new(kernels: &[Kernel], x: &'a [f32]) -> Prepared<'a> {
+    fn new(kernels: &[Kernel], x: &'a [f32], isa: Isa) -> Prepared<'a> {
         let need_q8 = kernels.iter().any(|k| matches!(k, Kernel::Q8(..)));
         let need_q8k = kernels.iter().any(|k| matches!(k, Kernel::Q8K(..)));
         let need_q16 = kernels.iter().any(|k| matches!(k, Kernel::Q16(..)));
+        // The same codes either way; AVX-512 avoids a libm call per value.
+        #[cfg(target_arch = "x86_64")]
+        #[allow(clippy::type_complexity)]
+        let (quantize_q8, quantize_q16, quantize_q8k): (
+            fn(&[f32], &mut Vec<ActQ8>),
+            fn(&[f32], &mut Vec<ActQ16>),
+            fn(&[f32], &mut Vec<ActQ8K>),
+        ) = if isa == Isa::Avx512Vnni {
+            (
+                // SAFETY: `isa` is at most what `hardware` found.
+                |x, v| unsafe { vnni::quantize_q8(x, v) },
+                |x, v| unsafe { vnni::quantize_q16(x, v) },
+                |x, v| unsafe { vnni::quantize_q8k(x, v) },
+            )
+        } else {
+            (quantize_q8, quantize_q16, quantize_q8k)
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = isa;
         Prepared {
             float: Acts::Float(x),
             q8: need_q8.then(|| {
@@ -291,6 +467,9 @@ struct Task<'a> {
     /// An F32 product in prefill, given to `matrixmultiply`: its work items
     /// cover all tokens (so each weight block is packed once), not `TOKEN_BLOCK`.
     sgemm: bool,
+    /// Sixteen-row kernels, which take the item's rows sixteen at a time.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    wide: Option<WideKernels>,
     items: usize,
 }
 
@@ -325,6 +504,21 @@ impl Task<'_> {
                 return;
             }
             r0 = float_tiles(&self.w, x, r0, r1, t0, t1, one, tile, put);
+        }
+        #[cfg(target_arch = "x86_64")]
+        match (self.wide, self.acts) {
+            (Some(WideKernels::Q8(one, many)), Acts::Q8(a)) => {
+                r0 = wide_rows(&self.w, a, 32, r0, r1, t0, t1, one, many, put)
+            }
+            (Some(WideKernels::Q16(one, many)), Acts::Q16(a)) if t1 - t0 >= vnni::WIDE_TOKENS => {
+                r0 = wide_rows(&self.w, a, 32, r0, r1, t0, t1, one, many, put)
+            }
+            (Some(WideKernels::Q8K(one, many, decode)), Acts::Q8K(a))
+                if decode || t1 - t0 >= vnni::WIDE_TOKENS =>
+            {
+                r0 = wide_rows(&self.w, a, 256, r0, r1, t0, t1, one, many, put)
+            }
+            _ => {}
         }
         // Groups of four rows where the format has four-row kernels.
         let mut r = r0;
@@ -427,6 +621,56 @@ unsafe fn sgemm_f32(
         1,
     );
     true
+}
+
+/// Rows `r0..r1` sixteen at a time against tokens `t0..t1`, `WIDE_TOKENS` at a
+/// time and the rest one by one; returns the first row left undone.
+///
+/// # Safety
+/// As [`Task::run`]; the kernels' instruction set is present.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn wide_rows<A>(
+    w: &WeightView<'_>,
+    a: &[A],
+    block: usize,
+    r0: usize,
+    r1: usize,
+    t0: usize,
+    t1: usize,
+    one: vnni::Wide1<A>,
+    many: vnni::WideT<A>,
+    put: impl Fn(usize, usize, f32),
+) -> usize {
+    const R: usize = vnni::WIDE_ROWS;
+    const T: usize = vnni::WIDE_TOKENS;
+    let nb = w.cols / block;
+    let stride = w.row_bytes();
+    let act = |t: usize| &a[t * nb..(t + 1) * nb];
+    let mut r = r0;
+    while r + R <= r1 {
+        let base = w.row(r).as_ptr();
+        let mut t = t0;
+        while t + T <= t1 {
+            let acts: [&[A]; T] = std::array::from_fn(|k| act(t + k));
+            let v = many(base, stride, nb, &acts);
+            for (k, vt) in v.iter().enumerate() {
+                for (j, &x) in vt.iter().enumerate() {
+                    put(r + j, t + k, x);
+                }
+            }
+            t += T;
+        }
+        for t in t..t1 {
+            let v = one(base, stride, nb, &[act(t)]);
+            for (j, &x) in v[0].iter().enumerate() {
+                put(r + j, t, x);
+            }
+        }
+        r += R;
+    }
+    r
 }
 
 /// Float prefill: rows `r0..` three at a time against tokens `t0..t1` four at a
@@ -534,12 +778,13 @@ unsafe fn tiled<A>(
 impl CpuBackend {
     /// Rows per work item: about sixteen items per thread for balance, at least
     /// a few rows so an item outweighs fetching it.
-    fn rows_per_item(&self, rows: usize, n_tokens: usize) -> usize {
+    fn rows_per_item(&self, rows: usize, n_tokens: usize, granule: usize) -> usize {
         let token_blocks = n_tokens.div_ceil(TOKEN_BLOCK);
         let want_items = self.pool.threads() * 16;
         let per = rows * token_blocks / want_items.max(1);
-        // A multiple of four: the four-row kernels take whole groups.
-        per.clamp(4, 256).next_multiple_of(4)
+        // A multiple of the kernels' row group (four, or sixteen for the wide
+        // kernels): they take whole groups.
+        per.clamp(4, 256).next_multiple_of(granule)
     }
 
     fn run_tasks(&self, tasks: &[Task<'_>]) {
@@ -553,7 +798,7 @@ impl CpuBackend {
             for t in tasks {
                 if i < t.items {
                     // SAFETY: see `Task::run`; kernels come from `kernel`, which
-                    // picks AVX2 ones only when `detect` found the features.
+                    // picks AVX2 or VNNI ones only when `hardware` found the features.
                     unsafe { t.run(i) };
                     break;
                 }
@@ -604,13 +849,15 @@ impl Backend for CpuBackend {
         if n_tokens == 0 {
             return Ok(());
         }
-        let prepared = Prepared::new(&kernels, x);
+        let prepared = Prepared::new(&kernels, x, self.isa);
         let tasks: Vec<Task<'_>> = ws
             .iter()
             .zip(outs.iter_mut())
             .zip(&kernels)
             .map(|((w, out), &kernel)| {
-                let rows_per_item = self.rows_per_item(w.rows, n_tokens);
+                let wide = self.wide_kernels(w.ty);
+                let granule = if wide.is_some() { 16 } else { 4 };
+                let rows_per_item = self.rows_per_item(w.rows, n_tokens, granule);
                 let sgemm = w.ty == GgmlType::F32
                     && n_tokens >= SGEMM_MIN_TOKENS
                     && matches!(kernel, Kernel::Float(_, Some(_)));
@@ -623,6 +870,7 @@ impl Backend for CpuBackend {
                     n_tokens,
                     rows_per_item,
                     sgemm,
+                    wide,
                     items: w.rows.div_ceil(rows_per_item) * n_tokens.div_ceil(token_block),
                 }
             })
@@ -640,6 +888,61 @@ impl Backend for CpuBackend {
             }
             f(i);
         });
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+
+    /// The AVX-512 activation quantisers give exactly the scalar codes, ties
+    /// (values at half a step) included.
+    #[test]
+    fn vnni_activation_codes_match_scalar() {
+        if hardware() != Isa::Avx512Vnni {
+            eprintln!("notice: no AVX-512 VNNI here; quantisers not compared");
+            return;
+        }
+        let mut x: Vec<f32> = (0..4096)
+            .map(|i| {
+                ((i * 7919 % 1000) as f32 - 500.0) * 0.013 * if i % 41 == 0 { 9.0 } else { 1.0 }
+            })
+            .collect();
+        // A block of exact half steps: amax 127 gives d = 1.
+        for (i, v) in x[..256].iter_mut().enumerate() {
+            *v = if i == 0 {
+                127.0
+            } else {
+                (i as f32 % 60.0) - 30.5
+            };
+        }
+        // And one of zeros (d = 0).
+        x[512..768].iter_mut().for_each(|v| *v = 0.0);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        quantize_q8(&x, &mut a);
+        unsafe { vnni::quantize_q8(&x, &mut b) };
+        assert_eq!(a.len(), b.len());
+        for (u, v) in a.iter().zip(&b) {
+            assert_eq!(
+                (u.qs, u.d.to_bits(), u.s.to_bits()),
+                (v.qs, v.d.to_bits(), v.s.to_bits())
+            );
+        }
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        quantize_q8k(&x, &mut a);
+        unsafe { vnni::quantize_q8k(&x, &mut b) };
+        for (u, v) in a.iter().zip(&b) {
+            assert_eq!(
+                (u.qs, u.d.to_bits(), u.bsums),
+                (v.qs, v.d.to_bits(), v.bsums)
+            );
+        }
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        quantize_q16(&x, &mut a);
+        unsafe { vnni::quantize_q16(&x, &mut b) };
+        for (u, v) in a.iter().zip(&b) {
+            assert_eq!((u.qs, u.d.to_bits()), (v.qs, v.d.to_bits()));
+        }
     }
 }
 

@@ -275,7 +275,7 @@ pub unsafe fn q8_0_4x4(w: &[&[u8]; 4], a: &[&[ActQ16]; 4]) -> [[f32; 4]; 4] {
 /// bits of bytes 0..4 (scales) and 4..8 (minimums), the last four take their low
 /// nibbles from bytes 8..12 and their top two bits from the first eight bytes.
 #[inline]
-fn k_scales_mins(q: &[u8; 12]) -> (u64, u64) {
+pub(super) fn k_scales_mins(q: &[u8; 12]) -> (u64, u64) {
     let w = |k: usize| u32::from_le_bytes([q[k], q[k + 1], q[k + 2], q[k + 3]]);
     let (w0, w1, w2) = (w(0), w(4), w(8));
     let sc_lo = w0 & 0x3f3f_3f3f;
