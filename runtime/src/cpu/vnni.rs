@@ -589,8 +589,11 @@ impl Layout for BlockQ5_1 {
 
 /// Rows per call of the sixteen-row kernels.
 pub const WIDE_ROWS: usize = 16;
-/// Tokens per call of the sixteen-row prefill kernels.
-pub const WIDE_TOKENS: usize = 8;
+/// Tokens per call of the sixteen-row prefill kernels: each gathered weight
+/// block serves this many tokens. 16 rather than 8 measured 8–30 % more prefill
+/// GMAC/s (`kernel_speed`, 2048×2048, every wide format) with the sixteen
+/// accumulators still in registers beside the unpacked codes.
+pub const WIDE_TOKENS: usize = 16;
 
 /// Byte `m` of each 32-bit lane of `qh` in all four of that lane's bytes.
 #[inline]
