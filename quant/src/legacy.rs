@@ -13,6 +13,7 @@ pub(crate) fn signed_absmax(x: &[f32]) -> f32 {
     let amax = absmax(x);
     x.iter().copied().find(|v| v.abs() == amax).unwrap_or(0.0)
 }
+
 /// Largest magnitude of a block, in eight independent lanes so it vectorises.
 #[inline(always)]
 pub(crate) fn absmax(x: &[f32]) -> f32 {

@@ -9,6 +9,7 @@
 use std::arch::x86_64::*;
 
 use crate::block::f16_bytes;
+use crate::legacy::inv_or_zero;
 use crate::q4_0::BlockQ4_0;
 use crate::q8_0::BlockQ8_0;
 
@@ -39,15 +40,6 @@ unsafe fn load_absmax(x: &[f32; 32]) -> ([__m256; 4], f32) {
     let m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
     let m1 = _mm_max_ss(m2, _mm_shuffle_ps(m2, m2, 1));
     (v, _mm_cvtss_f32(m1))
-}
-
-#[inline(always)]
-fn inv_or_zero(d: f32) -> f32 {
-    if d == 0.0 {
-        0.0
-    } else {
-        1.0 / d
-    }
 }
 
 /// Q8_0 blocks of `src` into `dst` (as many as both hold).

@@ -2,7 +2,7 @@
 //! reference quantiser exactly (scale = amax / 127, round half away from zero).
 
 use crate::block::{f16_bytes, f16_value, BlockFormat};
-use crate::legacy::round_code_127;
+use crate::legacy::{inv_or_zero, round_code_127};
 use quern_formats::GgmlType;
 
 pub const QK: usize = 32;
@@ -24,7 +24,7 @@ impl Q8_0 {
         crate::legacy::map_blocks(src, dst, |x| {
             let amax = crate::legacy::absmax(x);
             let d = amax / 127.0;
-            let id = if d == 0.0 { 0.0 } else { 1.0 / d };
+            let id = inv_or_zero(d);
             BlockQ8_0 {
                 d: f16_bytes(d),
                 // Half away from zero, like C's roundf; |v * id| <= 127.

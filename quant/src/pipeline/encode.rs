@@ -47,15 +47,7 @@ pub(crate) fn encode<'a>(
         .try_for_each(|(task, (dst, s))| -> Result<(), EncodeError> {
             let mut row = vec![0f32; row_len];
             for (i, (s, d)) in s.chunks(src_row).zip(dst.chunks_mut(out_row)).enumerate() {
-                // F32 rows are quantised in place from the memory map: copying
-                // them into `row` first was an eighth of a Q4_0 run's time.
-                let values: &[f32] = match f32_row(src_type, s) {
-                    Some(values) => values,
-                    None => {
-                        crate::dequantize_row(src_type, s, &mut row)?;
-                        &row
-                    }
-                };
+                let values = row_values(src_type, s, &mut row)?;
                 if check_finite {
                     first_non_finite(values, task * ROWS_PER_TASK + i)?;
                 }
@@ -72,26 +64,29 @@ fn check_rows(src: &[u8], ty: GgmlType, row_len: usize, src_row: usize) -> Resul
         .try_for_each(|(task, s)| -> Result<(), EncodeError> {
             let mut row = vec![0f32; row_len];
             for (i, s) in s.chunks(src_row).enumerate() {
-                let values: &[f32] = match f32_row(ty, s) {
-                    Some(values) => values,
-                    None => {
-                        crate::dequantize_row(ty, s, &mut row)?;
-                        &row
-                    }
-                };
+                let values = row_values(ty, s, &mut row)?;
                 first_non_finite(values, task * ROWS_PER_TASK + i)?;
             }
             Ok(())
         })
 }
 
-/// An F32 row's bytes as values, where they can be borrowed as they are
-/// (little-endian host, 4-byte aligned: GGUF and safetensors data always are).
-fn f32_row(ty: GgmlType, bytes: &[u8]) -> Option<&[f32]> {
-    if ty != GgmlType::F32 || cfg!(target_endian = "big") {
-        return None;
+/// One source row's values: an F32 row borrowed as it is from the memory map
+/// where it can be (little-endian host, 4-byte aligned: GGUF and safetensors
+/// data always are; copying it first was an eighth of a Q4_0 run's time),
+/// any other row dequantised into `buf`.
+fn row_values<'r>(
+    ty: GgmlType,
+    bytes: &'r [u8],
+    buf: &'r mut [f32],
+) -> Result<&'r [f32], QuantError> {
+    if ty == GgmlType::F32 && cfg!(target_endian = "little") {
+        if let Ok(values) = bytemuck::try_cast_slice(bytes) {
+            return Ok(values);
+        }
     }
-    bytemuck::try_cast_slice(bytes).ok()
+    crate::dequantize_row(ty, bytes, buf)?;
+    Ok(buf)
 }
 
 fn first_non_finite(row: &[f32], row_index: usize) -> Result<(), EncodeError> {
