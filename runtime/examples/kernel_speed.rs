@@ -2,9 +2,11 @@
 //! does not distort it much): one thread, each format's decode product (one
 //! token) and prefill product (64 tokens) on a 1536 × 576 matrix, 2048 x 2048.
 //!
-//!   cargo run --release -p quern-runtime --example kernel_speed [-- --one-row]
+//!   cargo run --release -p quern-runtime --example kernel_speed [-- --one-row] [TYPE ...]
 //!
-//! Prints GB/s of weights (decode) and GMAC/s (prefill) per CPU second.
+//! Prints GB/s of weights (decode) and GMAC/s (prefill) per CPU second, the
+//! best of five timings (the least disturbed by other work on the machine).
+//! TYPE names (e.g. `q4_k`) restrict it to those formats.
 
 use quern_quant::GgmlType;
 use quern_runtime::backend::{Backend, WeightView};
@@ -29,6 +31,11 @@ fn main() {
     // `--one-row`: the one-row kernels only (no four- or sixteen-row ones), to
     // compare with them. `QUERN_CPU_ISA` and `QUERN_CPU_WIDE=0` apply as well.
     let one_row = std::env::args().any(|a| a == "--one-row");
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .map(|a| a.to_ascii_lowercase())
+        .collect();
     let mut backend = CpuBackend::new().with_tiles(!one_row);
     if one_row {
         backend = backend.with_wide(false);
@@ -44,7 +51,8 @@ fn main() {
     ];
     for (rows, cols) in [(1536usize, 576usize), (2048, 2048)] {
         for ty in types {
-            if cols % ty.block_size() != 0 {
+            let name = format!("{ty}").to_ascii_lowercase();
+            if cols % ty.block_size() != 0 || (!only.is_empty() && !only.contains(&name)) {
                 continue;
             }
             let mut seed = 7u64;
@@ -72,11 +80,14 @@ fn main() {
                 let mut out = vec![0f32; n * rows];
                 backend.matmul(&view, &x, n, &mut out).expect("matmul");
                 let reps = if n == 1 { 400 } else { 20 };
-                let t = thread_cpu_seconds();
-                for _ in 0..reps {
-                    backend.matmul(&view, &x, n, &mut out).expect("matmul");
+                let mut s = f64::INFINITY;
+                for _ in 0..5 {
+                    let t = thread_cpu_seconds();
+                    for _ in 0..reps {
+                        backend.matmul(&view, &x, n, &mut out).expect("matmul");
+                    }
+                    s = s.min((thread_cpu_seconds() - t) / reps as f64);
                 }
-                let s = (thread_cpu_seconds() - t) / reps as f64;
                 if n == 1 {
                     println!(
                         "{rows}x{cols} {ty:>5} decode : {:7.1} us  {:6.1} GB/s of weights  {:6.1} GMAC/s",

@@ -380,6 +380,19 @@ impl Model {
         n
     }
 
+    /// The bytes of every weight matrix a decode step reads (as
+    /// [`Model::weight_bytes`] counts them), in the model's order.
+    pub fn weight_slices(&self) -> Vec<&[u8]> {
+        let mut v = Vec::with_capacity(1 + 7 * self.layers.len());
+        for l in &self.layers {
+            for m in [&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down] {
+                v.push(self.source.bytes(m.loc));
+            }
+        }
+        v.push(self.source.bytes(self.output.loc));
+        v
+    }
+
     /// The matrix stored under GGUF name `name` as f32 rows (`rows × cols`,
     /// row-major, in the order the source stores them), and its row count.
     pub fn matrix_f32(&self, name: &str) -> Result<(Vec<f32>, usize), RuntimeError> {

@@ -234,9 +234,10 @@ fn short_rows_with(isa: Isa) {
         GgmlType::Q5_1,
         GgmlType::F16,
     ] {
-        // One block, an odd count (the two-block kernels' tail), and a count
-        // that leaves two blocks after the four-block loop.
-        for cols in [32, 96, 160, 192, 224] {
+        // One block, an odd count (the two-block kernels' tail), a count
+        // that leaves two blocks after the four-block loop, and counts with
+        // whole chunks of sixteen blocks and a tail (SmolLM2's 576; 33).
+        for cols in [32, 96, 160, 192, 224, 576, 1056] {
             check(ty, &backend, cols, 5, 2, cols as u64);
             check(ty, &backend, cols, 9, 5, cols as u64 + 1);
         }

@@ -166,7 +166,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let bandwidth = if args.no_floor || args.n_gen == 0 {
         None
     } else if cpu {
-        Some(CpuBackend::new().read_bandwidth(3))
+        // The larger of a fresh buffer's read rate and that of the mapped
+        // weights themselves (their pages can be the faster to read).
+        let be = CpuBackend::new();
+        Some(
+            be.read_bandwidth(3)
+                .max(be.read_bandwidth_of(&model.weight_slices(), 3)),
+        )
     } else {
         let be = cuda_backend(&model).context("the model is not on the GPU")?;
         let copy = copy_bandwidth(be, 1 << 30).map_err(quern_runtime::RuntimeError::CudaForward)?;

@@ -981,4 +981,44 @@ impl CpuBackend {
         std::hint::black_box(sink.load(Ordering::Relaxed));
         best
     }
+
+    /// Read bandwidth over `parts` themselves (a model's mapped weights) in
+    /// bytes per second: the best of `reps` passes in which each thread sums
+    /// its contiguous share of every part. Where the file's pages sit in
+    /// memory (page cache, large folios) can make them faster to read than a
+    /// fresh buffer, so a decode floor should take the larger of this and
+    /// [`CpuBackend::read_bandwidth`].
+    pub fn read_bandwidth_of(&self, parts: &[&[u8]], reps: usize) -> f64 {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        if total == 0 {
+            return 0.0;
+        }
+        let threads = self.pool.threads();
+        let sink = AtomicUsize::new(0);
+        let mut best = 0f64;
+        for _ in 0..reps.max(1) {
+            let t = std::time::Instant::now();
+            self.pool.run(&|m| {
+                let mut acc = [0u64; 8];
+                for part in parts {
+                    let share = part.len().div_ceil(threads);
+                    let mine =
+                        &part[(m * share).min(part.len())..((m + 1) * share).min(part.len())];
+                    for c in mine.chunks_exact(64) {
+                        for (i, a) in acc.iter_mut().enumerate() {
+                            let w = u64::from_le_bytes(
+                                c[8 * i..8 * i + 8].try_into().unwrap_or([0; 8]),
+                            );
+                            *a = a.wrapping_add(w);
+                        }
+                    }
+                }
+                let s = acc.iter().fold(0u64, |a, &b| a.wrapping_add(b));
+                sink.fetch_add(s as usize, Ordering::Relaxed);
+            });
+            best = best.max(total as f64 / t.elapsed().as_secs_f64());
+        }
+        std::hint::black_box(sink.load(Ordering::Relaxed));
+        best
+    }
 }
