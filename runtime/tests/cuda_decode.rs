@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use quern_formats::testutil::TinyModel;
 use quern_quant::mix::Mix;
 use quern_quant::pipeline::{quantize, NoProgress, OutType, QuantizeOptions};
-use quern_runtime::cuda::decode::{DeviceModel, PREFILL_BATCH};
+use quern_runtime::cuda::decode::{DeviceModel, MIN_PREFILL_BATCH};
 use quern_runtime::sampler::argmax;
 use quern_runtime::{CpuBackend, Model};
 
@@ -102,15 +102,30 @@ fn check(what: &str, path: &Path, tol: f64) {
         );
     }
 
-    // A prompt longer than one device batch, last logits only.
-    let long: Vec<u32> = (0..PREFILL_BATCH + 9)
+    // A prompt of 73 tokens: one device batch (the default holds it; the
+    // repacked formats' products on the tensor-core kernels), then batches of
+    // 16 (five passes: 16 rows and 9 on the tensor-core kernels), then of 4 (the
+    // GEMV kernels), last logits only.
+    let long: Vec<u32> = (0..MIN_PREFILL_BATCH + 9)
         .map(|i| ((i * 37 + 11) % vocab) as u32)
         .collect();
-    dm.clear();
-    let g = dm.forward(&long, false).expect("long prefill");
     let mut s = cpu.session(128);
     let c = cpu.forward(&mut s, &long, false).expect("cpu long prefill");
-    compare(&format!("{what} (long prefill)"), &[g], &[c], tol);
+    dm.clear();
+    assert!(dm.prefill_batch() >= long.len());
+    let g = dm.forward(&long, false).expect("long prefill");
+    compare(&format!("{what} (long prefill)"), &[g], &[c.clone()], tol);
+    for batch in [16, 4] {
+        let mut small = DeviceModel::with_batch(&gpu, 128, Some(batch)).expect("device model");
+        assert_eq!(small.prefill_batch(), batch);
+        let g = small.forward(&long, false).expect("long prefill");
+        compare(
+            &format!("{what} (long prefill, batches of {batch})"),
+            &[g],
+            &[c.clone()],
+            tol,
+        );
+    }
 }
 
 fn hf_to_gguf(m: &TinyModel, dir: &Path, outtype: OutType) -> PathBuf {
