@@ -263,7 +263,8 @@ fn repacked_formats_through_every_kernel_path() {
 
 /// The int8 tensor-core kernels (`mmq_*`, mma.cu) of the seven repacked
 /// formats: every batch size through them (`QUERN_CUDA_MMA_MIN=1`), each tile
-/// width (`QUERN_CUDA_MMA_BN`), Q8_0 on 8-bit activation codes too; odd batch
+/// width (`QUERN_CUDA_MMA_BN`), Q8_0 on 8-bit activation codes too, K split in
+/// three (`QUERN_CUDA_MMA_SPLIT`); odd batch
 /// sizes (1, 5, 17, 64, 100: tiles of tokens part-filled), row counts that are
 /// not a multiple of the 64-row tile, and rows of 576 and 1536 values (not a
 /// multiple of the 256-value step) beside whole steps.
@@ -278,13 +279,15 @@ fn tensor_core_kernels_match_the_f64_reference_and_the_cpu() {
         GgmlType::Q4K,
         GgmlType::Q6K,
     ];
-    let settings: [&[(&str, &str)]; 6] = [
+    let settings: [&[(&str, &str)]; 7] = [
         &[("QUERN_CUDA_MMA_MIN", "1")],
         &[("QUERN_CUDA_MMA_MIN", "1"), ("QUERN_CUDA_MMA_BN", "8")],
         &[("QUERN_CUDA_MMA_MIN", "1"), ("QUERN_CUDA_MMA_BN", "16")],
         &[("QUERN_CUDA_MMA_MIN", "1"), ("QUERN_CUDA_MMA_BN", "32")],
         &[("QUERN_CUDA_MMA_MIN", "1"), ("QUERN_CUDA_MMA_BN", "64")],
         &[("QUERN_CUDA_MMA_MIN", "1"), ("QUERN_CUDA_Q8_ACT", "8")],
+        // K split in three (uneven pieces), the partial sums added up.
+        &[("QUERN_CUDA_MMA_MIN", "1"), ("QUERN_CUDA_MMA_SPLIT", "3")],
     ];
     // `QUERN_TEST_MMA_SETTINGS=0,4`: only those settings (memcheck runs).
     let only: Option<Vec<usize>> = std::env::var("QUERN_TEST_MMA_SETTINGS")

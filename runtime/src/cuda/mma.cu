@@ -16,9 +16,12 @@
 //   Q4_1, Q5_1: codes as stored, a = d, b = m
 //   Q8_0: a = d, b = 0; against 16-bit activation codes two MMAs per block
 //         (signed high bytes, unsigned low bytes): S = 256 S_hi + S_lo
-//   Q4_K: codes 0..15, a = d · scale, b = −dmin · min per sub-block of 32
+//   Q4_K: codes 0..15, b = −dmin · min per sub-block of 32; its 6-bit scales
+//         multiply S in integers, summed over the super-block (one step of 256,
+//         where the activations have one scale too), then times d · d_x
 //   Q6_K: codes centred (q − 32); its scales are per 16 values, so two MMAs per
-//         block (each half of A zeroed in turn), S = sc0 S_0 + sc1 S_1, a = d.
+//         block (each half of A zeroed in turn), sc0 S_0 + sc1 S_1 summed over
+//         the super-block in integers, then times d · d_x.
 //
 // Fragments (PTX ISA, mma.m16n8k32 with 8-bit types; g = lane / 4, c = lane % 4):
 //   A (16 rows × 32): a0 = row g, k 4c..4c+3; a1 = row g + 8, same k;
@@ -125,9 +128,12 @@ __device__ __forceinline__ void unit_codes(const Unit& w, int u, u32 (&c)[UE / 4
         m1 = ((lw >> 12) & 15) | (((lz >> 14) & 3) << 4);
     }
     const float d = h2f((u16)(w.h.x & 0xFFFF)), dmin = h2f((u16)(w.h.x >> 16));
-    ab[0] = make_float2(d * u2f(sc0), -dmin * u2f(m0));
-    ab[1] = make_float2(d * u2f(sc1), -dmin * u2f(m1));
-    sc[0] = sc[1] = 0;
+    // The integer sums take the scales (sc S summed over the super-block, then
+    // d · d_x once); the mins stay float.
+    ab[0] = make_float2(d, -dmin * u2f(m0));
+    ab[1] = make_float2(d, -dmin * u2f(m1));
+    sc[0] = (int)sc0;
+    sc[1] = (int)sc1;
 #else
 #pragma unroll
     for (int m = 0; m < 16; m++) {
@@ -154,11 +160,15 @@ __host__ __device__ __forceinline__ int mmq_smem(int bn) {
 // y[t][r] = Σ_k W[r][k] x[t][k] for rows blockIdx.x * 64.. and tokens
 // blockIdx.y * BN.. (BN = WN · NT · 8): warps WM × WN, each MT × NT tiles of 16
 // rows × 8 tokens. xq/xa: the quantised activations of nt tokens of K values.
+// Split K: block z takes steps z·ksteps .. (z + 1)·ksteps − 1 of K; with more
+// than one split (gridDim.z > 1) the partial sums are added to y, which the
+// host has zeroed, else stored.
 template <int WM, int WN, int MT, int NT>
 __device__ __forceinline__ void mmq(const u8* __restrict__ Q, long long qs, const u8* __restrict__ S,
                                     long long ss, const u8* __restrict__ D, long long ds, int rows,
                                     int nunits, int K, const i8* __restrict__ xq,
-                                    const float2* __restrict__ xa, float* __restrict__ y, int nt) {
+                                    const float2* __restrict__ xa, float* __restrict__ y, int nt,
+                                    int ksteps) {
     constexpr int BN = WN * NT * 8;
     constexpr int PT = MQ_BM * MQ_UPS / MQ_THREADS;  // (row, unit) pairs per thread
     static_assert(WM * MT * 16 == MQ_BM, "64 rows per block");
@@ -179,7 +189,8 @@ __device__ __forceinline__ void mmq(const u8* __restrict__ Q, long long qs, cons
     const int g = lane >> 2, c4 = lane & 3;
     const int wm = warp % WM, wn = warp / WM;
     const int row0 = blockIdx.x * MQ_BM, tok0 = blockIdx.y * BN;
-    const int nsteps = (K + MQ_KT - 1) / MQ_KT;
+    const int step0 = blockIdx.z * ksteps;
+    const int nsteps = imin((K + MQ_KT - 1) / MQ_KT, step0 + ksteps);
     const int nblk = K >> 5;
 
     // This thread's (row, unit) pairs: pair p = tid + i·128, row p / UPS, unit p % UPS.
@@ -239,10 +250,10 @@ __device__ __forceinline__ void mmq(const u8* __restrict__ Q, long long qs, cons
 #pragma unroll
             for (int i = 0; i < 4; i++) acc[mt][n][i] = 0.0f;
 
-    load_w(0);
-    load_x(0, 0);
-    for (int step = 0; step < nsteps; step++) {
-        const int buf = step & 1;
+    load_w(step0);
+    load_x(step0, 0);
+    for (int step = step0; step < nsteps; step++) {
+        const int buf = (step - step0) & 1;
         // This step's weights (in registers) into shared memory as codes.
 #pragma unroll
         for (int i = 0; i < PT; i++) {
@@ -277,11 +288,23 @@ __device__ __forceinline__ void mmq(const u8* __restrict__ Q, long long qs, cons
         const u32* xlb = xl + buf * BN * MQ_RW;
 #endif
         const float2* xab = xas + buf * BN * MQ_KBP;
+#if ACT_K
+        // The K formats: one activation scale per 256 values (this step) and one
+        // d per super-block (this step): Σ over the step's blocks of scale · S in
+        // integers, then d · d_x once.
+        int isum[MT][NT][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+            for (int n = 0; n < NT; n++)
+#pragma unroll
+                for (int i = 0; i < 4; i++) isum[mt][n][i] = 0;
+#endif
 #pragma unroll 2
         for (int kb = 0; kb < MQ_KB; kb++) {
             u32 a[MT][4];
             float2 wa[MT][2];
-#if QFMT == 12
+#if ACT_K
             int ws[MT][2];
 #endif
 #pragma unroll
@@ -293,7 +316,7 @@ __device__ __forceinline__ void mmq(const u8* __restrict__ Q, long long qs, cons
                 a[mt][3] = wq[(r + 8) * MQ_RW + kb * 8 + 4 + c4];
                 wa[mt][0] = wab[r * MQ_KBP + kb];
                 wa[mt][1] = wab[(r + 8) * MQ_KBP + kb];
-#if QFMT == 12
+#if ACT_K
                 ws[mt][0] = wsc[r * MQ_KBP + kb];
                 ws[mt][1] = wsc[(r + 8) * MQ_KBP + kb];
 #endif
@@ -311,7 +334,6 @@ __device__ __forceinline__ void mmq(const u8* __restrict__ Q, long long qs, cons
                 const float2 x1 = xab[(t + 2 * c4 + 1) * MQ_KBP + kb];
 #pragma unroll
                 for (int mt = 0; mt < MT; mt++) {
-                    float s[4];
 #if QFMT == 12
                     int c0[4], c1[4];
                     const u32 alo[4] = {a[mt][0], a[mt][1], 0u, 0u};
@@ -322,9 +344,19 @@ __device__ __forceinline__ void mmq(const u8* __restrict__ Q, long long qs, cons
                     for (int i = 0; i < 4; i++) {
                         const int sv = ws[mt][i >> 1];
                         const int s0 = (int)(i8)(sv & 0xFF), s1 = (int)(i8)((sv >> 8) & 0xFF);
-                        s[i] = (float)(s0 * c0[i] + s1 * c1[i]);
+                        isum[mt][n][i] += s0 * c0[i] + s1 * c1[i];
                     }
-#elif ACT_Q16
+#elif QFMT == 10
+                    int cc[4];
+                    mma_s8s8(cc, a[mt], b0, b1);
+#pragma unroll
+                    for (int i = 0; i < 4; i++) {
+                        isum[mt][n][i] += ws[mt][i >> 1] * cc[i];
+                        acc[mt][n][i] += wa[mt][i >> 1].y * ((i & 1) ? x1 : x0).y;
+                    }
+#else
+                    float s[4];
+#if ACT_Q16
                     int ch[4], cl[4];
                     mma_s8s8(ch, a[mt], b0, b1);
                     mma_s8u8(cl, a[mt], l0, l1);
@@ -346,9 +378,22 @@ __device__ __forceinline__ void mmq(const u8* __restrict__ Q, long long qs, cons
                         acc[mt][n][i] += w2.x * x2.x * s[i];
 #endif
                     }
+#endif
                 }
             }
         }
+#if ACT_K
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+            for (int n = 0; n < NT; n++)
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    const int r = (wm * MT + mt) * 16 + g + (i >> 1) * 8;
+                    const int t = (wn * NT + n) * 8 + 2 * c4 + (i & 1);
+                    acc[mt][n][i] += wab[r * MQ_KBP].x * xab[t * MQ_KBP].x * (float)isum[mt][n][i];
+                }
+#endif
         __syncthreads();
     }
 #pragma unroll
@@ -359,15 +404,21 @@ __device__ __forceinline__ void mmq(const u8* __restrict__ Q, long long qs, cons
             for (int i = 0; i < 4; i++) {
                 const int r = row0 + (wm * MT + mt) * 16 + g + (i >> 1) * 8;
                 const int t = tok0 + (wn * NT + n) * 8 + 2 * c4 + (i & 1);
-                if (r < rows && t < nt) y[(long long)t * rows + r] = acc[mt][n][i];
+                if (r < rows && t < nt) {
+                    if (gridDim.z > 1)
+                        atomicAdd(y + (long long)t * rows + r, acc[mt][n][i]);
+                    else
+                        y[(long long)t * rows + r] = acc[mt][n][i];
+                }
             }
 }
 
 #define MMQ_ENTRY(NAME, WM, WN, MT, NT)                                                            \
     extern "C" __global__ void __launch_bounds__(MQ_THREADS)                                       \
         NAME(const u8* Q, long long qs, const u8* S, long long ss, const u8* D, long long ds,      \
-             int rows, int nunits, int K, const i8* xq, const float2* xa, float* y, int nt) {      \
-        mmq<WM, WN, MT, NT>(Q, qs, S, ss, D, ds, rows, nunits, K, xq, xa, y, nt);                  \
+             int rows, int nunits, int K, const i8* xq, const float2* xa, float* y, int nt,        \
+             int ksteps) {                                                                         \
+        mmq<WM, WN, MT, NT>(Q, qs, S, ss, D, ds, rows, nunits, K, xq, xa, y, nt, ksteps);          \
     }
 MMQ_ENTRY(mmq_n8, 4, 1, 1, 1)
 MMQ_ENTRY(mmq_n16, 4, 1, 1, 2)

@@ -115,6 +115,26 @@ const MMA_BN: [usize; 4] = [8, 16, 32, 64];
 const MMA_BM: usize = 64;
 /// Threads per block of the tensor-core kernels (`MQ_THREADS`).
 const MMA_THREADS: u32 = 128;
+/// Values of K per step of the tensor-core kernels (`MQ_KT`).
+const MMA_KT: usize = 256;
+/// Blocks per SM the tensor-core kernels' K split aims at: each block's steps
+/// are a serial chain of loads (latency-bound when few blocks cover the
+/// device), so products with few row and token tiles split K into pieces of
+/// at least [`MMA_MIN_STEPS`] steps and add them up.
+const MMA_TARGET_BLOCKS: usize = 4;
+const MMA_MIN_STEPS: usize = 2;
+
+/// (splits, steps per split) of K for a tensor-core launch of `tiles` row ×
+/// token tiles over K of `steps` steps, on `sms` SMs.
+fn mma_split(tiles: usize, steps: usize, sms: usize, fixed: Option<usize>) -> (usize, usize) {
+    let want = fixed.unwrap_or_else(|| {
+        (sms * MMA_TARGET_BLOCKS)
+            .div_ceil(tiles.max(1))
+            .min(steps / MMA_MIN_STEPS)
+    });
+    let ksteps = steps.div_ceil(want.clamp(1, steps.max(1)));
+    (steps.div_ceil(ksteps.max(1)).max(1), ksteps.max(1))
+}
 
 /// Dynamic shared memory of a tensor-core kernel with `bn` tokens per block
 /// (`mmq_smem` in mma.cu): the weight tile's codes (64 rows of 68 words) and
@@ -167,6 +187,9 @@ pub struct Geometry {
     /// Tokens per block of the tensor-core kernels, when fixed
     /// (`QUERN_CUDA_MMA_BN`: 8, 16, 32, 64; by default from the batch).
     pub mma_bn: Option<usize>,
+    /// Splits of K of the tensor-core kernels, when fixed (`QUERN_CUDA_MMA_SPLIT`;
+    /// by default enough for [`MMA_TARGET_BLOCKS`] blocks per SM).
+    pub mma_split: Option<usize>,
 }
 
 fn env_list(name: &str, ok: impl Fn(&usize) -> bool) -> Option<[usize; 5]> {
@@ -248,6 +271,7 @@ impl Geometry {
                 )
             },
             mma_bn: env_usize("QUERN_CUDA_MMA_BN").filter(|v| MMA_BN.contains(v)),
+            mma_split: env_usize("QUERN_CUDA_MMA_SPLIT").filter(|v| *v > 0),
         }
     }
 }
@@ -1219,6 +1243,27 @@ impl CudaBackend {
         let (sp, dp) = (w_ptr + l.s_offset as u64, w_ptr + l.d_offset as u64);
         let (rows, units, k) = (w.rows as i32, l.units as i32, w.k as i32);
         let nt = n_tokens as i32;
+        let (bx, by) = (w.rows.div_ceil(MMA_BM), n_tokens.div_ceil(bn));
+        let (splits, ksteps) = mma_split(
+            bx * by,
+            w.k.div_ceil(MMA_KT),
+            self.sm_count,
+            self.geometry.mma_split,
+        );
+        if splits > 1 {
+            // The splits add their partial sums to y.
+            // SAFETY: the caller's promise: y_ptr holds n_tokens * rows floats.
+            unsafe {
+                cudarc::driver::result::memset_d8_async(
+                    y_ptr,
+                    0,
+                    n_tokens * w.rows * 4,
+                    self.stream.cu_stream(),
+                )
+            }
+            .ctx("zeroing the split product's output")?;
+        }
+        let ksteps_i = ksteps as i32;
         self.stream
             .launch_builder(func)
             .arg(&w_ptr)
@@ -1234,12 +1279,9 @@ impl CudaBackend {
             .arg(&xa)
             .arg(&y_ptr)
             .arg(&nt)
+            .arg(&ksteps_i)
             .launch(LaunchConfig {
-                grid_dim: (
-                    w.rows.div_ceil(MMA_BM) as u32,
-                    n_tokens.div_ceil(bn) as u32,
-                    1,
-                ),
+                grid_dim: (bx as u32, by as u32, splits as u32),
                 block_dim: (MMA_THREADS, 1, 1),
                 shared_mem_bytes: *smem,
             })
@@ -1507,6 +1549,29 @@ mod tests {
             assert_eq!(chunk_elems(ty) % 256, 0, "{ty}");
         }
         assert_eq!(supported_types().count(), 15);
+    }
+
+    #[test]
+    fn mma_splits_cover_k_once() {
+        for steps in [1, 2, 3, 7, 16, 56] {
+            for tiles in [1, 16, 64, 224, 2000] {
+                for fixed in [None, Some(1), Some(3), Some(100)] {
+                    let (s, k) = mma_split(tiles, steps, 132, fixed);
+                    assert!(s >= 1 && k >= 1);
+                    // Every step in exactly one split, no split empty.
+                    assert!(
+                        s * k >= steps && (s - 1) * k < steps,
+                        "{steps} {tiles} {fixed:?}"
+                    );
+                    if fixed.is_none() && s > 1 {
+                        assert!(k >= MMA_MIN_STEPS);
+                    }
+                }
+            }
+        }
+        // Few tiles: K split; many: not.
+        assert!(mma_split(64, 16, 132, None).0 > 1);
+        assert_eq!(mma_split(2000, 16, 132, None).0, 1);
     }
 
     #[test]
