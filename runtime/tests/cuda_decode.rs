@@ -214,6 +214,23 @@ fn q4_k_device_decode_is_close_to_cpu() {
 }
 
 #[test]
+fn awq_folders_run_on_the_device() {
+    // AutoAWQ folders: the loader repacks each 4-bit linear into Q5_0 blocks
+    // exactly (source.rs), so on the GPU they take the repacked Q5_0 kernels
+    // (the tensor-core ones for the 73-token prefill). Both sides multiply by
+    // 8-bit activation codes per 32 and form the same integer sums.
+    use quern_quant::pipeline::{quantize_awq, AwqOptions};
+    for m in [TinyModel::llama(), TinyModel::qwen2()] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let folder = dir.path().join("hf");
+        m.write(&folder).expect("write tiny model");
+        let awq = dir.path().join("awq");
+        quantize_awq(&folder, &awq, &AwqOptions { group_size: 32 }, &NoProgress).expect("awq");
+        check(&format!("{} AWQ (group 32)", m.architecture), &awq, 3e-2);
+    }
+}
+
+#[test]
 fn greedy_generation_on_the_device_matches_the_cpu() {
     // `quern run --device cuda` drives DeviceModel through generate_with: the
     // same greedy tokens as the CPU model (f32 weights, so no near-tie flips).

@@ -306,7 +306,7 @@ fn tensor_core_kernels_match_the_f64_reference_and_the_cpu() {
             }
             return;
         };
-        assert!(be.use_mma(1), "setting {set:?}");
+        assert!(be.use_mma(GgmlType::Q4_0, 1), "setting {set:?}");
         let types: &[GgmlType] = if si == 5 { &[GgmlType::Q8_0] } else { &packed };
         be.prepare_types(types).expect("compile the kernels");
         for (i, &ty) in types.iter().enumerate() {

@@ -107,8 +107,12 @@ fn mmw_b1_override(ty: GgmlType) -> Option<(usize, usize)> {
 const MMW_WARPS: usize = 8;
 
 /// Activation rows from which the repacked formats' products run on the int8
-/// tensor-core kernels (`mmq_*`, mma.cu) by default.
+/// tensor-core kernels (`mmq_*`, mma.cu) by default, by the activations they
+/// take (measured on an H200, BENCHMARKS.md): 8 for the 32-value formats on
+/// 8-bit codes (their GEMV kernels are faster at 4 rows), 4 for Q8_0 on 16-bit
+/// codes and for Q4_K/Q6_K (the tensor-core kernels are as fast or faster at 4).
 const MMA_MIN: usize = 8;
+const MMA_MIN_WIDE: usize = 4;
 /// Tokens per block of each tensor-core kernel (`mmq_n8` .. `mmq_n64`).
 const MMA_BN: [usize; 4] = [8, 16, 32, 64];
 /// Weight rows per block of the tensor-core kernels (`MQ_BM`).
@@ -181,9 +185,11 @@ pub struct Geometry {
     /// (`QUERN_CUDA_MMW_STAGE`: 2, 4, 8, 16; default 8).
     pub mmw_stage: Option<usize>,
     /// Repacked formats: products of at least this many activation rows run on
-    /// the int8 tensor-core kernels (`mmq_*`, mma.cu) instead of the GEMV ones
-    /// (`QUERN_CUDA_MMA_MIN`; `QUERN_CUDA_MMA=0`: never).
+    /// the int8 tensor-core kernels (`mmq_*`, mma.cu) instead of the GEMV ones,
+    /// when fixed (`QUERN_CUDA_MMA_MIN`; by default by format, [`MMA_MIN`]).
     pub mma_min: Option<usize>,
+    /// `QUERN_CUDA_MMA=0`: never the tensor-core kernels.
+    pub mma_off: bool,
     /// Tokens per block of the tensor-core kernels, when fixed
     /// (`QUERN_CUDA_MMA_BN`: 8, 16, 32, 64; by default from the batch).
     pub mma_bn: Option<usize>,
@@ -261,15 +267,8 @@ impl Geometry {
             mmw_blocks_per_sm: env_usize("QUERN_CUDA_MMW_BPS").filter(|v| *v > 0),
             mmw_fuse: std::env::var("QUERN_CUDA_MMW_FUSE").as_deref() != Ok("0"),
             mmw_stage: env_usize("QUERN_CUDA_MMW_STAGE").filter(|v| [2, 4, 8, 16].contains(v)),
-            mma_min: if std::env::var("QUERN_CUDA_MMA").as_deref() == Ok("0") {
-                None
-            } else {
-                Some(
-                    env_usize("QUERN_CUDA_MMA_MIN")
-                        .filter(|v| *v > 0)
-                        .unwrap_or(MMA_MIN),
-                )
-            },
+            mma_min: env_usize("QUERN_CUDA_MMA_MIN").filter(|v| *v > 0),
+            mma_off: std::env::var("QUERN_CUDA_MMA").as_deref() == Ok("0"),
             mma_bn: env_usize("QUERN_CUDA_MMA_BN").filter(|v| MMA_BN.contains(v)),
             mma_split: env_usize("QUERN_CUDA_MMA_SPLIT").filter(|v| *v > 0),
         }
@@ -1019,7 +1018,7 @@ impl CudaBackend {
     ) -> Result<(), CudaError> {
         let (m, _) = self.module(w.ty)?;
         if let (Some(layout), Some(pf)) = (&w.packed, &m.pfuncs) {
-            if self.use_mma(n_tokens) && !m.mfuncs.is_empty() {
+            if self.use_mma(w.ty, n_tokens) && !m.mfuncs.is_empty() {
                 return self
                     .launch_mma(w, layout, &m, w_ptr, x_ptr, y_ptr, n_tokens, act, quantise);
             }
@@ -1188,11 +1187,20 @@ impl CudaBackend {
         Ok(())
     }
 
-    /// Whether a product of `n_tokens` activation rows over a repacked matrix
-    /// runs on the int8 tensor-core kernels: the same answer for every product
-    /// of one input, so products that share a quantisation agree on its form.
-    pub fn use_mma(&self, n_tokens: usize) -> bool {
-        self.geometry.mma_min.is_some_and(|m| n_tokens >= m)
+    /// Whether a product of `n_tokens` activation rows over a repacked matrix of
+    /// `ty` runs on the int8 tensor-core kernels: the same answer for every
+    /// product of one input whose weights share an [`ActKind`], so products
+    /// that share a quantisation agree on its form.
+    pub fn use_mma(&self, ty: GgmlType, n_tokens: usize) -> bool {
+        let g = &self.geometry;
+        if g.mma_off || !packed::has_packed(ty) {
+            return false;
+        }
+        let min = g.mma_min.unwrap_or(match packed_act_kind(ty) {
+            ActKind::Packed16 | ActKind::Packed256 => MMA_MIN_WIDE,
+            _ => MMA_MIN,
+        });
+        n_tokens >= min
     }
 
     /// The tensor-core path of [`Self::launch_gemv_raw`] (`mmq_*` in mma.cu):
