@@ -114,7 +114,12 @@ fn check(what: &str, path: &Path, tol: f64) {
     dm.clear();
     assert!(dm.prefill_batch() >= long.len());
     let g = dm.forward(&long, false).expect("long prefill");
-    compare(&format!("{what} (long prefill)"), &[g], &[c.clone()], tol);
+    compare(
+        &format!("{what} (long prefill)"),
+        &[g],
+        std::slice::from_ref(&c),
+        tol,
+    );
     for batch in [16, 4] {
         let mut small = DeviceModel::with_batch(&gpu, 128, Some(batch)).expect("device model");
         assert_eq!(small.prefill_batch(), batch);
@@ -122,7 +127,7 @@ fn check(what: &str, path: &Path, tol: f64) {
         compare(
             &format!("{what} (long prefill, batches of {batch})"),
             &[g],
-            &[c.clone()],
+            std::slice::from_ref(&c),
             tol,
         );
     }

@@ -193,16 +193,24 @@ __device__ __forceinline__ void mmq(const u8* __restrict__ Q, long long qs, cons
     const int nsteps = imin((K + MQ_KT - 1) / MQ_KT, step0 + ksteps);
     const int nblk = K >> 5;
 
-    // This thread's (row, unit) pairs: pair p = tid + i·128, row p / UPS, unit
-    // p % UPS (the same unit for every i; rows 128 / UPS apart). Row addresses
-    // are formed at each load (fewer registers held across the multiply).
+    // This thread's (row, unit) pairs: pair p = tid + i·128, row p / UPS, unit p % UPS.
+    const u8* qr[PT];
+    const u8* sr[PT];
+    const u8* dr[PT];
+#pragma unroll
+    for (int i = 0; i < PT; i++) {
+        const int p = tid + i * MQ_THREADS;
+        const long long rr = imin(row0 + p / MQ_UPS, rows - 1);
+        qr[i] = Q + rr * qs;
+        sr[i] = S + rr * ss;
+        dr[i] = D + rr * ds;
+    }
     Unit wr[PT];
     auto load_w = [&](int step) {
-        const int u = imin(step * MQ_UPS + tid % MQ_UPS, nunits - 1);
 #pragma unroll
         for (int i = 0; i < PT; i++) {
-            const long long rr = imin(row0 + (tid + i * MQ_THREADS) / MQ_UPS, rows - 1);
-            load_unit(wr[i], Q + rr * qs, S + rr * ss, D + rr * ds, u, nunits);
+            const int u = step * MQ_UPS + (tid + i * MQ_THREADS) % MQ_UPS;
+            load_unit(wr[i], qr[i], sr[i], dr[i], imin(u, nunits - 1), nunits);
         }
     };
     // The activations of a step: per token KB blocks of 32 codes (Q16: 64 bytes,
