@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use quern_formats::testutil::TinyModel;
 use quern_quant::mix::Mix;
 use quern_quant::pipeline::{quantize, NoProgress, OutType, QuantizeOptions};
-use quern_runtime::cuda::decode::{DeviceModel, PREFILL_BATCH};
+use quern_runtime::cuda::decode::{DeviceModel, MIN_PREFILL_BATCH};
 use quern_runtime::sampler::argmax;
 use quern_runtime::{CpuBackend, Model};
 
@@ -102,15 +102,35 @@ fn check(what: &str, path: &Path, tol: f64) {
         );
     }
 
-    // A prompt longer than one device batch, last logits only.
-    let long: Vec<u32> = (0..PREFILL_BATCH + 9)
+    // A prompt of 73 tokens: one device batch (the default holds it; the
+    // repacked formats' products on the tensor-core kernels), then batches of
+    // 16 (five passes: 16 rows and 9 on the tensor-core kernels), then of 4 (the
+    // GEMV kernels), last logits only.
+    let long: Vec<u32> = (0..MIN_PREFILL_BATCH + 9)
         .map(|i| ((i * 37 + 11) % vocab) as u32)
         .collect();
-    dm.clear();
-    let g = dm.forward(&long, false).expect("long prefill");
     let mut s = cpu.session(128);
     let c = cpu.forward(&mut s, &long, false).expect("cpu long prefill");
-    compare(&format!("{what} (long prefill)"), &[g], &[c], tol);
+    dm.clear();
+    assert!(dm.prefill_batch() >= long.len());
+    let g = dm.forward(&long, false).expect("long prefill");
+    compare(
+        &format!("{what} (long prefill)"),
+        &[g],
+        std::slice::from_ref(&c),
+        tol,
+    );
+    for batch in [16, 4] {
+        let mut small = DeviceModel::with_batch(&gpu, 128, Some(batch)).expect("device model");
+        assert_eq!(small.prefill_batch(), batch);
+        let g = small.forward(&long, false).expect("long prefill");
+        compare(
+            &format!("{what} (long prefill, batches of {batch})"),
+            &[g],
+            std::slice::from_ref(&c),
+            tol,
+        );
+    }
 }
 
 fn hf_to_gguf(m: &TinyModel, dir: &Path, outtype: OutType) -> PathBuf {
@@ -195,6 +215,23 @@ fn q4_k_device_decode_is_close_to_cpu() {
         )
         .expect("quantize");
         check(&format!("{} Q4_K_S", m.architecture), &q, 3e-2);
+    }
+}
+
+#[test]
+fn awq_folders_run_on_the_device() {
+    // AutoAWQ folders: the loader repacks each 4-bit linear into Q5_0 blocks
+    // exactly (source.rs), so on the GPU they take the repacked Q5_0 kernels
+    // (the tensor-core ones for the 73-token prefill). Both sides multiply by
+    // 8-bit activation codes per 32 and form the same integer sums.
+    use quern_quant::pipeline::{quantize_awq, AwqOptions};
+    for m in [TinyModel::llama(), TinyModel::qwen2()] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let folder = dir.path().join("hf");
+        m.write(&folder).expect("write tiny model");
+        let awq = dir.path().join("awq");
+        quantize_awq(&folder, &awq, &AwqOptions { group_size: 32 }, &NoProgress).expect("awq");
+        check(&format!("{} AWQ (group 32)", m.architecture), &awq, 3e-2);
     }
 }
 

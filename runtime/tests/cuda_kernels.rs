@@ -261,6 +261,76 @@ fn repacked_formats_through_every_kernel_path() {
     }
 }
 
+/// The int8 tensor-core kernels (`mmq_*`, mma.cu) of the seven repacked
+/// formats: every batch size through them (`QUERN_CUDA_MMA_MIN=1`), each tile
+/// width (`QUERN_CUDA_MMA_BN`), Q8_0 on 8-bit activation codes too, K split in
+/// three (`QUERN_CUDA_MMA_SPLIT`); odd batch
+/// sizes (1, 5, 17, 64, 100: tiles of tokens part-filled), row counts that are
+/// not a multiple of the 64-row tile, and rows of 576 and 1536 values (not a
+/// multiple of the 256-value step) beside whole steps.
+#[test]
+fn tensor_core_kernels_match_the_f64_reference_and_the_cpu() {
+    let packed = [
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q8_0,
+        GgmlType::Q4K,
+        GgmlType::Q6K,
+    ];
+    let settings: [&[(&str, &str)]; 7] = [
+        &[("QUERN_CUDA_MMA_MIN", "1")],
+        &[("QUERN_CUDA_MMA_MIN", "1"), ("QUERN_CUDA_MMA_BN", "8")],
+        &[("QUERN_CUDA_MMA_MIN", "1"), ("QUERN_CUDA_MMA_BN", "16")],
+        &[("QUERN_CUDA_MMA_MIN", "1"), ("QUERN_CUDA_MMA_BN", "32")],
+        &[("QUERN_CUDA_MMA_MIN", "1"), ("QUERN_CUDA_MMA_BN", "64")],
+        &[("QUERN_CUDA_MMA_MIN", "1"), ("QUERN_CUDA_Q8_ACT", "8")],
+        // K split in three (uneven pieces), the partial sums added up.
+        &[("QUERN_CUDA_MMA_MIN", "1"), ("QUERN_CUDA_MMA_SPLIT", "3")],
+    ];
+    // `QUERN_TEST_MMA_SETTINGS=0,4`: only those settings (memcheck runs).
+    let only: Option<Vec<usize>> = std::env::var("QUERN_TEST_MMA_SETTINGS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|p| p.trim().parse().ok()).collect());
+    for (si, set) in settings.iter().enumerate() {
+        if only.as_ref().is_some_and(|o| !o.contains(&si)) {
+            continue;
+        }
+        for (k, v) in set.iter() {
+            std::env::set_var(k, v);
+        }
+        let Some(be) = backend() else {
+            for (k, _) in set.iter() {
+                std::env::remove_var(k);
+            }
+            return;
+        };
+        assert!(be.use_mma(GgmlType::Q4_0, 1), "setting {set:?}");
+        let types: &[GgmlType] = if si == 5 { &[GgmlType::Q8_0] } else { &packed };
+        be.prepare_types(types).expect("compile the kernels");
+        for (i, &ty) in types.iter().enumerate() {
+            let seed = 900 + 10 * si as u64 + i as u64;
+            let batches: &[usize] = if si == 0 {
+                &[1, 5, 17, 64, 100]
+            } else {
+                &[3, 17, 64]
+            };
+            if ty.block_size() == 32 {
+                check(&be, ty, 1001, 576, batches, seed);
+                check(&be, ty, 77, 1536, batches, seed + 1);
+            } else {
+                check(&be, ty, 1001, 1280, batches, seed);
+            }
+            check(&be, ty, 130, 4352, &[9, 33], seed + 2);
+            be.clear_weights();
+        }
+        for (k, _) in set.iter() {
+            std::env::remove_var(k);
+        }
+    }
+}
+
 #[test]
 fn a_changed_matrix_is_uploaded_again() {
     let Some(be) = backend() else { return };

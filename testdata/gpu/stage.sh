@@ -27,7 +27,7 @@ for line in sys.stdin:
         print("test executable", name, "->", want[name])
 ' "$DEST"
 cp target/release/quern "$DEST/quern"
-cp testdata/gpu/run.sh testdata/gpu/torch_gemv.py testdata/gpu/summary.py testdata/gpu/sweep.py "$DEST/"
+cp testdata/gpu/run.sh testdata/gpu/torch_gemv.py testdata/gpu/torch_prefill.py testdata/gpu/summary.py testdata/gpu/sweep.py "$DEST/"
 # Line tables are not needed there; the carried tree is limited to 64 MiB.
 strip --strip-debug "$DEST/quern" "$DEST/cuda_kernels" "$DEST/cuda_model" "$DEST/cuda_decode" "$DEST/runtime_lib"
 du -sh "$DEST"

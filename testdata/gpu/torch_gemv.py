@@ -10,9 +10,10 @@ Method, as quern's: several copies of the weights (at least 512 MiB together,
 so each call reads from device memory, not the L2); a CUDA graph of 20 calls on
 successive copies, replayed between CUDA events, the median over 30 replays
 after warm-up, divided by 20.
-Usage: torch_gemv.py [OUT.json]
+Usage: [TORCH_BATCHES=1,4,16,64] torch_gemv.py [OUT.json]
 """
 import json
+import os
 import statistics
 import sys
 import time
@@ -20,7 +21,8 @@ import time
 import torch
 
 SHAPES = [(4096, 4096), (4096, 14336), (14336, 4096)]  # (in features, out features)
-BATCHES = [1, 4, 16]
+# TORCH_BATCHES="1,4,16,64" overrides the batch sizes.
+BATCHES = [int(b) for b in os.environ.get("TORCH_BATCHES", "1,4,16").split(",")]
 GROUP, SAMPLES, ROTATE = 20, 30, 512 << 20
 
 

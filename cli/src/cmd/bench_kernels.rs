@@ -51,8 +51,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             .collect::<Result<_>>()?;
     }
     if !args.batches.is_empty() {
-        if let Some(b) = args.batches.iter().find(|b| !(1..=16).contains(*b)) {
-            bail!("--batches: {b} is not in 1..=16");
+        if let Some(b) = args.batches.iter().find(|b| !(1..=512).contains(*b)) {
+            bail!("--batches: {b} is not in 1..=512");
         }
         cfg.batches = args.batches.clone();
     }

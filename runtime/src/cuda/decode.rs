@@ -11,8 +11,10 @@
 //!   attention's grid covers the whole context, its blocks past the current
 //!   length returning at once. `QUERN_CUDA_GRAPH=0` launches the same kernels
 //!   one by one instead (for comparison).
-//! - Prefill runs the same kernels over batches of up to [`PREFILL_BATCH`]
-//!   tokens (the GEMVs take 16 rows per launch), launched directly.
+//! - Prefill runs the same kernels over batches of up to
+//!   [`DeviceModel::prefill_batch`] tokens (by default [`PREFILL_BATCH`]),
+//!   launched directly; its products over the repacked formats run on the int8
+//!   tensor-core kernels (`mma.cu`), the others as GEMVs of 16 rows per launch.
 
 use std::sync::Arc;
 
@@ -25,8 +27,26 @@ use crate::backend::WeightView;
 use crate::error::RuntimeError;
 use crate::model::{Model, RopeMode};
 
-/// Tokens per prefill batch (bounds the activation buffers).
-pub const PREFILL_BATCH: usize = 64;
+/// Tokens per prefill batch by default (bounds the activation buffers); fewer
+/// when the attention's partial results for that many would pass
+/// [`PART_BUDGET`] bytes (long contexts), never fewer than [`MIN_PREFILL_BATCH`].
+/// `QUERN_CUDA_PREFILL_BATCH` overrides it (1..=4096), for tuning runs.
+pub const PREFILL_BATCH: usize = 512;
+pub const MIN_PREFILL_BATCH: usize = 64;
+const PART_BUDGET: usize = 1 << 30;
+
+/// Tokens per prefill batch for a cache of `n_chunks` attention chunks.
+fn prefill_batch(nh: usize, n_chunks: usize, hd: usize) -> usize {
+    if let Some(b) = std::env::var("QUERN_CUDA_PREFILL_BATCH")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|v| (1..=4096).contains(v))
+    {
+        return b;
+    }
+    let per_token = nh * n_chunks * (hd + 2) * 4;
+    (PART_BUDGET / per_token.max(1) / 16 * 16).clamp(MIN_PREFILL_BATCH, PREFILL_BATCH)
+}
 /// Cache positions per attention chunk (`ACH` in decode.cu): 8 for contexts up
 /// to 4096 positions (more, shorter blocks: decode's attention is latency-bound;
 /// measured +3 % on the 8B shape at 512 positions against 32), 32 beyond (the
@@ -102,7 +122,7 @@ struct DevLayer {
     v_cache: CudaSlice<f32>,
 }
 
-/// Activation buffers, `PREFILL_BATCH` rows each.
+/// Activation buffers, `prefill_batch` rows each.
 struct Buffers {
     x: CudaSlice<f32>,
     xn: CudaSlice<f32>,
@@ -167,6 +187,8 @@ pub struct DeviceModel<'m> {
     buf: Buffers,
     n_ctx: usize,
     n_chunks: usize,
+    /// Tokens per prefill pass at most (every activation buffer holds that many).
+    batch: usize,
     n_past: usize,
     embd_host: Vec<f32>,
 }
@@ -190,6 +212,16 @@ impl<'m> DeviceModel<'m> {
     /// KV cache of `n_ctx` positions (capped at the trained context). The model
     /// must have been opened on a [`CudaBackend`].
     pub fn new(model: &'m Model, n_ctx: usize) -> Result<DeviceModel<'m>, RuntimeError> {
+        Self::with_batch(model, n_ctx, None)
+    }
+
+    /// [`Self::new`] with at most `batch` tokens per prefill pass (None: the
+    /// default, [`PREFILL_BATCH`] or what the context leaves room for).
+    pub fn with_batch(
+        model: &'m Model,
+        n_ctx: usize,
+        batch: Option<usize>,
+    ) -> Result<DeviceModel<'m>, RuntimeError> {
         let be = cuda_backend(model)
             .ok_or_else(|| unsupported("the model was not opened on the CUDA backend".into()))?;
         let c = &model.config;
@@ -282,7 +314,9 @@ impl<'m> DeviceModel<'m> {
         let output_norm = up(out_norm)?;
         let freq_factors = model.rope_freq_factors().map(up).transpose()?;
         let n_chunks = n_ctx.div_ceil(ach);
-        let b = PREFILL_BATCH;
+        let b = batch
+            .filter(|&b| b > 0)
+            .unwrap_or_else(|| prefill_batch(nh, n_chunks, hd));
         let (d, qd, ff) = (c.n_embd, nh * hd, c.n_ff);
         let alloc = |n: usize| -> Result<CudaSlice<f32>, RuntimeError> {
             st.alloc_zeros(n.max(1))
@@ -337,9 +371,15 @@ impl<'m> DeviceModel<'m> {
             buf,
             n_ctx,
             n_chunks,
+            batch: b,
             n_past: 0,
             embd_host: Vec::new(),
         })
+    }
+
+    /// Tokens per prefill pass at most.
+    pub fn prefill_batch(&self) -> usize {
+        self.batch
     }
 
     pub fn n_past(&self) -> usize {
@@ -374,8 +414,8 @@ impl<'m> DeviceModel<'m> {
     pub fn forward(&mut self, tokens: &[u32], all_logits: bool) -> Result<Vec<f32>, RuntimeError> {
         let vocab = self.model.config.vocab;
         let mut out = Vec::with_capacity(if all_logits { tokens.len() } else { 1 } * vocab);
-        let n_chunks = tokens.len().div_ceil(PREFILL_BATCH);
-        for (i, chunk) in tokens.chunks(PREFILL_BATCH).enumerate() {
+        let n_chunks = tokens.len().div_ceil(self.batch);
+        for (i, chunk) in tokens.chunks(self.batch).enumerate() {
             let last = i + 1 == n_chunks;
             let rows = if all_logits { chunk.len() } else { 1 };
             if !all_logits && !last {
@@ -414,7 +454,7 @@ impl<'m> DeviceModel<'m> {
         Ok(best[0] as u32)
     }
 
-    /// Enqueues the pass over `tokens` (at most [`PREFILL_BATCH`]); with
+    /// Enqueues the pass over `tokens` (at most [`Self::prefill_batch`]); with
     /// `Some(rows)`, the logits of the last `rows` tokens into `buf.logits` and
     /// the argmax of the last one into `buf.best`.
     fn run(&mut self, tokens: &[u32], logits: Option<usize>) -> Result<(), RuntimeError> {
@@ -422,9 +462,10 @@ impl<'m> DeviceModel<'m> {
         if n == 0 {
             return Ok(());
         }
-        if n > PREFILL_BATCH || logits.is_some_and(|r| r == 0 || r > n) {
+        if n > self.batch || logits.is_some_and(|r| r == 0 || r > n) {
             return Err(unsupported(format!(
-                "{n} tokens in one pass (at most {PREFILL_BATCH}), logits of {logits:?} rows"
+                "{n} tokens in one pass (at most {}), logits of {logits:?} rows",
+                self.batch
             )));
         }
         if self.n_past + n > self.n_ctx {
@@ -461,7 +502,7 @@ impl<'m> DeviceModel<'m> {
                     .map_err(cuda_err)?;
             }
         } else {
-            // SAFETY: n <= PREFILL_BATCH (forward's chunks, or 1), the position
+            // SAFETY: n <= self.batch (forward's chunks, or 1), the position
             // written above plus n fits the context (checked above).
             unsafe { self.enqueue(n, logits) }.map_err(cuda_err)?;
         }
@@ -501,7 +542,7 @@ impl<'m> DeviceModel<'m> {
     /// `buf.x` and whose first position is in `buf.params`.
     ///
     /// # Safety
-    /// `n <= PREFILL_BATCH` (every buffer holds that many rows), `logits <= n`,
+    /// `n <= self.batch` (every buffer holds that many rows), `logits <= n`,
     /// and `buf.params` must hold a position `p` with `p + n <= n_ctx`: the
     /// kernels index the cache and buffers by them.
     unsafe fn enqueue(&self, n: usize, logits: Option<usize>) -> Result<(), CudaError> {
@@ -556,7 +597,7 @@ impl<'m> DeviceModel<'m> {
                 held = Some(kind);
             }
             // x holds rows × m.w.k floats (k == cols, checked at load), y rows ×
-            // m.w.rows, act act_bytes(max k, PREFILL_BATCH) bytes.
+            // m.w.rows, act act_bytes(max k, self.batch) bytes.
             be.launch_gemv_act(&m.w, m.ptr, x, y, rows, act, quantise)
         };
         let (nh_i, nkv_i, hd_i, nrot_i) = (nh as i32, nkv as i32, hd as i32, c.n_rot as i32);

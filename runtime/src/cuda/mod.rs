@@ -10,7 +10,13 @@
 //!   16 bytes), the first time it is multiplied; later products of the same bytes
 //!   reuse the device copy.
 //! - Batches of 1..=16 activation rows run one fused GEMV each; longer batches
-//!   (prefill) run it over slices of 16 rows (no tensor-core GEMM yet).
+//!   run it over slices of 16 rows. The repacked formats' products of 8 rows
+//!   or more (4 for Q8_0 on 16-bit codes and Q4_K/Q6_K) run instead on int8
+//!   tensor cores (`mma.cu`: mma.sync m16n8k32 over every row at once, the
+//!   CPU's integer sums per block of 32; K split across blocks when few tiles
+//!   cover the device). `QUERN_CUDA_MMA=0` keeps every product on the GEMV
+//!   kernels; `QUERN_CUDA_MMA_MIN`, `QUERN_CUDA_MMA_BN` (8, 16, 32, 64 tokens
+//!   per block) and `QUERN_CUDA_MMA_SPLIT` (splits of K) are tuning knobs.
 //! - The integer block formats (Q8_0, Q4_0/1, Q5_0/1, Q2_K..Q6_K) multiply
 //!   quantised activations with dp4a; the float formats and IQ4_NL/IQ4_XS multiply
 //!   f32 activations. `QUERN_CUDA_FLOAT_ACTS=1` puts every format on f32
@@ -44,6 +50,7 @@ use error::DriverContext;
 
 const GEMV_SRC: &str = include_str!("gemv.cu");
 const PACKED_SRC: &str = include_str!("packed.cu");
+const MMA_SRC: &str = include_str!("mma.cu");
 const DECODE_SRC: &str = include_str!("decode.cu");
 
 /// Warps per thread block, and rows per warp for each entry of [`BATCHES`], by
@@ -105,6 +112,61 @@ fn mmw_b1_override(ty: GgmlType) -> Option<(usize, usize)> {
 /// Warps per block of the warp kernels.
 const MMW_WARPS: usize = 8;
 
+/// Activation rows from which the repacked formats' products run on the int8
+/// tensor-core kernels (`mmq_*`, mma.cu) by default, by the activations they
+/// take (measured on an H200, BENCHMARKS.md): 8 for the 32-value formats on
+/// 8-bit codes (their GEMV kernels are faster at 4 rows), 4 for Q8_0 on 16-bit
+/// codes and for Q4_K/Q6_K (the tensor-core kernels are as fast or faster at 4).
+const MMA_MIN: usize = 8;
+const MMA_MIN_WIDE: usize = 4;
+/// Tokens per block of each tensor-core kernel (`mmq_n8` .. `mmq_n64`).
+const MMA_BN: [usize; 4] = [8, 16, 32, 64];
+/// Weight rows per block of the tensor-core kernels (`MQ_BM`).
+const MMA_BM: usize = 64;
+/// Threads per block of the tensor-core kernels (`MQ_THREADS`).
+const MMA_THREADS: u32 = 128;
+/// Values of K per step of the tensor-core kernels (`MQ_KT`).
+const MMA_KT: usize = 256;
+/// Blocks per SM the tensor-core kernels' K split aims at: each block's steps
+/// are a serial chain of loads (latency-bound when few blocks cover the
+/// device), so products with fewer than [`MMA_SPLIT_BELOW`] row × token tiles
+/// per SM split K into pieces of at least [`MMA_MIN_STEPS`] steps and add them
+/// up; products with more are not split (measured on an H200: 8B prefill of 512
+/// tokens 3 % faster with no split than with the split at 4 blocks per SM for
+/// every product; Q4_0 4096×4096 at batch 16 2.2× faster with it).
+const MMA_TARGET_BLOCKS: usize = 4;
+const MMA_SPLIT_BELOW: usize = 2;
+const MMA_MIN_STEPS: usize = 2;
+
+/// (splits, steps per split) of K for a tensor-core launch of `tiles` row ×
+/// token tiles over K of `steps` steps, on `sms` SMs.
+fn mma_split(tiles: usize, steps: usize, sms: usize, fixed: Option<usize>) -> (usize, usize) {
+    let want = fixed.unwrap_or_else(|| {
+        if tiles >= sms * MMA_SPLIT_BELOW {
+            return 1;
+        }
+        (sms * MMA_TARGET_BLOCKS)
+            .div_ceil(tiles.max(1))
+            .min(steps / MMA_MIN_STEPS)
+    });
+    let ksteps = steps.div_ceil(want.clamp(1, steps.max(1)));
+    (steps.div_ceil(ksteps.max(1)).max(1), ksteps.max(1))
+}
+
+/// Dynamic shared memory of a tensor-core kernel with `bn` tokens per block
+/// (`mmq_smem` in mma.cu): the weight tile's codes (64 rows of 68 words) and
+/// per-block scales (64 × 9 float pairs and ints), then two steps of
+/// activation codes (`bn` rows of 68 words; twice for 16-bit codes) and their
+/// scales (`bn` × 9 float pairs).
+fn mmq_smem_bytes(bn: usize, q16: bool) -> usize {
+    let (rw, kbp) = (68, 9);
+    MMA_BM * rw * 4
+        + MMA_BM * kbp * 8
+        + MMA_BM * kbp * 4
+        + 2 * bn * rw * 4 * if q16 { 2 } else { 1 }
+        + 2 * bn * kbp * 8
+}
+
 /// The kernels' launch geometry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Geometry {
@@ -135,6 +197,18 @@ pub struct Geometry {
     /// Fused warp kernels: float4 loads per lane the staging issues at once
     /// (`QUERN_CUDA_MMW_STAGE`: 2, 4, 8, 16; default 8).
     pub mmw_stage: Option<usize>,
+    /// Repacked formats: products of at least this many activation rows run on
+    /// the int8 tensor-core kernels (`mmq_*`, mma.cu) instead of the GEMV ones,
+    /// when fixed (`QUERN_CUDA_MMA_MIN`; by default by format, [`MMA_MIN`]).
+    pub mma_min: Option<usize>,
+    /// `QUERN_CUDA_MMA=0`: never the tensor-core kernels.
+    pub mma_off: bool,
+    /// Tokens per block of the tensor-core kernels, when fixed
+    /// (`QUERN_CUDA_MMA_BN`: 8, 16, 32, 64; by default from the batch).
+    pub mma_bn: Option<usize>,
+    /// Splits of K of the tensor-core kernels, when fixed (`QUERN_CUDA_MMA_SPLIT`;
+    /// by default enough for [`MMA_TARGET_BLOCKS`] blocks per SM).
+    pub mma_split: Option<usize>,
 }
 
 fn env_list(name: &str, ok: impl Fn(&usize) -> bool) -> Option<[usize; 5]> {
@@ -206,6 +280,10 @@ impl Geometry {
             mmw_blocks_per_sm: env_usize("QUERN_CUDA_MMW_BPS").filter(|v| *v > 0),
             mmw_fuse: std::env::var("QUERN_CUDA_MMW_FUSE").as_deref() != Ok("0"),
             mmw_stage: env_usize("QUERN_CUDA_MMW_STAGE").filter(|v| [2, 4, 8, 16].contains(v)),
+            mma_min: env_usize("QUERN_CUDA_MMA_MIN").filter(|v| *v > 0),
+            mma_off: std::env::var("QUERN_CUDA_MMA").as_deref() == Ok("0"),
+            mma_bn: env_usize("QUERN_CUDA_MMA_BN").filter(|v| MMA_BN.contains(v)),
+            mma_split: env_usize("QUERN_CUDA_MMA_SPLIT").filter(|v| *v > 0),
         }
     }
 }
@@ -397,6 +475,9 @@ struct GemvModule {
     wf_occupancy: Vec<u32>,
     /// Dynamic shared memory of each batch size's kernels.
     smem: Vec<u32>,
+    /// The repacked layout's int8 tensor-core kernels, one per entry of
+    /// [`MMA_BN`], with their dynamic shared memory.
+    mfuncs: Vec<(CudaFunction, u32)>,
 }
 
 /// Batch sizes (entries of [`BATCHES`]) with fused warp kernels.
@@ -775,6 +856,7 @@ impl CudaBackend {
             None
         };
         let (mut wfuncs, mut wffuncs, mut wf_occupancy) = (Vec::new(), Vec::new(), Vec::new());
+        let mut mfuncs = Vec::new();
         let pfuncs = if packed::has_packed(ty) {
             let mut p = Vec::with_capacity(BATCHES.len());
             for b in BATCHES {
@@ -800,6 +882,21 @@ impl CudaBackend {
                 wffuncs.push(f);
                 wf_occupancy.push(occ.max(1));
             }
+            let q16 = ty == GgmlType::Q8_0 && q8_act16();
+            for bn in MMA_BN {
+                let f = module
+                    .load_function(&format!("mmq_n{bn}"))
+                    .ctx(&format!("finding mmq_n{bn} in {name}"))?;
+                let smem = mmq_smem_bytes(bn, q16);
+                f.set_attribute(
+                    CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    smem as i32,
+                )
+                .ctx(&format!(
+                    "allowing {smem} bytes of shared memory for mmq_n{bn}"
+                ))?;
+                mfuncs.push((f, smem as u32));
+            }
             let quant = module
                 .load_function("quantize_act_ds")
                 .ctx(&format!("finding quantize_act_ds in {name}"))?;
@@ -815,6 +912,7 @@ impl CudaBackend {
             wffuncs,
             wf_occupancy,
             smem,
+            mfuncs,
         });
         lock(&self.modules).insert(ty, m.clone());
         Ok(m)
@@ -933,6 +1031,10 @@ impl CudaBackend {
     ) -> Result<(), CudaError> {
         let (m, _) = self.module(w.ty)?;
         if let (Some(layout), Some(pf)) = (&w.packed, &m.pfuncs) {
+            if self.use_mma(w.ty, n_tokens) && !m.mfuncs.is_empty() {
+                return self
+                    .launch_mma(w, layout, &m, w_ptr, x_ptr, y_ptr, n_tokens, act, quantise);
+            }
             if self.geometry.packed_kernel == PackedKernel::Warp {
                 return self
                     .launch_warp(w, layout, &m, w_ptr, x_ptr, y_ptr, n_tokens, act, quantise);
@@ -1095,6 +1197,116 @@ impl CudaBackend {
                 .map_err(|e| CudaError::driver(format!("launching the {} gemv", w.ty), e))?;
             t0 += nt;
         }
+        Ok(())
+    }
+
+    /// Whether a product of `n_tokens` activation rows over a repacked matrix of
+    /// `ty` runs on the int8 tensor-core kernels: the same answer for every
+    /// product of one input whose weights share an [`ActKind`], so products
+    /// that share a quantisation agree on its form.
+    pub fn use_mma(&self, ty: GgmlType, n_tokens: usize) -> bool {
+        let g = &self.geometry;
+        if g.mma_off || !packed::has_packed(ty) {
+            return false;
+        }
+        let min = g.mma_min.unwrap_or(match packed_act_kind(ty) {
+            ActKind::Packed16 | ActKind::Packed256 => MMA_MIN_WIDE,
+            _ => MMA_MIN,
+        });
+        n_tokens >= min
+    }
+
+    /// The tensor-core path of [`Self::launch_gemv_raw`] (`mmq_*` in mma.cu):
+    /// the activations' quantiser (unless `quantise` is false), then one launch
+    /// over every token: blocks of 64 weight rows × 8..64 tokens.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn launch_mma(
+        &self,
+        w: &DeviceWeight,
+        l: &packed::PackedLayout,
+        m: &GemvModule,
+        w_ptr: u64,
+        x_ptr: u64,
+        y_ptr: u64,
+        n_tokens: usize,
+        act: u64,
+        quantise: bool,
+    ) -> Result<(), CudaError> {
+        let Some((_, quant)) = &m.pfuncs else {
+            unreachable!("tensor-core kernels come with the repacked ones");
+        };
+        let cb = code_bytes(w.act_kind());
+        let codes = (cb * n_tokens * w.k).div_ceil(16) * 16;
+        let (xq, xa) = (act, act + codes as u64);
+        if quantise {
+            let nblocks = (n_tokens * w.k / 32) as i64;
+            let threads = 256u32;
+            self.stream
+                .launch_builder(quant)
+                .arg(&x_ptr)
+                .arg(&nblocks)
+                .arg(&xq)
+                .arg(&xa)
+                .launch(LaunchConfig {
+                    grid_dim: ((nblocks as u64 * 32).div_ceil(threads as u64) as u32, 1, 1),
+                    block_dim: (threads, 1, 1),
+                    shared_mem_bytes: 0,
+                })
+                .ctx("launching the activation quantiser")?;
+        }
+        let vi = match self.geometry.mma_bn {
+            Some(bn) => MMA_BN.iter().position(|&b| b == bn).unwrap_or(3),
+            None => MMA_BN.iter().position(|&b| b >= n_tokens).unwrap_or(3),
+        };
+        let (func, smem) = &m.mfuncs[vi];
+        let bn = MMA_BN[vi];
+        let (qs, ss, ds) = (l.q_stride as i64, l.s_stride as i64, l.d_stride as i64);
+        let (sp, dp) = (w_ptr + l.s_offset as u64, w_ptr + l.d_offset as u64);
+        let (rows, units, k) = (w.rows as i32, l.units as i32, w.k as i32);
+        let nt = n_tokens as i32;
+        let (bx, by) = (w.rows.div_ceil(MMA_BM), n_tokens.div_ceil(bn));
+        let (splits, ksteps) = mma_split(
+            bx * by,
+            w.k.div_ceil(MMA_KT),
+            self.sm_count,
+            self.geometry.mma_split,
+        );
+        if splits > 1 {
+            // The splits add their partial sums to y.
+            // SAFETY: the caller's promise: y_ptr holds n_tokens * rows floats.
+            unsafe {
+                cudarc::driver::result::memset_d8_async(
+                    y_ptr,
+                    0,
+                    n_tokens * w.rows * 4,
+                    self.stream.cu_stream(),
+                )
+            }
+            .ctx("zeroing the split product's output")?;
+        }
+        let ksteps_i = ksteps as i32;
+        self.stream
+            .launch_builder(func)
+            .arg(&w_ptr)
+            .arg(&qs)
+            .arg(&sp)
+            .arg(&ss)
+            .arg(&dp)
+            .arg(&ds)
+            .arg(&rows)
+            .arg(&units)
+            .arg(&k)
+            .arg(&xq)
+            .arg(&xa)
+            .arg(&y_ptr)
+            .arg(&nt)
+            .arg(&ksteps_i)
+            .launch(LaunchConfig {
+                grid_dim: (bx as u32, by as u32, splits as u32),
+                block_dim: (MMA_THREADS, 1, 1),
+                shared_mem_bytes: *smem,
+            })
+            .map_err(|e| CudaError::driver(format!("launching the {} mma product", w.ty), e))?;
         Ok(())
     }
 
@@ -1313,7 +1525,7 @@ fn module_name(ty: GgmlType) -> String {
 
 /// The source of the module for `ty`, as compiled.
 pub fn gemv_source(ty: GgmlType) -> Option<String> {
-    format_id(ty).map(|id| format!("#define QFMT {id}\n{GEMV_SRC}\n{PACKED_SRC}"))
+    format_id(ty).map(|id| format!("#define QFMT {id}\n{GEMV_SRC}\n{PACKED_SRC}\n{MMA_SRC}"))
 }
 
 #[cfg(test)]
@@ -1358,6 +1570,31 @@ mod tests {
             assert_eq!(chunk_elems(ty) % 256, 0, "{ty}");
         }
         assert_eq!(supported_types().count(), 15);
+    }
+
+    #[test]
+    fn mma_splits_cover_k_once() {
+        for steps in [1, 2, 3, 7, 16, 56] {
+            for tiles in [1, 16, 64, 224, 2000] {
+                for fixed in [None, Some(1), Some(3), Some(100)] {
+                    let (s, k) = mma_split(tiles, steps, 132, fixed);
+                    assert!(s >= 1 && k >= 1);
+                    // Every step in exactly one split, no split empty.
+                    assert!(
+                        s * k >= steps && (s - 1) * k < steps,
+                        "{steps} {tiles} {fixed:?}"
+                    );
+                    if fixed.is_none() && s > 1 {
+                        assert!(k >= MMA_MIN_STEPS);
+                    }
+                }
+            }
+        }
+        // Few tiles: K split; many: not.
+        assert!(mma_split(64, 16, 132, None).0 > 1);
+        assert_eq!(mma_split(224, 16, 132, None), (3, 6));
+        assert_eq!(mma_split(512, 16, 132, None).0, 1);
+        assert_eq!(mma_split(2000, 16, 132, None).0, 1);
     }
 
     #[test]
