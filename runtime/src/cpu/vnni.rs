@@ -684,6 +684,13 @@ unsafe fn legacy_wide<B: Layout, const T: usize>(
         _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
         _mm512_set1_epi32(stride as i32),
     );
+    // Rows 0..8 at 8-byte granularity (rows 8..16: the same from 8 rows on).
+    let idx8 = _mm256_mullo_epi32(
+        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        _mm256_set1_epi32(stride as i32),
+    );
+    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
     let low = _mm512_set1_epi8(15);
     let sixteen = _mm512_set1_epi8(16);
     let zero = _mm512_setzero_si512();
@@ -696,17 +703,45 @@ unsafe fn legacy_wide<B: Layout, const T: usize>(
                 _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(r * stride + 1024) as *const i8);
             }
         }
-        let dm = _mm512_i32gather_epi32::<1>(idx, p as *const _);
+        // The scale (and minimum) word, and for Q5 the fifth bits: with them,
+        // the first 8 bytes of each row's block through 8-byte gathers (Q5_1:
+        // d m | qh; Q5_0: d qh0 qh1 | qh2 qh3 ..).
+        let (dm, qh) = if B::QH {
+            let top = _mm512_i32gather_epi64::<1>(idx8, p as *const _);
+            let bottom = _mm512_i32gather_epi64::<1>(idx8, p.add(8 * stride) as *const _);
+            let (e, o) = (
+                _mm512_permutex2var_epi32(top, even, bottom),
+                _mm512_permutex2var_epi32(top, odd, bottom),
+            );
+            let qh = match B::QH_AT {
+                4 => o,
+                _ => _mm512_or_si512(_mm512_srli_epi32::<16>(e), _mm512_slli_epi32::<16>(o)),
+            };
+            (e, qh)
+        } else {
+            (_mm512_i32gather_epi32::<1>(idx, p as *const _), zero)
+        };
         let d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dm));
         let mut u = [zero; 8];
         let sp = if B::QH {
-            let qh = _mm512_i32gather_epi32::<1>(idx, p.add(B::QH_AT) as *const _);
             std::array::from_fn(|m| spread_byte(qh, m as u32))
         } else {
             [zero; 4]
         };
+        // The 16 code bytes of each row as two 8-byte gathers per eight rows
+        // (half the element loads of four 4-byte gathers, which bound this
+        // kernel in decode), split into words 2h and 2h + 1 by one permute
+        // each.
+        let mut qw = [zero; 4];
+        for h in 0..2 {
+            let top = _mm512_i32gather_epi64::<1>(idx8, p.add(B::QS + 8 * h) as *const _);
+            let bottom =
+                _mm512_i32gather_epi64::<1>(idx8, p.add(8 * stride + B::QS + 8 * h) as *const _);
+            qw[2 * h] = _mm512_permutex2var_epi32(top, even, bottom);
+            qw[2 * h + 1] = _mm512_permutex2var_epi32(top, odd, bottom);
+        }
         for k in 0..4 {
-            let q = _mm512_i32gather_epi32::<1>(idx, p.add(B::QS + 4 * k) as *const _);
+            let q = qw[k];
             u[k] = _mm512_and_si512(q, low);
             u[4 + k] = _mm512_and_si512(_mm512_srli_epi32::<4>(q), low);
             if B::QH {
