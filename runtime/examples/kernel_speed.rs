@@ -1,6 +1,6 @@
 //! Kernel throughput on this machine, by thread CPU time (so a busy machine
 //! does not distort it much): one thread, each format's decode product (one
-//! token) and prefill product (64 tokens) on a 1536 × 576 matrix, 2048 x 2048.
+//! token) and prefill product (64 tokens) on 1536 × 576, 512 × 2048 and 2048 × 2048 matrices.
 //!
 //!   cargo run --release -p quern-runtime --example kernel_speed [-- --one-row] [TYPE ...]
 //!
@@ -49,7 +49,8 @@ fn main() {
         GgmlType::Q6K,
         GgmlType::Bf16,
     ];
-    for (rows, cols) in [(1536usize, 576usize), (2048, 2048)] {
+    // 512 x 2048: K-quant rows whose weights stay in L2 (decode compute).
+    for (rows, cols) in [(1536usize, 576usize), (512, 2048), (2048, 2048)] {
         for ty in types {
             let name = format!("{ty}").to_ascii_lowercase();
             if cols % ty.block_size() != 0 || (!only.is_empty() && !only.contains(&name)) {

@@ -663,6 +663,39 @@ unsafe fn nibble_mask(spread: __m512i, high: bool) -> __mmask64 {
     _mm512_test_epi8_mask(spread, _mm512_set1_epi32(bits as i32))
 }
 
+/// Words at `off` and `off + 4` of sixteen rows (`stride` bytes apart from
+/// `p`; `idx8`: the first eight rows' offsets), lane r = row r: two 8-byte
+/// gathers of eight rows each, split by two permutes. Half the gathered
+/// elements of two 4-byte gathers, whose element loads bound the sixteen-row
+/// kernels in decode.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn gather_pair(
+    idx8: __m256i,
+    p: *const u8,
+    stride: usize,
+    off: usize,
+) -> (__m512i, __m512i) {
+    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    let top = _mm512_i32gather_epi64::<1>(idx8, p.add(off) as *const _);
+    let bottom = _mm512_i32gather_epi64::<1>(idx8, p.add(8 * stride + off) as *const _);
+    (
+        _mm512_permutex2var_epi32(top, even, bottom),
+        _mm512_permutex2var_epi32(top, odd, bottom),
+    )
+}
+
+/// The first eight rows' byte offsets for [`gather_pair`].
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn rows8(stride: usize) -> __m256i {
+    _mm256_mullo_epi32(
+        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        _mm256_set1_epi32(stride as i32),
+    )
+}
+
 /// Sixteen legacy rows (`stride` bytes apart from `base`, `nb` blocks each)
 /// against `T` tokens: `out[t][r]`. Lane r of every register is row r: per
 /// block, one gather per 32-bit word gives each row's scale and four nibble
@@ -684,13 +717,7 @@ unsafe fn legacy_wide<B: Layout, const T: usize>(
         _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
         _mm512_set1_epi32(stride as i32),
     );
-    // Rows 0..8 at 8-byte granularity (rows 8..16: the same from 8 rows on).
-    let idx8 = _mm256_mullo_epi32(
-        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-        _mm256_set1_epi32(stride as i32),
-    );
-    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    let idx8 = rows8(stride);
     let low = _mm512_set1_epi8(15);
     let sixteen = _mm512_set1_epi8(16);
     let zero = _mm512_setzero_si512();
@@ -707,12 +734,7 @@ unsafe fn legacy_wide<B: Layout, const T: usize>(
         // the first 8 bytes of each row's block through 8-byte gathers (Q5_1:
         // d m | qh; Q5_0: d qh0 qh1 | qh2 qh3 ..).
         let (dm, qh) = if B::QH {
-            let top = _mm512_i32gather_epi64::<1>(idx8, p as *const _);
-            let bottom = _mm512_i32gather_epi64::<1>(idx8, p.add(8 * stride) as *const _);
-            let (e, o) = (
-                _mm512_permutex2var_epi32(top, even, bottom),
-                _mm512_permutex2var_epi32(top, odd, bottom),
-            );
+            let (e, o) = gather_pair(idx8, p, stride, 0);
             let qh = match B::QH_AT {
                 4 => o,
                 _ => _mm512_or_si512(_mm512_srli_epi32::<16>(e), _mm512_slli_epi32::<16>(o)),
@@ -728,17 +750,10 @@ unsafe fn legacy_wide<B: Layout, const T: usize>(
         } else {
             [zero; 4]
         };
-        // The 16 code bytes of each row as two 8-byte gathers per eight rows
-        // (half the element loads of four 4-byte gathers, which bound this
-        // kernel in decode), split into words 2h and 2h + 1 by one permute
-        // each.
+        // The 16 code bytes of each row: words 2h and 2h + 1 of the codes.
         let mut qw = [zero; 4];
         for h in 0..2 {
-            let top = _mm512_i32gather_epi64::<1>(idx8, p.add(B::QS + 8 * h) as *const _);
-            let bottom =
-                _mm512_i32gather_epi64::<1>(idx8, p.add(8 * stride + B::QS + 8 * h) as *const _);
-            qw[2 * h] = _mm512_permutex2var_epi32(top, even, bottom);
-            qw[2 * h + 1] = _mm512_permutex2var_epi32(top, odd, bottom);
+            (qw[2 * h], qw[2 * h + 1]) = gather_pair(idx8, p, stride, B::QS + 8 * h);
         }
         for k in 0..4 {
             let q = qw[k];
@@ -848,11 +863,7 @@ unsafe fn q4_k_wide<const T: usize>(
     nb: usize,
     a: &[&[ActQ8K]; T],
 ) -> [[f32; WIDE_ROWS]; T] {
-    let idx = _mm512_mullo_epi32(
-        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-        _mm512_set1_epi32(stride as i32),
-    );
-    let gather = |p: *const u8| _mm512_i32gather_epi32::<1>(idx, p as *const _);
+    let idx8 = rows8(stride);
     let low = _mm512_set1_epi8(15);
     let zero = _mm512_setzero_si512();
     let m6 = _mm512_set1_epi32(0x3f3f_3f3f);
@@ -872,10 +883,10 @@ unsafe fn q4_k_wide<const T: usize>(
                 }
             }
         }
-        let dd = gather(p);
+        let (dd, w0) = gather_pair(idx8, p, stride, 0);
+        let (w1, w2) = gather_pair(idx8, p, stride, 8);
         let d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dd));
         let dmin = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(dd)));
-        let (w0, w1, w2) = (gather(p.add(4)), gather(p.add(8)), gather(p.add(12)));
         // Bytes j of `sc[h]` / `mn[h]`: scale / minimum of sub-block 4 h + j.
         let sc = [
             _mm512_and_si512(w0, m6),
@@ -906,7 +917,10 @@ unsafe fn q4_k_wide<const T: usize>(
         });
         let mut sb = [_mm512_setzero_ps(); T];
         for g in 0..4 {
-            let q: [__m512i; 8] = std::array::from_fn(|k| gather(p.add(16 + 32 * g + 4 * k)));
+            let mut q = [zero; 8];
+            for h in 0..4 {
+                (q[2 * h], q[2 * h + 1]) = gather_pair(idx8, p, stride, 16 + 32 * g + 8 * h);
+            }
             let lo: [__m512i; 8] = std::array::from_fn(|k| _mm512_and_si512(q[k], low));
             let hi: [__m512i; 8] =
                 std::array::from_fn(|k| _mm512_and_si512(_mm512_srli_epi32::<4>(q[k]), low));
@@ -1011,6 +1025,8 @@ unsafe fn q6_k_wide<const T: usize>(
         _mm512_set1_epi32(stride as i32),
     );
     let gather = |p: *const u8| _mm512_i32gather_epi32::<1>(idx, p as *const _);
+    let idx8 = rows8(stride);
+    let pair = |p: *const u8, off: usize| gather_pair(idx8, p, stride, off);
     let low = _mm512_set1_epi8(15);
     let top = _mm512_set1_epi8(0x30);
     let zero = _mm512_setzero_si512();
@@ -1029,7 +1045,9 @@ unsafe fn q6_k_wide<const T: usize>(
         let d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(gather(
             p.add(206),
         ))));
-        let scw: [__m512i; 4] = std::array::from_fn(|w| gather(p.add(192 + 4 * w)));
+        let (s0, s1) = pair(p, 192);
+        let (s2, s3) = pair(p, 200);
+        let scw = [s0, s1, s2, s3];
         // Scales as i16 pairs (2q, 2q + 1), for the offset.
         let scpair: [__m512i; 8] = std::array::from_fn(|q| {
             let x = scw[q / 2];
@@ -1050,11 +1068,15 @@ unsafe fn q6_k_wide<const T: usize>(
             for h in 0..2 {
                 // u[s][cc]: quarter s (values 128 g + 32 s + 4 c ..), c = 4 h + cc.
                 let mut u = [[zero; 4]; 4];
+                let (mut qas, mut qbs, mut qhs) = ([zero; 4], [zero; 4], [zero; 4]);
+                for e in 0..2 {
+                    let c = 4 * h + 2 * e;
+                    (qas[2 * e], qas[2 * e + 1]) = pair(p, 64 * g + 4 * c);
+                    (qbs[2 * e], qbs[2 * e + 1]) = pair(p, 64 * g + 32 + 4 * c);
+                    (qhs[2 * e], qhs[2 * e + 1]) = pair(p, 128 + 32 * g + 4 * c);
+                }
                 for cc in 0..4 {
-                    let c = 4 * h + cc;
-                    let qa = gather(p.add(64 * g + 4 * c));
-                    let qb = gather(p.add(64 * g + 32 + 4 * c));
-                    let qh = gather(p.add(128 + 32 * g + 4 * c));
+                    let (qa, qb, qh) = (qas[cc], qbs[cc], qhs[cc]);
                     u[0][cc] = _mm512_or_si512(
                         _mm512_and_si512(qa, low),
                         _mm512_and_si512(_mm512_slli_epi32::<4>(qh), top),
