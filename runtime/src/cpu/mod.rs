@@ -789,12 +789,7 @@ impl CpuBackend {
 
     fn run_tasks(&self, tasks: &[Task<'_>]) {
         let total: usize = tasks.iter().map(|t| t.items).sum();
-        let next = AtomicUsize::new(0);
-        let work = |_member: usize| loop {
-            let mut i = next.fetch_add(1, Ordering::Relaxed);
-            if i >= total {
-                break;
-            }
+        let run = |mut i: usize| {
             for t in tasks {
                 if i < t.items {
                     // SAFETY: see `Task::run`; kernels come from `kernel`, which
@@ -803,6 +798,26 @@ impl CpuBackend {
                     break;
                 }
                 i -= t.items;
+            }
+        };
+        // Three quarters of the items in one contiguous run per member, the
+        // rest handed out one by one to whoever is free. Taking every item
+        // from the shared counter moved its cache line between the cores once
+        // per item, a visible share of a small model's products (tens of
+        // microseconds each), and a contiguous run streams its rows in order.
+        let threads = self.pool.threads();
+        let fixed = total * 3 / 4 / threads;
+        let next = AtomicUsize::new(fixed * threads);
+        let work = |member: usize| {
+            for i in member * fixed..(member + 1) * fixed {
+                run(i);
+            }
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    break;
+                }
+                run(i);
             }
         };
         self.pool.run(&work);
