@@ -89,6 +89,49 @@ fn check(what: &str, path: &Path, tol: f64) {
         );
     }
 
+    // The activation quantisers fused into the kernels before the products
+    // (the default) make the codes the separate quantiser launches make, bit for
+    // bit: one token at a time (GEMV kernels only, deterministic) the logits
+    // are identical; the prefill of 5 (tensor-core kernels, whose split
+    // products add their parts atomically, in no fixed order) within 1e-6, as
+    // graph against direct launches above.
+    assert!(dm.fuses() || std::env::var("QUERN_CUDA_FUSE").as_deref() == Ok("0"));
+    let steps = |m: &mut DeviceModel<'_>| -> Vec<Vec<f32>> {
+        m.clear();
+        TOKENS
+            .iter()
+            .map(|&t| m.forward(&[t], false).expect("device step"))
+            .collect()
+    };
+    let mut plain = DeviceModel::new(&gpu, 128).expect("device model");
+    plain.set_fuse(false);
+    let mut fused = DeviceModel::new(&gpu, 128).expect("device model");
+    fused.set_fuse(true);
+    for (pos, (a, b)) in steps(&mut fused).iter().zip(&steps(&mut plain)).enumerate() {
+        assert!(
+            a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{what} position {pos}: fused and separate quantisers differ (max {})",
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0f32, f32::max)
+        );
+    }
+    let unfused = device_logits(&mut plain, vocab, &TOKENS);
+    compare(
+        &format!("{what} (quantisers not fused)"),
+        &unfused,
+        &want,
+        tol,
+    );
+    for (pos, (a, b)) in unfused.iter().zip(&graphed).enumerate() {
+        let e = common::rel_err(a, b);
+        assert!(
+            e < 1e-6,
+            "{what} position {pos}: fused and separate quantisers differ by {e}"
+        );
+    }
+
     // Greedy decoding on the device picks the argmax of the device's logits.
     eager.clear();
     eager.forward(&TOKENS[..5], false).expect("prefill");
