@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use quern_formats::testutil::TinyModel;
 use quern_quant::mix::Mix;
 use quern_quant::pipeline::{quantize, NoProgress, OutType, QuantizeOptions};
-use quern_runtime::cuda::decode::{DeviceModel, MIN_PREFILL_BATCH};
+use quern_runtime::cuda::decode::{DeviceModel, Fuse, MIN_PREFILL_BATCH};
 use quern_runtime::sampler::argmax;
 use quern_runtime::{CpuBackend, Model};
 
@@ -90,12 +90,12 @@ fn check(what: &str, path: &Path, tol: f64) {
     }
 
     // The activation quantisers fused into the kernels before the products
-    // (the default) make the codes the separate quantiser launches make, bit for
-    // bit: one token at a time (GEMV kernels only, deterministic) the logits
-    // are identical; the prefill of 5 (tensor-core kernels, whose split
-    // products add their parts atomically, in no fixed order) within 1e-6, as
-    // graph against direct launches above.
-    assert!(dm.fuses() || std::env::var("QUERN_CUDA_FUSE").as_deref() == Ok("0"));
+    // make the codes the separate quantiser launches make, bit for bit: one
+    // token at a time (GEMV kernels only, deterministic) the logits with every
+    // quantiser fused, with the default choice and with none are identical;
+    // the prefill of 5 (tensor-core kernels, whose split products add their
+    // parts atomically, in no fixed order) within 1e-6, as graph against direct
+    // launches above.
     let steps = |m: &mut DeviceModel<'_>| -> Vec<Vec<f32>> {
         m.clear();
         TOKENS
@@ -104,19 +104,25 @@ fn check(what: &str, path: &Path, tol: f64) {
             .collect()
     };
     let mut plain = DeviceModel::new(&gpu, 128).expect("device model");
-    plain.set_fuse(false);
-    let mut fused = DeviceModel::new(&gpu, 128).expect("device model");
-    fused.set_fuse(true);
-    for (pos, (a, b)) in steps(&mut fused).iter().zip(&steps(&mut plain)).enumerate() {
-        assert!(
-            a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
-            "{what} position {pos}: fused and separate quantisers differ (max {})",
-            a.iter()
-                .zip(b)
-                .map(|(x, y)| (x - y).abs())
-                .fold(0.0f32, f32::max)
-        );
+    plain.set_fuse(Fuse::Off);
+    let separate = steps(&mut plain);
+    for f in [Fuse::All, Fuse::Default] {
+        let mut fused = DeviceModel::new(&gpu, 128).expect("device model");
+        fused.set_fuse(f);
+        for (pos, (a, b)) in steps(&mut fused).iter().zip(&separate).enumerate() {
+            assert!(
+                a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{what} position {pos}: quantisers fused ({f:?}) and separate differ (max {})",
+                a.iter()
+                    .zip(b)
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0.0f32, f32::max)
+            );
+        }
     }
+    let mut all = DeviceModel::new(&gpu, 128).expect("device model");
+    all.set_fuse(Fuse::All);
+    let fused_all = device_logits(&mut all, vocab, &TOKENS);
     let unfused = device_logits(&mut plain, vocab, &TOKENS);
     compare(
         &format!("{what} (quantisers not fused)"),
@@ -124,7 +130,7 @@ fn check(what: &str, path: &Path, tol: f64) {
         &want,
         tol,
     );
-    for (pos, (a, b)) in unfused.iter().zip(&graphed).enumerate() {
+    for (pos, (a, b)) in unfused.iter().zip(&fused_all).enumerate() {
         let e = common::rel_err(a, b);
         assert!(
             e < 1e-6,

@@ -15,6 +15,9 @@
 //!   [`DeviceModel::prefill_batch`] tokens (by default [`PREFILL_BATCH`]),
 //!   launched directly; its products over the repacked formats run on the int8
 //!   tensor-core kernels (`mma.cu`), the others as GEMVs of 16 rows per launch.
+//! - The activation quantiser of a product runs, where [`Fuse`] says, inside the
+//!   kernel that makes its input (RMSNorm, the attention's combine, SwiGLU)
+//!   instead of as a launch of its own; the codes are the same bit for bit.
 
 use std::cell::Cell;
 use std::sync::Arc;
@@ -153,6 +156,46 @@ struct Buffers {
     arg_i: CudaSlice<i32>,
 }
 
+/// Which activation quantisers run inside the kernel that makes their input
+/// (`rms_norm_q`, `attn_combine_q`, `silu_mul_q` in decode.cu) instead of as
+/// launches of their own. The codes are the same either way, bit for bit; only
+/// the time differs. Measured on the 8B shape (BENCHMARKS.md, call F): fusing
+/// everything made prefill faster (Q4_K_M pp512 +3.5 %, Q4_0 +1.1 %) and Q4_0
+/// decode slightly faster (+0.9 %), but Q4_K_M decode slower (−2.6 %): with a
+/// single token the fused RMSNorm's quantisation to one scale per 256 runs on
+/// half the warps of one block, a longer chain than the separate quantiser's
+/// launch it saves. Hence the default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fuse {
+    /// Every quantiser a launch of its own (`QUERN_CUDA_FUSE=0`).
+    Off,
+    /// Every quantiser fused except, in single-token steps, those of the
+    /// per-256 layout (Q4_K, Q6_K inputs) — the default.
+    Default,
+    /// Every quantiser fused (`QUERN_CUDA_FUSE=1`).
+    All,
+}
+
+impl Fuse {
+    fn from_env() -> Fuse {
+        match std::env::var("QUERN_CUDA_FUSE").as_deref().map(str::trim) {
+            Ok("0") => Fuse::Off,
+            Ok("1") => Fuse::All,
+            _ => Fuse::Default,
+        }
+    }
+
+    /// Whether the quantiser of layout `mode` (decode.cu's) is fused in a pass
+    /// over `tokens` tokens.
+    fn applies(self, mode: i32, tokens: usize) -> bool {
+        match self {
+            Fuse::Off => false,
+            Fuse::All => true,
+            Fuse::Default => !(mode == 2 && tokens == 1),
+        }
+    }
+}
+
 /// Kernel groups left out of every pass, for timing what each costs
 /// (`QUERN_CUDA_DECODE_SKIP=norm,post,attn,silu`; the results are then wrong:
 /// a measurement aid only, as METHOD.md's "time variants that leave one stage
@@ -183,9 +226,9 @@ pub struct DeviceModel<'m> {
     // Declared first so that it is dropped before the buffers it refers to.
     graph: Option<CudaGraph>,
     use_graph: bool,
-    /// Whether the activation quantisers are fused into the kernels before the
-    /// products (`QUERN_CUDA_FUSE=0` turns it off).
-    fuse: bool,
+    /// Which activation quantisers are fused into the kernels before the
+    /// products (`QUERN_CUDA_FUSE`).
+    fuse: Fuse,
     skip: Skip,
     model: &'m Model,
     be: &'m CudaBackend,
@@ -370,7 +413,7 @@ impl<'m> DeviceModel<'m> {
         Ok(DeviceModel {
             graph: None,
             use_graph: std::env::var("QUERN_CUDA_GRAPH").as_deref() != Ok("0"),
-            fuse: std::env::var("QUERN_CUDA_FUSE").as_deref() != Ok("0"),
+            fuse: Fuse::from_env(),
             skip: Skip::from_env(),
             model,
             be,
@@ -420,19 +463,19 @@ impl<'m> DeviceModel<'m> {
         self.use_graph
     }
 
-    /// Whether the activation quantiser of a product runs inside the kernel
-    /// that makes its input (the RMSNorms before q/k/v, gate/up and the output,
-    /// the attention's combine before o, SwiGLU before down) instead of as a
-    /// launch of its own (default; `QUERN_CUDA_FUSE=0` turns it off). The codes
-    /// are the same either way, bit for bit.
-    pub fn set_fuse(&mut self, on: bool) {
-        if on != self.fuse {
-            self.fuse = on;
+    /// Which activation quantisers of the products run inside the kernel that
+    /// makes their input (the RMSNorms before q/k/v, gate/up and the output,
+    /// the attention's combine before o, SwiGLU before down) instead of as
+    /// launches of their own ([`Fuse`]; by default `QUERN_CUDA_FUSE`'s, else
+    /// [`Fuse::Default`]). The codes are the same either way, bit for bit.
+    pub fn set_fuse(&mut self, fuse: Fuse) {
+        if fuse != self.fuse {
+            self.fuse = fuse;
             self.graph = None;
         }
     }
 
-    pub fn fuses(&self) -> bool {
+    pub fn fuse(&self) -> Fuse {
         self.fuse
     }
 
@@ -600,13 +643,13 @@ impl<'m> DeviceModel<'m> {
         // when fusing and `m`'s kernels read a layout decode.cu makes: (mode,
         // codes, scale pairs). Once it ran, `act` holds `m`'s kind.
         let fq = |m: &Mat, rows: usize| -> Option<(i32, u64, u64)> {
-            if !self.fuse {
-                return None;
-            }
             let kind = m.w.act_kind();
             let mode = fused_act_mode(kind)?;
             let k = m.w.k;
-            if k % 32 != 0 || (mode == 2 && k % 256 != 0) {
+            if !self.fuse.applies(mode, n)
+                || !k.is_multiple_of(32)
+                || (mode == 2 && !k.is_multiple_of(256))
+            {
                 return None;
             }
             Some((mode, act, act + act_scales_offset(kind, rows, k) as u64))
