@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use quern_formats::testutil::TinyModel;
 use quern_quant::mix::Mix;
 use quern_quant::pipeline::{quantize, NoProgress, OutType, QuantizeOptions};
-use quern_runtime::cuda::decode::{DeviceModel, MIN_PREFILL_BATCH};
+use quern_runtime::cuda::decode::{DeviceModel, Fuse, MIN_PREFILL_BATCH};
 use quern_runtime::sampler::argmax;
 use quern_runtime::{CpuBackend, Model};
 
@@ -86,6 +86,55 @@ fn check(what: &str, path: &Path, tol: f64) {
         assert!(
             e < 1e-6,
             "{what} position {pos}: graph vs direct launches differ by {e}"
+        );
+    }
+
+    // The activation quantisers fused into the kernels before the products
+    // make the codes the separate quantiser launches make, bit for bit: one
+    // token at a time (GEMV kernels only, deterministic) the logits with every
+    // quantiser fused, with the default choice and with none are identical;
+    // the prefill of 5 (tensor-core kernels, whose split products add their
+    // parts atomically, in no fixed order) within 1e-6, as graph against direct
+    // launches above.
+    let steps = |m: &mut DeviceModel<'_>| -> Vec<Vec<f32>> {
+        m.clear();
+        TOKENS
+            .iter()
+            .map(|&t| m.forward(&[t], false).expect("device step"))
+            .collect()
+    };
+    let mut plain = DeviceModel::new(&gpu, 128).expect("device model");
+    plain.set_fuse(Fuse::Off);
+    let separate = steps(&mut plain);
+    for f in [Fuse::All, Fuse::Default] {
+        let mut fused = DeviceModel::new(&gpu, 128).expect("device model");
+        fused.set_fuse(f);
+        for (pos, (a, b)) in steps(&mut fused).iter().zip(&separate).enumerate() {
+            assert!(
+                a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{what} position {pos}: quantisers fused ({f:?}) and separate differ (max {})",
+                a.iter()
+                    .zip(b)
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0.0f32, f32::max)
+            );
+        }
+    }
+    let mut all = DeviceModel::new(&gpu, 128).expect("device model");
+    all.set_fuse(Fuse::All);
+    let fused_all = device_logits(&mut all, vocab, &TOKENS);
+    let unfused = device_logits(&mut plain, vocab, &TOKENS);
+    compare(
+        &format!("{what} (quantisers not fused)"),
+        &unfused,
+        &want,
+        tol,
+    );
+    for (pos, (a, b)) in unfused.iter().zip(&fused_all).enumerate() {
+        let e = common::rel_err(a, b);
+        assert!(
+            e < 1e-6,
+            "{what} position {pos}: fused and separate quantisers differ by {e}"
         );
     }
 

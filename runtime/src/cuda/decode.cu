@@ -330,3 +330,176 @@ argmax_final(const float* __restrict__ sv, const int* __restrict__ si, int parts
     block_argmax(best, idx, &rv, &ri);
     if (threadIdx.x == 0) out[0] = ri == 0x7fffffff ? 0 : ri;
 }
+
+// ---------------------------------------------------------------------------
+// Fused quantisers: the kernels above with the activation quantiser of the
+// product that reads their output (quantize_act_ds in packed.cu) folded in, so
+// the quantiser's launch and its re-read of the floats go away. `mode` is the
+// layout that product reads (ActKind in mod.rs): 1 = 8-bit codes with
+// (d, d·Σq) per 32 (Q4_0, Q4_1, Q5_0, Q5_1; Q8_0 with QUERN_CUDA_Q8_ACT=8),
+// 2 = the same with one d per 256 values (Q4_K, Q6_K), 3 = 16-bit codes per 32
+// stored as 32 high bytes then 32 low bytes, and (d, 0) (Q8_0). The float
+// outputs are written as before (products on other formats, and the residual,
+// read them); the codes and scales are those quantize_act_ds makes of them, bit
+// for bit: the same float values, the same operations (d = amax / levels,
+// roundf, integer Σq), so results match the unfused path exactly.
+
+// One lane's share of quantising the block of 32 values at index blk (the
+// warp's lanes hold its values, one each; amax is the block's, or for mode 2
+// the 256's, absolute maximum).
+__device__ __forceinline__ void quant_store(float v, float amax, long long blk, int mode,
+                                            signed char* __restrict__ xq,
+                                            float2* __restrict__ xa) {
+    int lane = threadIdx.x & 31;
+    if (mode == 3) {
+        const float d = amax / 32767.0f;
+        const float id = d > 0.0f ? 1.0f / d : 0.0f;
+        const int q = (int)roundf(v * id);
+        xq[blk * 64 + lane] = (signed char)(q >> 8);
+        xq[blk * 64 + 32 + lane] = (signed char)(q & 0xFF);
+        if (lane == 0) xa[blk] = make_float2(d, 0.0f);
+    } else {
+        const float d = amax / 127.0f;
+        const float id = d > 0.0f ? 1.0f / d : 0.0f;
+        const int q = (int)roundf(v * id);
+        xq[blk * 32 + lane] = (signed char)q;
+        int s = q;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+        if (lane == 0) xa[blk] = make_float2(d, d * (float)s);
+    }
+}
+
+// A block of 256 threads, one value each (v, valid when `in`): the 8 blocks of
+// 32 from blk0 (thread i's value is block blk0 + i / 32's lane i % 32),
+// quantised in `mode`. For mode 2 the 256 values are one super-block (every
+// thread valid); otherwise warps past the end (not `in`) return.
+__device__ __forceinline__ void block_quant256(float v, bool in, long long blk0, int mode,
+                                               signed char* __restrict__ xq,
+                                               float2* __restrict__ xa) {
+    __shared__ float wmax[8];
+    int warp = threadIdx.x >> 5;
+    float amax = warp_max(fabsf(in ? v : 0.0f));
+    if (mode == 2) {
+        if ((threadIdx.x & 31) == 0) wmax[warp] = amax;
+        __syncthreads();
+        amax = wmax[0];
+#pragma unroll
+        for (int i = 1; i < 8; i++) amax = fmaxf(amax, wmax[i]);
+    }
+    if (!in) return;
+    quant_store(v, amax, blk0 + warp, mode, xq, xa);
+}
+
+// rms_norm, then the quantiser of the product that reads `out` (rows of n
+// values, n a multiple of 32, of 256 for mode 2): warp w takes blocks of 32 (a
+// super-block of 8 for mode 2) w, w + warps, ... of its row. The sum of squares
+// runs exactly as in rms_norm (same threads, same order).
+extern "C" __global__ void rms_norm_q(float* __restrict__ x, const float* __restrict__ d,
+                                      const float* __restrict__ w, float* __restrict__ out,
+                                      int n, float eps, int mode, signed char* __restrict__ xq,
+                                      float2* __restrict__ xa) {
+    float* xr = x + (long long)blockIdx.x * n;
+    const float* dr = d ? d + (long long)blockIdx.x * n : 0;
+    float* orow = out + (long long)blockIdx.x * n;
+    double ss = 0.0;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        float v = xr[i];
+        if (dr) {
+            v += dr[i];
+            xr[i] = v;
+        }
+        ss += (double)(v * v);
+    }
+    ss = block_sum_d(ss);  // ends with a barrier: every xr[i] is written
+    float inv = 1.0f / sqrtf((float)(ss / n) + eps);
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    const int G = mode == 2 ? 8 : 1;
+    const int nb = n >> 5;
+    const long long rb = (long long)blockIdx.x * nb;
+    for (int b0 = warp * G; b0 < nb; b0 += nwarps * G) {
+        float v[8];
+        float am[8];
+        float m256 = 0.0f;
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            if (j < G) {
+                int i = (b0 + j) * 32 + lane;
+                v[j] = xr[i] * inv * w[i];
+                orow[i] = v[j];
+                am[j] = warp_max(fabsf(v[j]));
+                m256 = fmaxf(m256, am[j]);
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            if (j < G) quant_store(v[j], mode == 2 ? m256 : am[j], rb + b0 + j, mode, xq, xa);
+        }
+    }
+}
+
+// silu_mul (h *= silu(g), n elements, a multiple of 32; of 256 for mode 2),
+// then the quantiser of the down projection: blocks of 256 threads, one value
+// each.
+extern "C" __global__ void __launch_bounds__(256)
+silu_mul_q(const float* __restrict__ g, float* __restrict__ h, long long n, int mode,
+           signed char* __restrict__ xq, float2* __restrict__ xa) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    bool in = i < n;
+    float hv = 0.0f;
+    if (in) {
+        float gv = g[i];
+        hv = h[i] * (gv / (1.0f + expf(-gv)));
+        h[i] = hv;
+    }
+    block_quant256(hv, in, (long long)blockIdx.x * 8, mode, xq, xa);
+}
+
+// attn_combine for 256 consecutive outputs of token blockIdx.y (256 / hd query
+// heads, hd dividing 256), then the quantiser of the output projection: warp
+// j < 256 / hd finds head j's chunk weights and total as attn_combine's warp 0
+// does, then thread i computes output blockIdx.x * 256 + i with attn_combine's
+// loop. n_head * hd is a multiple of 32 (of 256 for mode 2).
+extern "C" __global__ void __launch_bounds__(256)
+attn_combine_q(const float* __restrict__ part, float* __restrict__ out,
+               const int* __restrict__ params, int n_head, int hd, int n_chunks, int mode,
+               signed char* __restrict__ xq, float2* __restrict__ xa) {
+    __shared__ float wc[8][MAXCH];
+    __shared__ float total[8];
+    int t = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int hpb = 256 / hd;
+    int h0 = blockIdx.x * hpb;
+    int len = params[0] + t + 1;
+    int nc = (len + ACH - 1) / ACH;
+    int stride = hd + 2;
+    if (warp < hpb && h0 + warp < n_head) {
+        const float* p = part + ((long long)t * n_head + h0 + warp) * n_chunks * stride;
+        float m = NEG_INF;
+        for (int c = lane; c < nc; c += 32) m = fmaxf(m, p[c * stride + hd]);
+        m = warp_max(m);
+        float l = 0.0f;
+        for (int c = lane; c < nc; c += 32) {
+            float w = expf(p[c * stride + hd] - m);
+            wc[warp][c] = w;
+            l += p[c * stride + hd + 1] * w;
+        }
+        l = warp_sum(l);
+        if (lane == 0) total[warp] = l;
+    }
+    __syncthreads();
+    int k = n_head * hd;
+    int e = blockIdx.x * 256 + threadIdx.x;
+    bool in = e < k;
+    float o = 0.0f;
+    if (in) {
+        int hl = threadIdx.x / hd, dd = threadIdx.x - hl * hd;
+        const float* p = part + ((long long)t * n_head + h0 + hl) * n_chunks * stride;
+        float inv = 1.0f / total[hl];
+        float a = 0.0f;
+#pragma unroll 4
+        for (int c = 0; c < nc; c++) a += p[c * stride + dd] * wc[hl][c];
+        o = a * inv;
+        out[(long long)t * k + e] = o;
+    }
+    block_quant256(o, in, ((long long)t * k + blockIdx.x * 256) / 32, mode, xq, xa);
+}

@@ -15,14 +15,21 @@
 //!   [`DeviceModel::prefill_batch`] tokens (by default [`PREFILL_BATCH`]),
 //!   launched directly; its products over the repacked formats run on the int8
 //!   tensor-core kernels (`mma.cu`), the others as GEMVs of 16 rows per launch.
+//! - The activation quantiser of a product runs, where [`Fuse`] says, inside the
+//!   kernel that makes its input (RMSNorm, the attention's combine, SwiGLU)
+//!   instead of as a launch of its own; the codes are the same bit for bit.
 
+use std::cell::Cell;
 use std::sync::Arc;
 
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{CudaFunction, CudaGraph, CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
 
 use super::error::DriverContext;
-use super::{act_bytes, ActKind, CudaBackend, CudaError, DeviceWeight, DECODE_SRC};
+use super::{
+    act_bytes, act_scales_offset, fused_act_mode, ActKind, CudaBackend, CudaError, DeviceWeight,
+    DECODE_SRC,
+};
 use crate::backend::WeightView;
 use crate::error::RuntimeError;
 use crate::model::{Model, RopeMode};
@@ -92,6 +99,9 @@ struct Kernels {
     attn_partial: CudaFunction,
     attn_combine: CudaFunction,
     silu_mul: CudaFunction,
+    rms_norm_q: CudaFunction,
+    silu_mul_q: CudaFunction,
+    attn_combine_q: CudaFunction,
     argmax_part: CudaFunction,
     argmax_final: CudaFunction,
 }
@@ -146,6 +156,46 @@ struct Buffers {
     arg_i: CudaSlice<i32>,
 }
 
+/// Which activation quantisers run inside the kernel that makes their input
+/// (`rms_norm_q`, `attn_combine_q`, `silu_mul_q` in decode.cu) instead of as
+/// launches of their own. The codes are the same either way, bit for bit; only
+/// the time differs. Measured on the 8B shape (BENCHMARKS.md, call F): fusing
+/// everything made prefill faster (Q4_K_M pp512 +3.5 %, Q4_0 +1.1 %) and Q4_0
+/// decode slightly faster (+0.9 %), but Q4_K_M decode slower (−2.6 %): with a
+/// single token the fused RMSNorm's quantisation to one scale per 256 runs on
+/// half the warps of one block, a longer chain than the separate quantiser's
+/// launch it saves. Hence the default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fuse {
+    /// Every quantiser a launch of its own (`QUERN_CUDA_FUSE=0`).
+    Off,
+    /// Every quantiser fused except, in single-token steps, those of the
+    /// per-256 layout (Q4_K, Q6_K inputs) — the default.
+    Default,
+    /// Every quantiser fused (`QUERN_CUDA_FUSE=1`).
+    All,
+}
+
+impl Fuse {
+    fn from_env() -> Fuse {
+        match std::env::var("QUERN_CUDA_FUSE").as_deref().map(str::trim) {
+            Ok("0") => Fuse::Off,
+            Ok("1") => Fuse::All,
+            _ => Fuse::Default,
+        }
+    }
+
+    /// Whether the quantiser of layout `mode` (decode.cu's) is fused in a pass
+    /// over `tokens` tokens.
+    fn applies(self, mode: i32, tokens: usize) -> bool {
+        match self {
+            Fuse::Off => false,
+            Fuse::All => true,
+            Fuse::Default => !(mode == 2 && tokens == 1),
+        }
+    }
+}
+
 /// Kernel groups left out of every pass, for timing what each costs
 /// (`QUERN_CUDA_DECODE_SKIP=norm,post,attn,silu`; the results are then wrong:
 /// a measurement aid only, as METHOD.md's "time variants that leave one stage
@@ -176,6 +226,9 @@ pub struct DeviceModel<'m> {
     // Declared first so that it is dropped before the buffers it refers to.
     graph: Option<CudaGraph>,
     use_graph: bool,
+    /// Which activation quantisers are fused into the kernels before the
+    /// products (`QUERN_CUDA_FUSE`).
+    fuse: Fuse,
     skip: Skip,
     model: &'m Model,
     be: &'m CudaBackend,
@@ -360,6 +413,7 @@ impl<'m> DeviceModel<'m> {
         Ok(DeviceModel {
             graph: None,
             use_graph: std::env::var("QUERN_CUDA_GRAPH").as_deref() != Ok("0"),
+            fuse: Fuse::from_env(),
             skip: Skip::from_env(),
             model,
             be,
@@ -407,6 +461,22 @@ impl<'m> DeviceModel<'m> {
 
     pub fn uses_graph(&self) -> bool {
         self.use_graph
+    }
+
+    /// Which activation quantisers of the products run inside the kernel that
+    /// makes their input (the RMSNorms before q/k/v, gate/up and the output,
+    /// the attention's combine before o, SwiGLU before down) instead of as
+    /// launches of their own ([`Fuse`]; by default `QUERN_CUDA_FUSE`'s, else
+    /// [`Fuse::Default`]). The codes are the same either way, bit for bit.
+    pub fn set_fuse(&mut self, fuse: Fuse) {
+        if fuse != self.fuse {
+            self.fuse = fuse;
+            self.graph = None;
+        }
+    }
+
+    pub fn fuse(&self) -> Fuse {
+        self.fuse
     }
 
     /// Runs `tokens` at the next positions; the logits of the last token, or of
@@ -567,34 +637,78 @@ impl<'m> DeviceModel<'m> {
         let act = ptr_of(be, &b.act);
         let params = ptr_of(be, &b.params);
         let (d_i, eps) = (d as i32, c.rms_eps);
-        let norm = |x: u64, dl: u64, w: u64, out: u64, rows: usize| -> Result<(), CudaError> {
-            st.launch_builder(&self.k.rms_norm)
+        // The kind of quantised activations `act` holds for the current input.
+        let held: Cell<Option<ActKind>> = Cell::new(None);
+        // The fused quantiser for the input of `m`'s product over `rows` tokens,
+        // when fusing and `m`'s kernels read a layout decode.cu makes: (mode,
+        // codes, scale pairs). Once it ran, `act` holds `m`'s kind.
+        let fq = |m: &Mat, rows: usize| -> Option<(i32, u64, u64)> {
+            let kind = m.w.act_kind();
+            let mode = fused_act_mode(kind)?;
+            let k = m.w.k;
+            if !self.fuse.applies(mode, n)
+                || !k.is_multiple_of(32)
+                || (mode == 2 && !k.is_multiple_of(256))
+            {
+                return None;
+            }
+            Some((mode, act, act + act_scales_offset(kind, rows, k) as u64))
+        };
+        let fused = |m: &Mat, q: &Option<(i32, u64, u64)>| {
+            if q.is_some() {
+                held.set(Some(m.w.act_kind()));
+            }
+        };
+        let norm = |x: u64,
+                    dl: u64,
+                    w: u64,
+                    out: u64,
+                    rows: usize,
+                    q: Option<(i32, u64, u64)>|
+         -> Result<(), CudaError> {
+            let cfg = LaunchConfig {
+                grid_dim: (rows as u32, 1, 1),
+                block_dim: (norm_threads(d), 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let Some((mode, xq, xa)) = q else {
+                return st
+                    .launch_builder(&self.k.rms_norm)
+                    .arg(&x)
+                    .arg(&dl)
+                    .arg(&w)
+                    .arg(&out)
+                    .arg(&d_i)
+                    .arg(&eps)
+                    .launch(cfg)
+                    .ctx("launching rms_norm")
+                    .map(|_| ());
+            };
+            st.launch_builder(&self.k.rms_norm_q)
                 .arg(&x)
                 .arg(&dl)
                 .arg(&w)
                 .arg(&out)
                 .arg(&d_i)
                 .arg(&eps)
-                .launch(LaunchConfig {
-                    grid_dim: (rows as u32, 1, 1),
-                    block_dim: (norm_threads(d), 1, 1),
-                    shared_mem_bytes: 0,
-                })
-                .ctx("launching rms_norm")
+                .arg(&mode)
+                .arg(&xq)
+                .arg(&xa)
+                .launch(cfg)
+                .ctx("launching rms_norm_q")
                 .map(|_| ())
         };
-        // The kind of quantised activations `act` holds for the current input.
-        let mut held: Option<ActKind> = None;
         // `same_input`: x is the previous product's input, unchanged since (q/k/v
-        // and gate/up share one input: quantised once per kind).
-        let mut gemv = |m: &Mat, x: u64, y: u64, rows: usize, same_input: bool| {
+        // and gate/up share one input: quantised once per kind; so is a product
+        // whose quantiser ran fused into the kernel before it).
+        let gemv = |m: &Mat, x: u64, y: u64, rows: usize, same_input: bool| {
             let kind = m.w.act_kind();
             if !same_input {
-                held = None;
+                held.set(None);
             }
-            let quantise = kind != ActKind::Float && held != Some(kind);
+            let quantise = kind != ActKind::Float && held.get() != Some(kind);
             if quantise {
-                held = Some(kind);
+                held.set(Some(kind));
             }
             // x holds rows × m.w.k floats (k == cols, checked at load), y rows ×
             // m.w.rows, act act_bytes(max k, self.batch) bytes.
@@ -613,10 +727,12 @@ impl<'m> DeviceModel<'m> {
             // The previous block's down projection joins the residual here.
             let dl = if li == 0 { 0 } else { delta };
             let sk = self.skip;
+            let qf = if sk.norm { None } else { fq(&l.wq, n) };
             if !sk.norm {
-                norm(x, dl, p(&l.attn_norm), xn, n)?;
+                norm(x, dl, p(&l.attn_norm), xn, n, qf)?;
             }
-            gemv(&l.wq, xn, q, n, false)?;
+            fused(&l.wq, &qf);
+            gemv(&l.wq, xn, q, n, qf.is_some())?;
             gemv(&l.wk, xn, kb, n, true)?;
             gemv(&l.wv, xn, vb, n, true)?;
             let (kc, vc) = (p(&l.k_cache), p(&l.v_cache));
@@ -649,6 +765,12 @@ impl<'m> DeviceModel<'m> {
                     })
                     .ctx("launching qkv_post")?;
             }
+            // The combine with o's quantiser: blocks of 256 outputs, whole heads.
+            let cf = if sk.attn || hd < 32 || 256 % hd != 0 {
+                None
+            } else {
+                fq(&l.wo, n)
+            };
             if !sk.attn {
                 st.launch_builder(&self.k.attn_partial)
                     .arg(&q)
@@ -667,6 +789,25 @@ impl<'m> DeviceModel<'m> {
                         shared_mem_bytes: 0,
                     })
                     .ctx("launching attn_partial")?;
+            }
+            if let Some((mode, xq, xa)) = cf {
+                st.launch_builder(&self.k.attn_combine_q)
+                    .arg(&part)
+                    .arg(&attn)
+                    .arg(&params)
+                    .arg(&nh_i)
+                    .arg(&hd_i)
+                    .arg(&n_chunks)
+                    .arg(&mode)
+                    .arg(&xq)
+                    .arg(&xa)
+                    .launch(LaunchConfig {
+                        grid_dim: ((nh * hd).div_ceil(256) as u32, n as u32, 1),
+                        block_dim: (256, 1, 1),
+                        shared_mem_bytes: 0,
+                    })
+                    .ctx("launching attn_combine_q")?;
+            } else if !sk.attn {
                 st.launch_builder(&self.k.attn_combine)
                     .arg(&part)
                     .arg(&attn)
@@ -681,13 +822,31 @@ impl<'m> DeviceModel<'m> {
                     })
                     .ctx("launching attn_combine")?;
             }
-            gemv(&l.wo, attn, delta, n, false)?;
+            fused(&l.wo, &cf);
+            gemv(&l.wo, attn, delta, n, cf.is_some())?;
+            let gf = if sk.norm { None } else { fq(&l.gate, n) };
             if !sk.norm {
-                norm(x, delta, p(&l.ffn_norm), xn, n)?;
+                norm(x, delta, p(&l.ffn_norm), xn, n, gf)?;
             }
-            gemv(&l.gate, xn, g, n, false)?;
+            fused(&l.gate, &gf);
+            gemv(&l.gate, xn, g, n, gf.is_some())?;
             gemv(&l.up, xn, h, n, true)?;
-            if !sk.silu {
+            let sf = if sk.silu { None } else { fq(&l.down, n) };
+            if let Some((mode, xq, xa)) = sf {
+                st.launch_builder(&self.k.silu_mul_q)
+                    .arg(&g)
+                    .arg(&h)
+                    .arg(&ffn)
+                    .arg(&mode)
+                    .arg(&xq)
+                    .arg(&xa)
+                    .launch(LaunchConfig {
+                        grid_dim: ((n * ff).div_ceil(256) as u32, 1, 1),
+                        block_dim: (256, 1, 1),
+                        shared_mem_bytes: 0,
+                    })
+                    .ctx("launching silu_mul_q")?;
+            } else if !sk.silu {
                 st.launch_builder(&self.k.silu_mul)
                     .arg(&g)
                     .arg(&h)
@@ -699,7 +858,8 @@ impl<'m> DeviceModel<'m> {
                     })
                     .ctx("launching silu_mul")?;
             }
-            gemv(&l.down, h, delta, n, false)?;
+            fused(&l.down, &sf);
+            gemv(&l.down, h, delta, n, sf.is_some())?;
         }
         let Some(rows) = logits else {
             // A prefill chunk whose logits nobody reads: the KV cache is all it
@@ -714,9 +874,11 @@ impl<'m> DeviceModel<'m> {
         } else {
             delta + row_off
         };
-        norm(x + row_off, dl, p(&self.output_norm), xn, rows)?;
+        let of = fq(&self.output, rows);
+        norm(x + row_off, dl, p(&self.output_norm), xn, rows, of)?;
+        fused(&self.output, &of);
         let lg = p(&b.logits);
-        gemv(&self.output, xn, lg, rows, false)?;
+        gemv(&self.output, xn, lg, rows, of.is_some())?;
         let vocab = c.vocab as i32;
         let best = ptr_of(be, &b.best);
         let last = lg + ((rows - 1) * c.vocab * 4) as u64;
@@ -780,6 +942,9 @@ fn load_kernels(be: &CudaBackend, ach: usize) -> Result<Kernels, CudaError> {
         attn_partial: f("attn_partial")?,
         attn_combine: f("attn_combine")?,
         silu_mul: f("silu_mul")?,
+        rms_norm_q: f("rms_norm_q")?,
+        silu_mul_q: f("silu_mul_q")?,
+        attn_combine_q: f("attn_combine_q")?,
         argmax_part: f("argmax_part")?,
         argmax_final: f("argmax_final")?,
     })

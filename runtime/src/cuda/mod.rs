@@ -412,6 +412,27 @@ fn packed_act_kind(ty: GgmlType) -> ActKind {
     }
 }
 
+/// The quantiser layout decode.cu's fused kernels (`rms_norm_q`, `silu_mul_q`,
+/// `attn_combine_q`) write for products whose activations are of `kind`: the
+/// layouts of `quantize_act_ds` (packed.cu), 1 = [`ActKind::Packed32`], 2 =
+/// [`ActKind::Packed256`], 3 = [`ActKind::Packed16`]; None for the others
+/// (their quantiser, if any, stays a launch of its own).
+pub(crate) fn fused_act_mode(kind: ActKind) -> Option<i32> {
+    match kind {
+        ActKind::Packed32 => Some(1),
+        ActKind::Packed256 => Some(2),
+        ActKind::Packed16 => Some(3),
+        ActKind::Float | ActKind::Q8 => None,
+    }
+}
+
+/// Where the scale pairs of `n_tokens` rows of `k` quantised activations of a
+/// repacked `kind` start in the activation buffer (the codes start at 0), as
+/// the repacked and tensor-core launches read them.
+pub(crate) fn act_scales_offset(kind: ActKind, n_tokens: usize, k: usize) -> usize {
+    (code_bytes(kind) * n_tokens * k).div_ceil(16) * 16
+}
+
 /// Bytes per activation code of `kind`.
 fn code_bytes(kind: ActKind) -> usize {
     if kind == ActKind::Packed16 {
@@ -1141,7 +1162,7 @@ impl CudaBackend {
         let g = self.geometry;
         // n*k codes, then a float pair per 32 (16-byte aligned).
         let cb = code_bytes(w.act_kind());
-        let codes = (cb * n_tokens * w.k).div_ceil(16) * 16;
+        let codes = act_scales_offset(w.act_kind(), n_tokens, w.k);
         let (xq, xa) = (act, act + codes as u64);
         let nblocks = (n_tokens * w.k / 32) as i64;
         let threads = 256u32;
@@ -1235,8 +1256,7 @@ impl CudaBackend {
         let Some((_, quant)) = &m.pfuncs else {
             unreachable!("tensor-core kernels come with the repacked ones");
         };
-        let cb = code_bytes(w.act_kind());
-        let codes = (cb * n_tokens * w.k).div_ceil(16) * 16;
+        let codes = act_scales_offset(w.act_kind(), n_tokens, w.k);
         let (xq, xa) = (act, act + codes as u64);
         if quantise {
             let nblocks = (n_tokens * w.k / 32) as i64;
@@ -1345,7 +1365,7 @@ impl CudaBackend {
         };
         let rows_per_warp = g.mmw_geometry(w.ty).0;
         let cb = code_bytes(w.act_kind());
-        let codes = (cb * n_tokens * w.k).div_ceil(16) * 16;
+        let codes = act_scales_offset(w.act_kind(), n_tokens, w.k);
         let (xq, xa) = (act, act + codes as u64);
         let fused = w.act_kind() == ActKind::Packed32
             && self.fused(n_tokens.min(MAX_BATCH), w.k)
