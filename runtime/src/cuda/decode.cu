@@ -54,14 +54,11 @@ __device__ double block_sum_d(double v) {
     return total;
 }
 
-// Row r of `rows` (one block each): if d, x += d first (the residual add,
-// written back); then out = x / sqrt(mean(x^2) + eps) * w.
-extern "C" __global__ void rms_norm(float* __restrict__ x, const float* __restrict__ d,
-                                    const float* __restrict__ w, float* __restrict__ out,
-                                    int n, float eps) {
-    float* xr = x + (long long)blockIdx.x * n;
-    const float* dr = d ? d + (long long)blockIdx.x * n : 0;
-    float* orow = out + (long long)blockIdx.x * n;
+// One block's row xr of n values: if dr, xr += dr first (the residual add,
+// written back); returns 1 / sqrt(mean(xr^2) + eps). Ends with block_sum_d's
+// barrier, so every xr[i] is written when it returns.
+__device__ float residual_inv_rms(float* __restrict__ xr, const float* __restrict__ dr, int n,
+                                  float eps) {
     double ss = 0.0;
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
         float v = xr[i];
@@ -72,7 +69,18 @@ extern "C" __global__ void rms_norm(float* __restrict__ x, const float* __restri
         ss += (double)(v * v);
     }
     ss = block_sum_d(ss);
-    float inv = 1.0f / sqrtf((float)(ss / n) + eps);
+    return 1.0f / sqrtf((float)(ss / n) + eps);
+}
+
+// Row r of `rows` (one block each): if d, x += d first (the residual add,
+// written back); then out = x / sqrt(mean(x^2) + eps) * w.
+extern "C" __global__ void rms_norm(float* __restrict__ x, const float* __restrict__ d,
+                                    const float* __restrict__ w, float* __restrict__ out,
+                                    int n, float eps) {
+    float* xr = x + (long long)blockIdx.x * n;
+    const float* dr = d ? d + (long long)blockIdx.x * n : 0;
+    float* orow = out + (long long)blockIdx.x * n;
+    float inv = residual_inv_rms(xr, dr, n, eps);
     for (int i = threadIdx.x; i < n; i += blockDim.x) orow[i] = xr[i] * inv * w[i];
 }
 
@@ -394,7 +402,7 @@ __device__ __forceinline__ void block_quant256(float v, bool in, long long blk0,
 // rms_norm, then the quantiser of the product that reads `out` (rows of n
 // values, n a multiple of 32, of 256 for mode 2): warp w takes blocks of 32 (a
 // super-block of 8 for mode 2) w, w + warps, ... of its row. The sum of squares
-// runs exactly as in rms_norm (same threads, same order).
+// is rms_norm's (`residual_inv_rms`: same threads, same order).
 extern "C" __global__ void rms_norm_q(float* __restrict__ x, const float* __restrict__ d,
                                       const float* __restrict__ w, float* __restrict__ out,
                                       int n, float eps, int mode, signed char* __restrict__ xq,
@@ -402,17 +410,7 @@ extern "C" __global__ void rms_norm_q(float* __restrict__ x, const float* __rest
     float* xr = x + (long long)blockIdx.x * n;
     const float* dr = d ? d + (long long)blockIdx.x * n : 0;
     float* orow = out + (long long)blockIdx.x * n;
-    double ss = 0.0;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        float v = xr[i];
-        if (dr) {
-            v += dr[i];
-            xr[i] = v;
-        }
-        ss += (double)(v * v);
-    }
-    ss = block_sum_d(ss);  // ends with a barrier: every xr[i] is written
-    float inv = 1.0f / sqrtf((float)(ss / n) + eps);
+    float inv = residual_inv_rms(xr, dr, n, eps);
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
     const int G = mode == 2 ? 8 : 1;
     const int nb = n >> 5;

@@ -1081,23 +1081,8 @@ impl CudaBackend {
         // The 8-bit activations: n*k codes, then n*k/32 scales (16-byte aligned).
         let (xq_ptr, xd_ptr) = if let Some((_, quant)) = q8.filter(|_| quantise) {
             let codes = (n_tokens * w.k).div_ceil(16) * 16;
-            let nblocks = (n_tokens * w.k / 32) as i64;
-            let threads = 256u32;
-            let blocks = (nblocks as u64 * 32).div_ceil(threads as u64) as u32;
-            let xq = act;
-            let xd = act + codes as u64;
-            self.stream
-                .launch_builder(quant)
-                .arg(&x_ptr)
-                .arg(&nblocks)
-                .arg(&xq)
-                .arg(&xd)
-                .launch(LaunchConfig {
-                    grid_dim: (blocks, 1, 1),
-                    block_dim: (threads, 1, 1),
-                    shared_mem_bytes: 0,
-                })
-                .ctx("launching the activation quantiser")?;
+            let (xq, xd) = (act, act + codes as u64);
+            self.quantise_acts(quant, x_ptr, n_tokens, w.k, xq, xd)?;
             (xq, xd)
         } else if q8.is_some() {
             (act, act + ((n_tokens * w.k).div_ceil(16) * 16) as u64)
@@ -1164,21 +1149,8 @@ impl CudaBackend {
         let cb = code_bytes(w.act_kind());
         let codes = act_scales_offset(w.act_kind(), n_tokens, w.k);
         let (xq, xa) = (act, act + codes as u64);
-        let nblocks = (n_tokens * w.k / 32) as i64;
-        let threads = 256u32;
         if quantise {
-            self.stream
-                .launch_builder(quant)
-                .arg(&x_ptr)
-                .arg(&nblocks)
-                .arg(&xq)
-                .arg(&xa)
-                .launch(LaunchConfig {
-                    grid_dim: ((nblocks as u64 * 32).div_ceil(threads as u64) as u32, 1, 1),
-                    block_dim: (threads, 1, 1),
-                    shared_mem_bytes: 0,
-                })
-                .ctx("launching the activation quantiser")?;
+            self.quantise_acts(quant, x_ptr, n_tokens, w.k, xq, xa)?;
         }
         // Enough warps that each thread has about `unroll` units per row.
         let warps = g
@@ -1259,20 +1231,7 @@ impl CudaBackend {
         let codes = act_scales_offset(w.act_kind(), n_tokens, w.k);
         let (xq, xa) = (act, act + codes as u64);
         if quantise {
-            let nblocks = (n_tokens * w.k / 32) as i64;
-            let threads = 256u32;
-            self.stream
-                .launch_builder(quant)
-                .arg(&x_ptr)
-                .arg(&nblocks)
-                .arg(&xq)
-                .arg(&xa)
-                .launch(LaunchConfig {
-                    grid_dim: ((nblocks as u64 * 32).div_ceil(threads as u64) as u32, 1, 1),
-                    block_dim: (threads, 1, 1),
-                    shared_mem_bytes: 0,
-                })
-                .ctx("launching the activation quantiser")?;
+            self.quantise_acts(quant, x_ptr, n_tokens, w.k, xq, xa)?;
         }
         let vi = match self.geometry.mma_bn {
             Some(bn) => MMA_BN.iter().position(|&b| b == bn).unwrap_or(3),
@@ -1329,6 +1288,37 @@ impl CudaBackend {
             .map_err(|e| CudaError::driver(format!("launching the {} mma product", w.ty), e))?;
         Ok(())
     }
+    /// Launches the activation quantiser `quant` over `n_tokens × k` floats at
+    /// `x_ptr` (one thread per value): codes to `xq`, scales to `xa`.
+    ///
+    /// # Safety
+    /// The three are device buffers of this context large enough for
+    /// `n_tokens × k` values in `quant`'s layout, and `k` is a multiple of 32.
+    unsafe fn quantise_acts(
+        &self,
+        quant: &CudaFunction,
+        x_ptr: u64,
+        n_tokens: usize,
+        k: usize,
+        xq: u64,
+        xa: u64,
+    ) -> Result<(), CudaError> {
+        let nblocks = (n_tokens * k / 32) as i64;
+        let threads = 256u32;
+        self.stream
+            .launch_builder(quant)
+            .arg(&x_ptr)
+            .arg(&nblocks)
+            .arg(&xq)
+            .arg(&xa)
+            .launch(LaunchConfig {
+                grid_dim: ((nblocks as u64 * 32).div_ceil(threads as u64) as u32, 1, 1),
+                block_dim: (threads, 1, 1),
+                shared_mem_bytes: 0,
+            })
+            .ctx("launching the activation quantiser")?;
+        Ok(())
+    }
 
     /// Whether a launch of `nt` tokens of `k` values takes the fused warp kernel
     /// (which quantises the activations itself and leaves `act` unwritten), for
@@ -1371,20 +1361,7 @@ impl CudaBackend {
             && self.fused(n_tokens.min(MAX_BATCH), w.k)
             && n_tokens <= MAX_BATCH;
         if quantise && !fused {
-            let nblocks = (n_tokens * w.k / 32) as i64;
-            let threads = 256u32;
-            self.stream
-                .launch_builder(quant)
-                .arg(&x_ptr)
-                .arg(&nblocks)
-                .arg(&xq)
-                .arg(&xa)
-                .launch(LaunchConfig {
-                    grid_dim: ((nblocks as u64 * 32).div_ceil(threads as u64) as u32, 1, 1),
-                    block_dim: (threads, 1, 1),
-                    shared_mem_bytes: 0,
-                })
-                .ctx("launching the activation quantiser")?;
+            self.quantise_acts(quant, x_ptr, n_tokens, w.k, xq, xa)?;
         }
         let warps = g.mmw_warps;
         let (qs, ss, ds) = (l.q_stride as i64, l.s_stride as i64, l.d_stride as i64);
