@@ -73,6 +73,11 @@ fn options(tc: &Toolchain) -> Vec<String> {
     if verbose() {
         o.push("--ptxas-options=-v".to_string());
     }
+    // `QUERN_CUDA_DEFINES="A=1 B"`: macros for every module, for experiments
+    // with the kernels' compile-time switches (part of the cache key).
+    if let Ok(defs) = std::env::var("QUERN_CUDA_DEFINES") {
+        o.extend(defs.split_whitespace().map(|d| format!("-D{d}")));
+    }
     o
 }
 

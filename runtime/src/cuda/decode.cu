@@ -77,6 +77,7 @@ __device__ float residual_inv_rms(float* __restrict__ xr, const float* __restric
 extern "C" __global__ void rms_norm(float* __restrict__ x, const float* __restrict__ d,
                                     const float* __restrict__ w, float* __restrict__ out,
                                     int n, float eps) {
+    PDL_ENTRY(x, d, w, out);
     float* xr = x + (long long)blockIdx.x * n;
     const float* dr = d ? d + (long long)blockIdx.x * n : 0;
     float* orow = out + (long long)blockIdx.x * n;
@@ -96,6 +97,7 @@ extern "C" __global__ void qkv_post(float* __restrict__ q, const float* __restri
                                     float* __restrict__ kc, float* __restrict__ vc,
                                     const int* __restrict__ params, int n_head, int n_kv, int hd,
                                     int n_rot, int neox, float eps, float ratio, float rope_scale) {
+    PDL_ENTRY(q, k, v, bq, bk, bv, qn, kn, freq_factors, kc, vc, params);
     __shared__ float s[MAXHD];
     int t = blockIdx.y, i = threadIdx.x, b = blockIdx.x;
     int pos = params[0] + t;
@@ -160,6 +162,7 @@ attn_partial(const float* __restrict__ q, const float* __restrict__ kc,
              const float* __restrict__ vc, float* __restrict__ part,
              const int* __restrict__ params, int n_head, int n_kv, int hd, int n_chunks,
              float scale) {
+    PDL_ENTRY(q, kc, vc, part, params);
     __shared__ __align__(16) float qs[MAXG * MAXHD];
     __shared__ float sc[MAXG * ACH];
     __shared__ float ms[MAXG], ls[MAXG];
@@ -241,6 +244,7 @@ attn_partial(const float* __restrict__ q, const float* __restrict__ kc,
 extern "C" __global__ void attn_combine(const float* __restrict__ part, float* __restrict__ out,
                                         const int* __restrict__ params, int n_head, int hd,
                                         int n_chunks) {
+    PDL_ENTRY(part, out, params);
     __shared__ float wc[MAXCH];
     __shared__ float total;
     int h = blockIdx.x, t = blockIdx.y, lane = threadIdx.x & 31;
@@ -275,6 +279,7 @@ extern "C" __global__ void attn_combine(const float* __restrict__ part, float* _
 // h *= silu(g), n elements.
 extern "C" __global__ void silu_mul(const float* __restrict__ g, float* __restrict__ h,
                                     long long n) {
+    PDL_ENTRY(g, h);
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) {
         float gv = g[i];
@@ -320,6 +325,7 @@ __device__ void block_argmax(float best, int idx, float* sv, int* si) {
 
 extern "C" __global__ void __launch_bounds__(ARGB)
 argmax_part(const float* __restrict__ x, int n, float* __restrict__ sv, int* __restrict__ si) {
+    PDL_ENTRY(x, sv, si);
     float best = NEG_INF;
     int idx = 0x7fffffff;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x)
@@ -330,6 +336,7 @@ argmax_part(const float* __restrict__ x, int n, float* __restrict__ sv, int* __r
 extern "C" __global__ void __launch_bounds__(ARGB)
 argmax_final(const float* __restrict__ sv, const int* __restrict__ si, int parts,
              int* __restrict__ out) {
+    PDL_ENTRY(sv, si, out);
     float best = NEG_INF;
     int idx = 0x7fffffff;
     for (int i = threadIdx.x; i < parts; i += blockDim.x) better(best, idx, sv[i], si[i]);
@@ -407,6 +414,7 @@ extern "C" __global__ void rms_norm_q(float* __restrict__ x, const float* __rest
                                       const float* __restrict__ w, float* __restrict__ out,
                                       int n, float eps, int mode, signed char* __restrict__ xq,
                                       float2* __restrict__ xa) {
+    PDL_ENTRY(x, d, w, out, xq, xa);
     float* xr = x + (long long)blockIdx.x * n;
     const float* dr = d ? d + (long long)blockIdx.x * n : 0;
     float* orow = out + (long long)blockIdx.x * n;
@@ -442,6 +450,7 @@ extern "C" __global__ void rms_norm_q(float* __restrict__ x, const float* __rest
 extern "C" __global__ void __launch_bounds__(256)
 silu_mul_q(const float* __restrict__ g, float* __restrict__ h, long long n, int mode,
            signed char* __restrict__ xq, float2* __restrict__ xa) {
+    PDL_ENTRY(g, h, xq, xa);
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     bool in = i < n;
     float hv = 0.0f;
@@ -462,6 +471,7 @@ extern "C" __global__ void __launch_bounds__(256)
 attn_combine_q(const float* __restrict__ part, float* __restrict__ out,
                const int* __restrict__ params, int n_head, int hd, int n_chunks, int mode,
                signed char* __restrict__ xq, float2* __restrict__ xa) {
+    PDL_ENTRY(part, out, params, xq, xa);
     __shared__ float wc[8][MAXCH];
     __shared__ float total[8];
     int t = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;

@@ -23,12 +23,14 @@ use std::cell::Cell;
 use std::sync::Arc;
 
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
-use cudarc::driver::{CudaFunction, CudaGraph, CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaGraph, CudaSlice, DevicePtr, LaunchConfig};
+
+use super::launch::Launch;
 
 use super::error::DriverContext;
 use super::{
     act_bytes, act_scales_offset, fused_act_mode, ActKind, CudaBackend, CudaError, DeviceWeight,
-    DECODE_SRC,
+    COMMON_SRC, DECODE_SRC,
 };
 use crate::backend::WeightView;
 use crate::error::RuntimeError;
@@ -574,7 +576,13 @@ impl<'m> DeviceModel<'m> {
         } else {
             // SAFETY: n <= self.batch (forward's chunks, or 1), the position
             // written above plus n fits the context (checked above).
-            unsafe { self.enqueue(n, logits) }.map_err(cuda_err)?;
+            let run = || unsafe { self.enqueue(n, logits) };
+            if n > 1 {
+                super::launch::without_pdl(run)
+            } else {
+                run()
+            }
+            .map_err(cuda_err)?;
         }
         self.n_past += n;
         Ok(())
@@ -672,8 +680,7 @@ impl<'m> DeviceModel<'m> {
                 shared_mem_bytes: 0,
             };
             let Some((mode, xq, xa)) = q else {
-                return st
-                    .launch_builder(&self.k.rms_norm)
+                return Launch::new(st, &self.k.rms_norm)
                     .arg(&x)
                     .arg(&dl)
                     .arg(&w)
@@ -684,7 +691,7 @@ impl<'m> DeviceModel<'m> {
                     .ctx("launching rms_norm")
                     .map(|_| ());
             };
-            st.launch_builder(&self.k.rms_norm_q)
+            Launch::new(st, &self.k.rms_norm_q)
                 .arg(&x)
                 .arg(&dl)
                 .arg(&w)
@@ -737,7 +744,7 @@ impl<'m> DeviceModel<'m> {
             gemv(&l.wv, xn, vb, n, true)?;
             let (kc, vc) = (p(&l.k_cache), p(&l.v_cache));
             if !sk.post {
-                st.launch_builder(&self.k.qkv_post)
+                Launch::new(st, &self.k.qkv_post)
                     .arg(&q)
                     .arg(&kb)
                     .arg(&vb)
@@ -772,7 +779,7 @@ impl<'m> DeviceModel<'m> {
                 fq(&l.wo, n)
             };
             if !sk.attn {
-                st.launch_builder(&self.k.attn_partial)
+                Launch::new(st, &self.k.attn_partial)
                     .arg(&q)
                     .arg(&kc)
                     .arg(&vc)
@@ -791,7 +798,7 @@ impl<'m> DeviceModel<'m> {
                     .ctx("launching attn_partial")?;
             }
             if let Some((mode, xq, xa)) = cf {
-                st.launch_builder(&self.k.attn_combine_q)
+                Launch::new(st, &self.k.attn_combine_q)
                     .arg(&part)
                     .arg(&attn)
                     .arg(&params)
@@ -808,7 +815,7 @@ impl<'m> DeviceModel<'m> {
                     })
                     .ctx("launching attn_combine_q")?;
             } else if !sk.attn {
-                st.launch_builder(&self.k.attn_combine)
+                Launch::new(st, &self.k.attn_combine)
                     .arg(&part)
                     .arg(&attn)
                     .arg(&params)
@@ -833,7 +840,7 @@ impl<'m> DeviceModel<'m> {
             gemv(&l.up, xn, h, n, true)?;
             let sf = if sk.silu { None } else { fq(&l.down, n) };
             if let Some((mode, xq, xa)) = sf {
-                st.launch_builder(&self.k.silu_mul_q)
+                Launch::new(st, &self.k.silu_mul_q)
                     .arg(&g)
                     .arg(&h)
                     .arg(&ffn)
@@ -847,7 +854,7 @@ impl<'m> DeviceModel<'m> {
                     })
                     .ctx("launching silu_mul_q")?;
             } else if !sk.silu {
-                st.launch_builder(&self.k.silu_mul)
+                Launch::new(st, &self.k.silu_mul)
                     .arg(&g)
                     .arg(&h)
                     .arg(&ffn)
@@ -883,7 +890,7 @@ impl<'m> DeviceModel<'m> {
         let best = ptr_of(be, &b.best);
         let last = lg + ((rows - 1) * c.vocab * 4) as u64;
         let (av, ai) = (p(&b.arg_v), ptr_of(be, &b.arg_i));
-        st.launch_builder(&self.k.argmax_part)
+        Launch::new(st, &self.k.argmax_part)
             .arg(&last)
             .arg(&vocab)
             .arg(&av)
@@ -895,7 +902,7 @@ impl<'m> DeviceModel<'m> {
             })
             .ctx("launching argmax_part")?;
         let parts = ARG_PARTS as i32;
-        st.launch_builder(&self.k.argmax_final)
+        Launch::new(st, &self.k.argmax_final)
             .arg(&av)
             .arg(&ai)
             .arg(&parts)
@@ -956,7 +963,7 @@ pub fn decode_source() -> String {
 }
 
 fn decode_source_with(ach: usize) -> String {
-    format!("#define ACH {ach}\n{DECODE_SRC}")
+    format!("#define ACH {ach}\n{COMMON_SRC}\n{DECODE_SRC}")
 }
 
 #[cfg(test)]

@@ -635,48 +635,58 @@ __device__ __forceinline__ void gemv(const u8* __restrict__ W, long long stride,
 
 extern "C" __global__ void __launch_bounds__(WARPS * 32)
     gemv_b1(const u8* W, long long stride, int rows, int K, const float* x, float* y, int nt) {
+    PDL_ENTRY(W, x, y);
     gemv<1, RB1, false>(W, stride, rows, K, x, nullptr, nullptr, y, nt);
 }
 extern "C" __global__ void __launch_bounds__(WARPS * 32)
     gemv_b2(const u8* W, long long stride, int rows, int K, const float* x, float* y, int nt) {
+    PDL_ENTRY(W, x, y);
     gemv<2, RB2, false>(W, stride, rows, K, x, nullptr, nullptr, y, nt);
 }
 extern "C" __global__ void __launch_bounds__(WARPS * 32)
     gemv_b4(const u8* W, long long stride, int rows, int K, const float* x, float* y, int nt) {
+    PDL_ENTRY(W, x, y);
     gemv<4, RB4, false>(W, stride, rows, K, x, nullptr, nullptr, y, nt);
 }
 extern "C" __global__ void __launch_bounds__(WARPS * 32)
     gemv_b8(const u8* W, long long stride, int rows, int K, const float* x, float* y, int nt) {
+    PDL_ENTRY(W, x, y);
     gemv<8, RB8, false>(W, stride, rows, K, x, nullptr, nullptr, y, nt);
 }
 extern "C" __global__ void __launch_bounds__(WARPS * 32)
     gemv_b16(const u8* W, long long stride, int rows, int K, const float* x, float* y, int nt) {
+    PDL_ENTRY(W, x, y);
     gemv<16, RB16, false>(W, stride, rows, K, x, nullptr, nullptr, y, nt);
 }
 #if HAS_INT
 extern "C" __global__ void __launch_bounds__(WARPS * 32)
     gemvq_b1(const u8* W, long long stride, int rows, int K, const i8* xq, const float* xd, float* y,
                int nt) {
+    PDL_ENTRY(W, xq, xd, y);
     gemv<1, RB1, true>(W, stride, rows, K, nullptr, xq, xd, y, nt);
 }
 extern "C" __global__ void __launch_bounds__(WARPS * 32)
     gemvq_b2(const u8* W, long long stride, int rows, int K, const i8* xq, const float* xd, float* y,
                int nt) {
+    PDL_ENTRY(W, xq, xd, y);
     gemv<2, RB2, true>(W, stride, rows, K, nullptr, xq, xd, y, nt);
 }
 extern "C" __global__ void __launch_bounds__(WARPS * 32)
     gemvq_b4(const u8* W, long long stride, int rows, int K, const i8* xq, const float* xd, float* y,
                int nt) {
+    PDL_ENTRY(W, xq, xd, y);
     gemv<4, RB4, true>(W, stride, rows, K, nullptr, xq, xd, y, nt);
 }
 extern "C" __global__ void __launch_bounds__(WARPS * 32)
     gemvq_b8(const u8* W, long long stride, int rows, int K, const i8* xq, const float* xd, float* y,
                int nt) {
+    PDL_ENTRY(W, xq, xd, y);
     gemv<8, RB8, true>(W, stride, rows, K, nullptr, xq, xd, y, nt);
 }
 extern "C" __global__ void __launch_bounds__(WARPS * 32)
     gemvq_b16(const u8* W, long long stride, int rows, int K, const i8* xq, const float* xd, float* y,
                int nt) {
+    PDL_ENTRY(W, xq, xd, y);
     gemv<16, RB16, true>(W, stride, rows, K, nullptr, xq, xd, y, nt);
 }
 
@@ -684,6 +694,7 @@ extern "C" __global__ void __launch_bounds__(WARPS * 32)
 // one warp per block of 32.
 extern "C" __global__ void quantize_act(const float* __restrict__ x, long long nblocks,
                                         i8* __restrict__ xq, float* __restrict__ xd) {
+    PDL_ENTRY(x, xq, xd);
     long long blk = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     int lane = threadIdx.x & 31;
     if (blk >= nblocks) return;

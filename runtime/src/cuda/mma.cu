@@ -418,6 +418,7 @@ __device__ __forceinline__ void mmq(const u8* __restrict__ Q, long long qs, cons
         NAME(const u8* Q, long long qs, const u8* S, long long ss, const u8* D, long long ds,      \
              int rows, int nunits, int K, const i8* xq, const float2* xa, float* y, int nt,        \
              int ksteps) {                                                                         \
+        PDL_ENTRY(Q, S, D, xq, xa, y);                                                             \
         mmq<WM, WN, MT, NT>(Q, qs, S, ss, D, ds, rows, nunits, K, xq, xa, y, nt, ksteps);          \
     }
 MMQ_ENTRY(mmq_n8, 4, 1, 1, 1)

@@ -30,6 +30,7 @@ pub mod bench;
 pub mod compile;
 pub mod decode;
 mod error;
+pub mod launch;
 pub mod packed;
 
 use std::collections::HashMap;
@@ -37,9 +38,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use cudarc::driver::sys::CUfunction_attribute_enum;
-use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
-};
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig};
+use launch::Launch;
 use quern_formats::GgmlType;
 
 use crate::backend::{check_matmul, Backend, WeightView};
@@ -48,6 +48,8 @@ pub use compile::Toolchain;
 pub use error::CudaError;
 use error::DriverContext;
 
+/// Prepended to every module: programmatic-dependent-launch helpers.
+const COMMON_SRC: &str = include_str!("common.cu");
 const GEMV_SRC: &str = include_str!("gemv.cu");
 const PACKED_SRC: &str = include_str!("packed.cu");
 const MMA_SRC: &str = include_str!("mma.cu");
@@ -659,6 +661,7 @@ impl CudaBackend {
         let (major, minor) = ctx
             .compute_capability()
             .ctx("reading the compute capability")?;
+        launch::configure(major);
         let mut driver_version = 0;
         // SAFETY: a plain out-parameter.
         unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut driver_version) }
@@ -1098,8 +1101,7 @@ impl CudaBackend {
             let r = if let Some((qf, _)) = q8 {
                 let xq = xq_ptr + (t0 * w.k) as u64;
                 let xd = xd_ptr + (t0 * w.k / 32 * 4) as u64;
-                self.stream
-                    .launch_builder(&qf[bi])
+                Launch::new(&self.stream, &qf[bi])
                     .arg(&w_ptr)
                     .arg(&stride)
                     .arg(&rows)
@@ -1111,8 +1113,7 @@ impl CudaBackend {
                     .launch(cfg(bi))
             } else {
                 let xp = x_ptr + (t0 * w.k * 4) as u64;
-                self.stream
-                    .launch_builder(&m.funcs[bi])
+                Launch::new(&self.stream, &m.funcs[bi])
                     .arg(&w_ptr)
                     .arg(&stride)
                     .arg(&rows)
@@ -1167,8 +1168,7 @@ impl CudaBackend {
             let xqt = xq + (cb * t0 * w.k) as u64;
             let xat = xa + (t0 * w.k / 32 * 8) as u64;
             let nt_i = nt as i32;
-            self.stream
-                .launch_builder(&funcs[bi])
+            Launch::new(&self.stream, &funcs[bi])
                 .arg(&w_ptr)
                 .arg(&qs)
                 .arg(&sp)
@@ -1264,8 +1264,7 @@ impl CudaBackend {
             .ctx("zeroing the split product's output")?;
         }
         let ksteps_i = ksteps as i32;
-        self.stream
-            .launch_builder(func)
+        Launch::new(&self.stream, func)
             .arg(&w_ptr)
             .arg(&qs)
             .arg(&sp)
@@ -1305,8 +1304,7 @@ impl CudaBackend {
     ) -> Result<(), CudaError> {
         let nblocks = (n_tokens * k / 32) as i64;
         let threads = 256u32;
-        self.stream
-            .launch_builder(quant)
+        Launch::new(&self.stream, quant)
             .arg(&x_ptr)
             .arg(&nblocks)
             .arg(&xq)
@@ -1388,8 +1386,7 @@ impl CudaBackend {
             let xqt = xq + (cb * t0 * w.k) as u64;
             let xat = xa + (t0 * w.k / 32 * 8) as u64;
             let nt_i = nt as i32;
-            self.stream
-                .launch_builder(func)
+            Launch::new(&self.stream, func)
                 .arg(&w_ptr)
                 .arg(&qs)
                 .arg(&sp)
@@ -1522,7 +1519,8 @@ fn module_name(ty: GgmlType) -> String {
 
 /// The source of the module for `ty`, as compiled.
 pub fn gemv_source(ty: GgmlType) -> Option<String> {
-    format_id(ty).map(|id| format!("#define QFMT {id}\n{GEMV_SRC}\n{PACKED_SRC}\n{MMA_SRC}"))
+    format_id(ty)
+        .map(|id| format!("#define QFMT {id}\n{COMMON_SRC}\n{GEMV_SRC}\n{PACKED_SRC}\n{MMA_SRC}"))
 }
 
 #[cfg(test)]

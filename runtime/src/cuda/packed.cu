@@ -387,6 +387,7 @@ __device__ __forceinline__ void mmv(const u8* __restrict__ Q, long long qs, cons
     extern "C" __global__ void __launch_bounds__(MAXWARPS * 32)                                    \
         NAME(const u8* Q, long long qs, const u8* S, long long ss, const u8* D, long long ds,      \
              int rows, int nunits, int K, const i8* xq, const float2* xa, float* y, int nt) {      \
+        PDL_ENTRY(xq, xa, y);                                                                      \
         mmv<BB, RR>(Q, qs, S, ss, D, ds, rows, nunits, K, xq, xa, y, nt);                          \
     }
 MMV_ENTRY(mmv_b1, 1, MR1)
@@ -582,6 +583,7 @@ __device__ __forceinline__ void mmw(const u8* __restrict__ Q, long long qs, cons
         NAME(const u8* Q, long long qs, const u8* S, long long ss, const u8* D, long long ds,      \
              int rows, int nunits, int K, const float* x, const i8* xq, const float2* xa, float* y, \
              int nt) {                                                                             \
+        PDL_ENTRY(Q, S, D, x, xq, xa, y);                                                          \
         mmw<BB, RR, UU, FF>(Q, qs, S, ss, D, ds, rows, nunits, K, x, xq, xa, y, nt);               \
     }
 MMW_ENTRY(mmw_b1, 1, WR1, WU1, false)
@@ -605,6 +607,7 @@ MMW_ENTRY(mmwf_b4, 4, WR4, WU4, true)
 // One thread per value, a warp per block of 32 (blockDim.x = 256).
 extern "C" __global__ void quantize_act_ds(const float* __restrict__ x, long long nblocks,
                                            i8* __restrict__ xq, float2* __restrict__ xa) {
+    PDL_ENTRY(x, xq, xa);
     long long blk = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     int lane = threadIdx.x & 31;
 #if ACT_K
