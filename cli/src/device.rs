@@ -1,4 +1,5 @@
-//! `--device cpu|cuda`: which backend `run` and `bench` multiply the weights on.
+//! `--device cpu|cuda`: which backend `run`, `bench`, `verify` and `calibrate`
+//! multiply the weights on.
 
 use anyhow::{Context, Result};
 use clap::ValueEnum;

@@ -32,17 +32,41 @@ fn cuda_without_a_gpu_is_a_one_line_error() {
     let dir = tempfile::tempdir().expect("tempdir");
     let missing = dir.path().join("missing.gguf");
     let missing = missing.to_str().expect("utf-8 path");
-    let o = quern(&["run", "--device", "cuda", "-p", "hi", missing]);
-    assert!(!o.status.success());
-    let err = stderr(&o);
-    assert!(!err.contains("panicked"), "{err}");
-    if err.contains("--device cuda") {
-        // No GPU here: the reason, on one line.
-        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
-    } else {
-        // A GPU: the missing file is what fails.
-        assert!(err.contains("missing.gguf"), "{err}");
+    let text = dir.path().join("calib.txt");
+    std::fs::write(&text, "some calibration text").expect("write text");
+    let text = text.to_str().expect("utf-8 path");
+    let imatrix = dir.path().join("out.imatrix.gguf");
+    let imatrix = imatrix.to_str().expect("utf-8 path");
+    for args in [
+        vec!["run", "--device", "cuda", "-p", "hi", missing],
+        vec![
+            "calibrate",
+            missing,
+            "-f",
+            text,
+            "-o",
+            imatrix,
+            "--device",
+            "cuda",
+        ],
+        vec!["verify", missing, "-r", missing, "--device", "cuda"],
+    ] {
+        let o = quern(&args);
+        assert!(!o.status.success(), "{args:?}");
+        let err = stderr(&o);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        if err.contains("--device cuda") {
+            // No GPU here: the reason, on one line.
+            assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        } else {
+            // A GPU: the missing file is what fails.
+            assert!(err.contains("missing.gguf"), "{args:?}: {err}");
+        }
     }
+    assert!(
+        !std::path::Path::new(imatrix).exists(),
+        "no importance matrix is written"
+    );
 }
 
 #[test]

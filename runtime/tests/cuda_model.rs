@@ -68,3 +68,47 @@ fn llama_q8_0_on_cuda_is_close_to_cpu() {
     // The CPU quantises activations to 8 bits for Q8_0; the GPU does not.
     check(TinyModel::llama(), OutType::Q8_0, 3e-2);
 }
+
+/// `quern calibrate --device cuda`: the importance matrix with every weight
+/// product on the GPU (the observer sees the host activations between them)
+/// equals the CPU's to float rounding, entry for entry, counts exactly.
+#[test]
+fn calibration_on_cuda_matches_cpu() {
+    use quern_runtime::calibrate::{self, CalibrateOptions};
+    for (m, process_output) in [(TinyModel::llama(), true), (TinyModel::qwen2(), false)] {
+        let Some(be) = cuda() else { return };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = common::tiny_gguf(&m, dir.path(), OutType::F32);
+        let gpu = Model::open(&path, Box::new(be)).expect("open on cuda");
+        let cpu = Model::open(&path, Box::new(CpuBackend::new())).expect("open on cpu");
+        let vocab = cpu.config.vocab as u64;
+        let toks: Vec<u32> = (0..100u64)
+            .map(|i| ((i * 2654435761 + 12345) % vocab) as u32)
+            .collect();
+        let opts = CalibrateOptions {
+            ctx: 16,
+            chunks: Some(3),
+            process_output,
+            dataset: "calib.txt".into(),
+        };
+        let run = |model: &Model| {
+            calibrate::importance_matrix(model, &toks, None, &opts, &calibrate::NoProgress)
+                .expect("calibrate")
+                .imatrix
+        };
+        let (g, c) = (run(&gpu), run(&cpu));
+        assert_eq!(g.entries.len(), c.entries.len());
+        assert!(!c.entries.is_empty());
+        for (ge, ce) in g.entries.iter().zip(&c.entries) {
+            assert_eq!(ge.name, ce.name);
+            assert_eq!(ge.counts, ce.counts, "{}: counts", ge.name);
+            let e = common::rel_err(&ge.sums, &ce.sums);
+            assert!(
+                e < 1e-5,
+                "{} {}: sums differ by {e}",
+                m.architecture,
+                ge.name
+            );
+        }
+    }
+}

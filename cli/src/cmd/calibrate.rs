@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use quern_runtime::calibrate::{self, CalibrateOptions, CalibrateProgress};
-use quern_runtime::{CpuBackend, Model};
+use quern_runtime::Model;
 
 /// Compute an importance matrix (imatrix) for importance-weighted quantisation.
 ///
@@ -59,6 +59,10 @@ pub struct CalibrateArgs {
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Where the weight products run (the observer reads every product's input
+    /// on the host, so the rest of the pass stays there).
+    #[arg(long, value_enum, default_value_t = crate::device::Device::Cpu)]
+    pub device: crate::device::Device,
 }
 
 struct Bar(ProgressBar);
@@ -81,7 +85,7 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
         );
     }
     let started = Instant::now();
-    let model = Model::open(&args.model, Box::new(CpuBackend::new()))
+    let model = Model::open(&args.model, crate::device::backend(args.device)?)
         .with_context(|| format!("cannot open {}", args.model.display()))?;
     calibrate::check_model(&model, args.ctx)?;
     let (tokens, bos) = calibrate::tokenize(&args.model, &args.text)?;
@@ -136,6 +140,7 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
             "entries": cal.imatrix.entries.len(),
             "output_collected": cal.output_collected,
             "threads": rayon::current_num_threads(),
+            "device": args.device.name(),
             "seconds": secs,
             "seconds_forward": run_secs,
             "tokens_per_second": evaluated as f64 / run_secs.max(1e-9),
