@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Bytes of an upload after which writeback to disk is started, so the
 /// fsync that publishes the blob has little left to do.
@@ -114,6 +114,11 @@ pub struct Storage {
     /// Running hash of each upload, so a chunked upload is not re-read at the end.
     /// Lost on restart; then the upload is hashed from disk.
     hashers: Mutex<HashMap<String, (Sha256, u64)>>,
+    /// One writer per upload: a PATCH whose connection broke can still be
+    /// appending when the client, resumed, asks the status and sends the next
+    /// chunk; the new request waits for the old one, then its Content-Range is
+    /// checked against what the old one left.
+    writers: Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
 
 impl Storage {
@@ -125,6 +130,7 @@ impl Storage {
         Ok(Storage {
             root: root.to_path_buf(),
             hashers: Mutex::new(HashMap::new()),
+            writers: Mutex::new(HashMap::new()),
         })
     }
 
@@ -218,10 +224,30 @@ impl Storage {
             .map_err(|_| StorageError::UploadUnknown(id.to_string()))
     }
 
-    /// Append a chunk. `start` (from Content-Range) must equal the bytes held.
-    /// Bytes that arrive before a broken connection are kept: the client asks
-    /// the upload's status and continues from there.
+    /// The lock that makes writers of upload `id` take turns.
+    fn writer_lock(&self, id: &str) -> Arc<Mutex<()>> {
+        let mut m = self.writers.lock().unwrap_or_else(|e| e.into_inner());
+        m.entry(id.to_string()).or_default().clone()
+    }
+
+    /// Append a chunk. `start` (from Content-Range) must equal the bytes held
+    /// once any other writer of this upload has finished. Bytes that arrive
+    /// before a broken connection are kept: the client asks the upload's status
+    /// and continues from there.
     pub fn append(
+        &self,
+        name: &str,
+        id: &str,
+        start: Option<u64>,
+        body: &mut dyn Read,
+    ) -> Result<u64, StorageError> {
+        let lock = self.writer_lock(id);
+        let _turn = lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.append_locked(name, id, start, body)
+    }
+
+    /// [`Storage::append`] for a caller holding the upload's writer lock.
+    fn append_locked(
         &self,
         name: &str,
         id: &str,
@@ -307,7 +333,9 @@ impl Storage {
         expected: &Digest,
         body: &mut dyn Read,
     ) -> Result<(), StorageError> {
-        let size = self.append(name, id, None, body)?;
+        let lock = self.writer_lock(id);
+        let _turn = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let size = self.append_locked(name, id, None, body)?;
         let p = self.upload_data(name, id)?;
         let cached = self
             .hashers
@@ -343,6 +371,11 @@ impl Storage {
         if let Ok(mut m) = self.hashers.lock() {
             m.remove(id);
         }
+        // Writers still holding the lock keep their Arc; later ones find no upload.
+        self.writers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
         self.upload_dir(id)
             .is_ok_and(|d| std::fs::remove_dir_all(d).is_ok())
     }
@@ -618,5 +651,72 @@ impl Storage {
     /// Uploads in progress (ids), for gc.
     pub fn uploads_dir(&self) -> PathBuf {
         self.root.join("uploads")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+
+    /// A request body that yields what the test sends, and ends when the
+    /// sender is dropped (a connection that is still delivering).
+    struct Trickle(mpsc::Receiver<Vec<u8>>, Vec<u8>);
+
+    impl Read for Trickle {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.1.is_empty() {
+                match self.0.recv() {
+                    Ok(v) => self.1 = v,
+                    Err(_) => return Ok(0),
+                }
+            }
+            let n = buf.len().min(self.1.len());
+            buf[..n].copy_from_slice(&self.1[..n]);
+            self.1.drain(..n);
+            Ok(n)
+        }
+    }
+
+    /// The resumed client's chunk arrives while the broken request still
+    /// appends: it waits, then fails its range check, and the bytes held are
+    /// the first request's alone (before, the two appended into one file at
+    /// once and the blob's digest came out wrong).
+    #[test]
+    fn a_second_writer_waits_for_the_first_then_its_range_is_checked() {
+        let root = tempfile::tempdir().unwrap();
+        let st = Storage::open(root.path()).unwrap();
+        let id = st.start_upload("ns/m").unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::scope(|s| {
+            let first = s.spawn(|| st.append("ns/m", &id, Some(0), &mut Trickle(rx, Vec::new())));
+            tx.send(vec![1u8; 1000]).unwrap();
+            let t0 = Instant::now();
+            while st.writer_lock(&id).try_lock().is_ok() {
+                assert!(
+                    t0.elapsed() < Duration::from_secs(10),
+                    "the first writer never started"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let second = s.spawn(|| st.append("ns/m", &id, Some(1000), &mut &[2u8; 500][..]));
+            std::thread::sleep(Duration::from_millis(200));
+            assert!(!second.is_finished(), "the second writer did not wait");
+            tx.send(vec![3u8; 24]).unwrap();
+            drop(tx);
+            assert_eq!(first.join().unwrap().unwrap(), 1024);
+            match second.join().unwrap() {
+                Err(StorageError::RangeMismatch {
+                    got: 1000,
+                    have: 1024,
+                }) => {}
+                other => panic!("second writer: {other:?}"),
+            }
+        });
+        let data = std::fs::read(st.upload_data("ns/m", &id).unwrap()).unwrap();
+        assert_eq!(data.len(), 1024);
+        assert!(data[..1000].iter().all(|&b| b == 1) && data[1000..].iter().all(|&b| b == 3));
+        assert!(st.cancel_upload("ns/m", &id));
     }
 }
