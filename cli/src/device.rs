@@ -4,6 +4,7 @@
 use anyhow::{Context, Result};
 use clap::ValueEnum;
 use quern_runtime::cuda::CudaBackend;
+use quern_runtime::precision::{set_act_bits, ActBits};
 use quern_runtime::{Backend, CpuBackend};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -33,4 +34,20 @@ pub fn backend(device: Device) -> Result<Box<dyn Backend>> {
         Device::Cpu => Box::new(CpuBackend::new()),
         Device::Cuda => Box::new(cuda()?),
     })
+}
+
+/// `--act-bits 8|16`.
+pub fn parse_act_bits(s: &str) -> std::result::Result<ActBits, String> {
+    s.trim()
+        .parse::<u32>()
+        .ok()
+        .and_then(ActBits::from_bits)
+        .ok_or_else(|| format!("{s:?}: the activation codes are 8 or 16 bits"))
+}
+
+/// Fixes `--act-bits` for the process, before any backend is made.
+pub fn apply_act_bits(bits: Option<ActBits>) {
+    if let Some(b) = bits {
+        set_act_bits(b);
+    }
 }

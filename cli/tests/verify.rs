@@ -565,3 +565,34 @@ fn reference_cache_is_reused_and_keyed() {
     fx.verify(&q8, &fx.hf, &args);
     assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 3 + 2 + 3);
 }
+
+/// `--act-bits`: the setting reaches the report, 16-bit activation codes bring a
+/// 4-bit artifact closer to its float reference (only the weights' rounding is
+/// left), and any other width is refused before anything runs.
+#[test]
+fn act_bits_reach_the_report_and_the_products() {
+    let fx = Fixture::new(&model());
+    let q = fx.quantize("Q4_0");
+    let mut kld = Vec::new();
+    for bits in ["8", "16"] {
+        let (code, r) = fx.verify(&q, &fx.f32, &[&EVAL[..], &["--act-bits", bits]].concat());
+        assert_eq!(code, 0, "{r:#}");
+        assert_eq!(r["settings"]["act_bits"].to_string(), bits);
+        kld.push(f(&r["outputs"]["kld"]["mean"]));
+    }
+    eprintln!(
+        "Q4_0 against F32: KLD {} at 8 bits, {} at 16",
+        kld[0], kld[1]
+    );
+    assert!(kld[1] > 0.0 && kld[1] < kld[0], "{kld:?}");
+    let o = quern(&[
+        "verify",
+        s(&q),
+        "--reference",
+        s(&fx.f32),
+        "--act-bits",
+        "12",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("8 or 16"), "{}", stderr(&o));
+}

@@ -10,6 +10,7 @@
 //! - [`source`]: GGUF, safetensors and AWQ weights seen through GGUF names;
 //! - [`model`]: the Llama / Qwen2 / Qwen3 forward pass with a KV cache, reading the
 //!   weights straight from the GGUF memory map;
+//! - [`precision`]: 8- or 16-bit activation codes for the 4- and 5-bit formats;
 //! - [`observe`]: hooks that see the activations entering each matrix (calibration);
 //! - [`calibrate`]: llama.cpp's importance matrix from a calibration text;
 //! - [`tokenizer`], [`sampler`], [`chat`]: text in and out;
@@ -27,6 +28,7 @@ pub mod eval;
 pub mod generate;
 pub mod model;
 pub mod observe;
+pub mod precision;
 pub mod sampler;
 pub mod source;
 pub mod synthetic;

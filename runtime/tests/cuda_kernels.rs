@@ -16,6 +16,7 @@ use quern_runtime::cuda::bench::Rng;
 use quern_runtime::cuda::{
     act_quantisation, packed, quantises_activations, supported_types, CudaBackend,
 };
+use quern_runtime::precision::uses_16bit_acts;
 
 fn backend() -> Option<CudaBackend> {
     common::cuda_backend()
@@ -145,7 +146,7 @@ fn check(be: &CudaBackend, ty: GgmlType, rows: usize, cols: usize, batches: &[us
         // repacked formats: 16-bit codes for Q8_0, one scale per 256 for the K
         // formats; 8 bits per 32 otherwise), both form the same integer sums.
         let cpu_scheme = match ty {
-            GgmlType::Q8_0 => Some((32, 32767)),
+            t if uses_16bit_acts(t, cpu.act_bits()) => Some((32, 32767)),
             t if cpu_quantises_acts(t) && t.block_size() == 256 => Some((256, 127)),
             t if cpu_quantises_acts(t) => Some((32, 127)),
             _ => None,
@@ -376,6 +377,61 @@ fn without_a_device_the_error_is_one_line() {
         Err(e) => {
             let msg = e.to_string();
             assert!(!msg.is_empty() && !msg.contains('\n'), "{msg:?}");
+        }
+    }
+}
+
+/// The seven repacked formats on 16-bit activation codes (`QUERN_ACT_BITS=16`,
+/// which the CPU backend made inside `check` reads too): the batch-1..16 GEMV
+/// kernels and the tensor-core ones (`QUERN_CUDA_MMA_MIN=1`, with K split in
+/// three), against the f64 reference within half a 16-bit step and against the
+/// CPU within 1e-5 (both form sums of the same 16-bit codes); rows of
+/// SmolLM2-135M's lengths.
+#[test]
+fn sixteen_bit_activations_match_the_f64_reference_and_the_cpu() {
+    let packed = [
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q8_0,
+        GgmlType::Q4K,
+        GgmlType::Q6K,
+    ];
+    let settings: [&[(&str, &str)]; 3] = [
+        &[("QUERN_ACT_BITS", "16")],
+        &[("QUERN_ACT_BITS", "16"), ("QUERN_CUDA_MMA_MIN", "1")],
+        &[
+            ("QUERN_ACT_BITS", "16"),
+            ("QUERN_CUDA_MMA_MIN", "1"),
+            ("QUERN_CUDA_MMA_SPLIT", "3"),
+        ],
+    ];
+    for (si, set) in settings.iter().enumerate() {
+        for (k, v) in set.iter() {
+            std::env::set_var(k, v);
+        }
+        let Some(be) = backend() else {
+            for (k, _) in set.iter() {
+                std::env::remove_var(k);
+            }
+            return;
+        };
+        be.prepare_types(&packed).expect("compile the kernels");
+        for (i, &ty) in packed.iter().enumerate() {
+            assert_eq!(act_quantisation(ty), Some((32, 32767)), "{ty}");
+            let seed = 900 + 10 * si as u64 + i as u64;
+            if ty.block_size() == 32 {
+                check(&be, ty, 1001, 576, &[1, 2, 4, 5, 16, 17, 64], seed);
+                check(&be, ty, 577, 1536, &[1, 8, 100], seed + 1);
+            } else {
+                check(&be, ty, 1001, 1536, &[1, 2, 4, 5, 16, 17, 64], seed);
+                check(&be, ty, 77, 4096, &[1, 100], seed + 1);
+            }
+            be.clear_weights();
+        }
+        for (k, _) in set.iter() {
+            std::env::remove_var(k);
         }
     }
 }

@@ -43,6 +43,13 @@ pub struct BenchArgs {
     /// Where the model runs (cuda: the whole forward pass on the first GPU).
     #[arg(long, value_enum, default_value_t = crate::device::Device::Cpu)]
     pub device: crate::device::Device,
+    /// Activation codes of the 4- and 5-bit formats' integer products (Q4_0,
+    /// Q4_1, Q5_0, Q5_1, Q4_K, Q6_K): 8 bits (fastest) or 16 (as Q8_0 always
+    /// has; slower, closer to the float product, and far less sensitive to
+    /// the order of float sums, so --device cuda and the CPU agree closely).
+    /// Default: QUERN_ACT_BITS, else 8.
+    #[arg(long, value_name = "8|16", value_parser = crate::device::parse_act_bits)]
+    pub act_bits: Option<quern_runtime::precision::ActBits>,
     /// Instead of a model: time each format's GEMV kernel (4096x4096, 4096x14336,
     /// 14336x4096; batch 1, 4, 16) against the device's copy bandwidth (needs
     /// --device cuda).
@@ -90,6 +97,7 @@ impl Drop for RemoveOnDrop {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
+    crate::device::apply_act_bits(args.act_bits);
     if args.kernels {
         return super::bench_kernels::run(&args);
     }
@@ -186,6 +194,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "model": artifact.display().to_string(),
             "arch": model.config.arch.name(),
             "backend": args.device.name(),
+            "act_bits": quern_runtime::precision::act_bits().bits(),
             "isa": isa,
             "threads": threads,
             "weight_bytes_per_token": size,

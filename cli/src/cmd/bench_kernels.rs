@@ -133,6 +133,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             "arch": report.arch,
             "driver_version": report.driver_version,
             "nvrtc_version": format!("{}.{}", tc.nvrtc_version.0, tc.nvrtc_version.1),
+            "act_bits": quern_runtime::precision::act_bits().bits(),
             "geometry": {
                 "warps_per_block": geo.warps,
                 "rows_per_warp": geo.rows_per_warp,

@@ -63,6 +63,13 @@ pub struct CalibrateArgs {
     /// on the host, so the rest of the pass stays there).
     #[arg(long, value_enum, default_value_t = crate::device::Device::Cpu)]
     pub device: crate::device::Device,
+    /// Activation codes of the 4- and 5-bit formats' integer products (Q4_0,
+    /// Q4_1, Q5_0, Q5_1, Q4_K, Q6_K): 8 bits (fastest) or 16 (as Q8_0 always
+    /// has; slower, closer to the float product, and far less sensitive to
+    /// the order of float sums, so --device cuda and the CPU agree closely).
+    /// Default: QUERN_ACT_BITS, else 8.
+    #[arg(long, value_name = "8|16", value_parser = crate::device::parse_act_bits)]
+    pub act_bits: Option<quern_runtime::precision::ActBits>,
 }
 
 struct Bar(ProgressBar);
@@ -77,6 +84,7 @@ impl CalibrateProgress for Bar {
 }
 
 pub fn run(args: CalibrateArgs) -> Result<()> {
+    crate::device::apply_act_bits(args.act_bits);
     crate::threads::init(args.threads)?;
     if args.output.is_dir() {
         anyhow::bail!(
@@ -141,6 +149,7 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
             "output_collected": cal.output_collected,
             "threads": rayon::current_num_threads(),
             "device": args.device.name(),
+            "act_bits": quern_runtime::precision::act_bits().bits(),
             "seconds": secs,
             "seconds_forward": run_secs,
             "tokens_per_second": evaluated as f64 / run_secs.max(1e-9),

@@ -53,9 +53,17 @@ pub struct RunArgs {
     /// Where the model runs (cuda: the whole forward pass on the first GPU).
     #[arg(long, value_enum, default_value_t = crate::device::Device::Cpu)]
     pub device: crate::device::Device,
+    /// Activation codes of the 4- and 5-bit formats' integer products (Q4_0,
+    /// Q4_1, Q5_0, Q5_1, Q4_K, Q6_K): 8 bits (fastest) or 16 (as Q8_0 always
+    /// has; slower, closer to the float product, and far less sensitive to
+    /// the order of float sums, so --device cuda and the CPU agree closely).
+    /// Default: QUERN_ACT_BITS, else 8.
+    #[arg(long, value_name = "8|16", value_parser = crate::device::parse_act_bits)]
+    pub act_bits: Option<quern_runtime::precision::ActBits>,
 }
 
 pub fn run(args: RunArgs) -> Result<()> {
+    crate::device::apply_act_bits(args.act_bits);
     crate::threads::init(args.threads)?;
     if !(args.temp.is_finite() && args.temp >= 0.0) {
         bail!("--temp must be a number ≥ 0");

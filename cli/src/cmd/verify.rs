@@ -87,6 +87,13 @@ pub struct VerifyArgs {
     /// Where the reference runs.
     #[arg(long, value_enum, default_value_t = crate::device::Device::Cpu)]
     pub reference_device: crate::device::Device,
+    /// Activation codes of the 4- and 5-bit formats' integer products (Q4_0,
+    /// Q4_1, Q5_0, Q5_1, Q4_K, Q6_K): 8 bits (fastest) or 16 (as Q8_0 always
+    /// has; slower, closer to the float product, and far less sensitive to
+    /// the order of float sums, so --device cuda and the CPU agree closely).
+    /// Default: QUERN_ACT_BITS, else 8.
+    #[arg(long, value_name = "8|16", value_parser = crate::device::parse_act_bits)]
+    pub act_bits: Option<quern_runtime::precision::ActBits>,
 }
 
 /// One bar per stage, restyled as the stages change.
@@ -165,6 +172,7 @@ impl Progress for Bars {
 }
 
 pub fn run(args: VerifyArgs) -> Result<()> {
+    crate::device::apply_act_bits(args.act_bits);
     crate::threads::init(args.threads)?;
     let opts = VerifyOptions {
         text: args.text.clone(),

@@ -71,12 +71,21 @@ pub fn quantize_q8k(x: &[f32], out: &mut Vec<ActQ8K>) {
 /// 32 activations as 16-bit codes, for Q8_0 weights: 8-bit weights against
 /// 8-bit activations would add the activations' rounding (the larger part of
 /// Q8_0's error) to the weights'; 16-bit codes make it negligible at the same
-/// instruction count (`madd_epi16` multiplies i16 pairs directly).
+/// instruction count (`madd_epi16` multiplies i16 pairs directly). The 4- and
+/// 5-bit formats take them too under 16-bit activations (`precision`), and
+/// read `s = d * Σ qs` as [`ActQ8`]'s (the GPU forms it the same way).
 #[derive(Clone, Copy, Debug)]
 #[repr(C)]
 pub struct ActQ16 {
     pub qs: [i16; 32],
     pub d: f32,
+    pub s: f32,
+}
+
+/// `d * Σ qs` as both backends form it (the sum in integers, one rounding).
+#[inline]
+pub fn code_sum_scaled(d: f32, qs: &[i16; 32]) -> f32 {
+    d * qs.iter().map(|&q| q as i32).sum::<i32>() as f32
 }
 
 /// Quantises `x` (a multiple of 32 values) into `out` (cleared first).
@@ -86,9 +95,11 @@ pub fn quantize_q16(x: &[f32], out: &mut Vec<ActQ16>) {
         let amax = c.iter().fold(0f32, |m, v| m.max(v.abs()));
         let d = amax / 32767.0;
         let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+        let qs = std::array::from_fn(|i| (c[i] * id).round() as i16);
         ActQ16 {
-            qs: std::array::from_fn(|i| (c[i] * id).round() as i16),
+            qs,
             d,
+            s: code_sum_scaled(d, &qs),
         }
     }));
 }

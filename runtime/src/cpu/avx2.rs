@@ -376,6 +376,150 @@ unsigned_kernels! {
     q5_1_row, q5_1_row_x4, BlockQ5_1;
 }
 
+// The 4- and 5-bit formats against 16-bit activation codes (`precision`): the
+// codes widened to i16 and multiplied pairwise with `madd_epi16`.
+
+/// Σ u q of 32 unsigned byte codes (code j in byte j) and 16-bit activation
+/// codes, as eight i32 lanes (|u q + u' q'| ≤ 2 · 63 · 32767).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn udot16(u: __m256i, q: &[i16; 32]) -> __m256i {
+    let u0 = _mm256_cvtepu8_epi16(_mm256_castsi256_si128(u));
+    let u1 = _mm256_cvtepu8_epi16(_mm256_extracti128_si256::<1>(u));
+    let a0 = _mm256_loadu_si256(q.as_ptr() as *const __m256i);
+    let a1 = _mm256_loadu_si256(q.as_ptr().add(16) as *const __m256i);
+    _mm256_add_epi32(_mm256_madd_epi16(u0, a0), _mm256_madd_epi16(u1, a1))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn unsigned_row_a16<B: Unsigned>(w: &[u8], a: &[ActQ16]) -> f32 {
+    let base = w.as_ptr();
+    let bytes = std::mem::size_of::<B>();
+    let w: &[B] = bytemuck::cast_slice(w);
+    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut off = 0f32;
+    let mut i = 0;
+    while i + 2 <= w.len() {
+        _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(i * bytes + PREFETCH_BYTES) as *const i8);
+        let (u0, d0, c0) = w[i].decode();
+        let (u1, d1, c1) = w[i + 1].decode();
+        let p0 = _mm256_cvtepi32_ps(udot16(u0, &a[i].qs));
+        let p1 = _mm256_cvtepi32_ps(udot16(u1, &a[i + 1].qs));
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d0 * a[i].d), p0, acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(d1 * a[i + 1].d), p1, acc1);
+        off += c0 * a[i].s + c1 * a[i + 1].s;
+        i += 2;
+    }
+    if i < w.len() {
+        let (u0, d0, c0) = w[i].decode();
+        let p0 = _mm256_cvtepi32_ps(udot16(u0, &a[i].qs));
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d0 * a[i].d), p0, acc0);
+        off += c0 * a[i].s;
+    }
+    hsum(_mm256_add_ps(acc0, acc1)) + off
+}
+
+macro_rules! unsigned_kernels_a16 {
+    ($($one:ident, $block:ty;)*) => {$(
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub unsafe fn $one(w: &[u8], a: &[ActQ16]) -> f32 {
+            unsigned_row_a16::<$block>(w, a)
+        }
+    )*};
+}
+
+unsigned_kernels_a16! {
+    q4_0_row_a16, BlockQ4_0;
+    q4_1_row_a16, BlockQ4_1;
+    q5_0_row_a16, BlockQ5_0;
+    q5_1_row_a16, BlockQ5_1;
+}
+
+/// Q4_K against 16-bit codes (a scale per 32 activations): each sub-block's
+/// sums meet `d · scale · d_x` as one float.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q4_k_row_a16(w: &[u8], a: &[ActQ16]) -> f32 {
+    let base = w.as_ptr();
+    let w: &[BlockQ4K] = bytemuck::cast_slice(w);
+    let mut acc = _mm256_setzero_ps();
+    let mut mins = 0f32;
+    let low = _mm256_set1_epi8(15);
+    for (i, (b, a)) in w.iter().zip(a.chunks_exact(8)).enumerate() {
+        _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(i * 144 + PREFETCH_BYTES) as *const i8);
+        let (d, dmin) = (f16(b.d), f16(b.dmin));
+        let mut m = 0f32;
+        for g in 0..4 {
+            let (sc0, m0) = scale_min(&b.scales, 2 * g);
+            let (sc1, m1) = scale_min(&b.scales, 2 * g + 1);
+            let q = _mm256_loadu_si256(b.qs.as_ptr().add(g * 32) as *const __m256i);
+            let q0 = _mm256_and_si256(q, low);
+            let q1 = _mm256_and_si256(_mm256_srli_epi16::<4>(q), low);
+            let (a0, a1) = (&a[2 * g], &a[2 * g + 1]);
+            let p0 = _mm256_cvtepi32_ps(udot16(q0, &a0.qs));
+            let p1 = _mm256_cvtepi32_ps(udot16(q1, &a1.qs));
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(d * sc0 as f32 * a0.d), p0, acc);
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(d * sc1 as f32 * a1.d), p1, acc);
+            m += m0 as f32 * a0.s + m1 as f32 * a1.s;
+        }
+        mins += dmin * m;
+    }
+    hsum(acc) - mins
+}
+
+/// Q6_K against 16-bit codes: codes centred (q − 32) as i16, each half of a
+/// block of 32 under its own scale.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q6_k_row_a16(w: &[u8], a: &[ActQ16]) -> f32 {
+    let base = w.as_ptr();
+    let w: &[BlockQ6K] = bytemuck::cast_slice(w);
+    let mut acc = _mm256_setzero_ps();
+    let low = _mm256_set1_epi8(15);
+    let three = _mm256_set1_epi8(3);
+    let centre = _mm256_set1_epi16(32);
+    for (i, (b, a)) in w.iter().zip(a.chunks_exact(8)).enumerate() {
+        _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(i * 210 + PREFETCH_BYTES) as *const i8);
+        let mut sacc = _mm256_setzero_ps();
+        for g in 0..2 {
+            let qh = _mm256_loadu_si256(b.qh.as_ptr().add(g * 32) as *const __m256i);
+            for sub in 0..4 {
+                let ql = _mm256_loadu_si256(
+                    b.ql.as_ptr().add(g * 64 + (sub % 2) * 32) as *const __m256i
+                );
+                let lo = _mm256_and_si256(
+                    _mm256_srl_epi16(ql, _mm_cvtsi32_si128(4 * (sub / 2) as i32)),
+                    low,
+                );
+                let hi = _mm256_and_si256(
+                    _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * sub as i32)),
+                    three,
+                );
+                let u = _mm256_or_si256(lo, _mm256_slli_epi16::<4>(hi));
+                let aj = &a[g * 4 + sub];
+                let c0 = _mm256_sub_epi16(_mm256_cvtepu8_epi16(_mm256_castsi256_si128(u)), centre);
+                let c1 = _mm256_sub_epi16(
+                    _mm256_cvtepu8_epi16(_mm256_extracti128_si256::<1>(u)),
+                    centre,
+                );
+                let a0 = _mm256_loadu_si256(aj.qs.as_ptr() as *const __m256i);
+                let a1 = _mm256_loadu_si256(aj.qs.as_ptr().add(16) as *const __m256i);
+                let s = g * 8 + sub * 2;
+                let p = _mm256_fmadd_ps(
+                    _mm256_set1_ps(b.scales[s] as f32),
+                    _mm256_cvtepi32_ps(_mm256_madd_epi16(c0, a0)),
+                    _mm256_mul_ps(
+                        _mm256_set1_ps(b.scales[s + 1] as f32),
+                        _mm256_cvtepi32_ps(_mm256_madd_epi16(c1, a1)),
+                    ),
+                );
+                sacc = _mm256_fmadd_ps(_mm256_set1_ps(aj.d), p, sacc);
+            }
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(b.d)), sacc, acc);
+    }
+    hsum(acc)
+}
+
 /// Q4_K against four activation rows (prefill): the nibbles and scales of each
 /// 64-value group are unpacked once for the four.
 #[target_feature(enable = "avx2,fma,f16c")]

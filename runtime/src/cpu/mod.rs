@@ -30,6 +30,7 @@ use quern_formats::GgmlType;
 
 use crate::backend::{check_matmul, Backend, WeightView};
 use crate::error::RuntimeError;
+use crate::precision::{act_bits, uses_16bit_acts, ActBits};
 use act::{quantize_q16, quantize_q8, quantize_q8k, ActQ16, ActQ8, ActQ8K};
 use pool::Pool;
 
@@ -80,7 +81,8 @@ enum Kernel {
     Float(FloatDot, Option<FloatTile>),
     /// 32-value integer formats against [`ActQ8`] activations.
     Q8(Q8Dot, Option<Q8Dot4>, Option<Tiles<ActQ8>>),
-    /// Q8_0 against [`ActQ16`] activations.
+    /// Q8_0 (and, under 16-bit activations, the 4- and 5-bit formats)
+    /// against [`ActQ16`] activations.
     Q16(Dot<ActQ16>, Option<Dot4<ActQ16>>, Option<Tiles<ActQ16>>),
     /// 256-value K-quants against [`ActQ8K`] activations.
     Q8K(Q8KDot, Option<Q8KDot4>, Option<Tiles<ActQ8K>>),
@@ -119,6 +121,8 @@ pub struct CpuBackend {
     /// Whether the sixteen-row kernels are used where a format has them.
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     wide: bool,
+    /// The activation codes of the 4- and 5-bit formats (`precision`).
+    act_bits: ActBits,
 }
 
 impl Default for CpuBackend {
@@ -144,7 +148,25 @@ impl CpuBackend {
             pool: Pool::new(rayon::current_num_threads()),
             tiles: std::env::var_os("QUERN_CPU_TILES").is_none_or(|v| v != "0"),
             wide: std::env::var_os("QUERN_CPU_WIDE").is_none_or(|v| v != "0"),
+            act_bits: act_bits(),
         }
+    }
+
+    /// The same backend with the 4- and 5-bit formats on `bits`-bit
+    /// activation codes (`precision`; made with the process's setting).
+    pub fn with_act_bits(mut self, bits: ActBits) -> Self {
+        self.act_bits = bits;
+        self
+    }
+
+    pub fn act_bits(&self) -> ActBits {
+        self.act_bits
+    }
+
+    /// Whether `ty` moves to 16-bit activation codes under this backend's
+    /// setting (Q8_0 has them either way, with its own kernels).
+    fn sixteen_bit(&self, ty: GgmlType) -> bool {
+        ty != GgmlType::Q8_0 && uses_16bit_acts(ty, self.act_bits)
     }
 
     /// The same backend with the four-row kernels on or off (tests and
@@ -164,7 +186,7 @@ impl CpuBackend {
     /// The sixteen-row kernels for `ty`, where this backend uses them.
     fn wide_kernels(&self, ty: GgmlType) -> Option<WideKernels> {
         #[cfg(target_arch = "x86_64")]
-        if self.wide && self.isa == Isa::Avx512Vnni {
+        if self.wide && self.isa == Isa::Avx512Vnni && !self.sixteen_bit(ty) {
             return match ty {
                 GgmlType::Q4_0 => Some(WideKernels::Q8(vnni::q4_0_wide1, vnni::q4_0_wide)),
                 GgmlType::Q4_1 => Some(WideKernels::Q8(vnni::q4_1_wide1, vnni::q4_1_wide)),
@@ -190,6 +212,9 @@ impl CpuBackend {
     }
 
     fn kernel(&self, ty: GgmlType) -> Option<Kernel> {
+        if self.sixteen_bit(ty) {
+            return self.kernel_a16(ty);
+        }
         #[cfg(target_arch = "x86_64")]
         if self.isa == Isa::Avx512Vnni {
             // The prefill leftovers (rows not in a group of four) keep the AVX2
@@ -280,6 +305,34 @@ impl CpuBackend {
             });
         }
         portable_kernel(ty)
+    }
+
+    /// The one-row kernels of the formats that follow [`ActBits::Sixteen`]
+    /// (AVX2 where present, also on AVX-512 CPUs).
+    fn kernel_a16(&self, ty: GgmlType) -> Option<Kernel> {
+        #[cfg(target_arch = "x86_64")]
+        if self.isa >= Isa::Avx2 {
+            let one: Dot<ActQ16> = match ty {
+                GgmlType::Q4_0 => avx2::q4_0_row_a16,
+                GgmlType::Q4_1 => avx2::q4_1_row_a16,
+                GgmlType::Q5_0 => avx2::q5_0_row_a16,
+                GgmlType::Q5_1 => avx2::q5_1_row_a16,
+                GgmlType::Q4K => avx2::q4_k_row_a16,
+                GgmlType::Q6K => avx2::q6_k_row_a16,
+                _ => return None,
+            };
+            return Some(Kernel::Q16(one, None, None));
+        }
+        let one: Dot<ActQ16> = match ty {
+            GgmlType::Q4_0 => portable::q4_0_row_a16,
+            GgmlType::Q4_1 => portable::q4_1_row_a16,
+            GgmlType::Q5_0 => portable::q5_0_row_a16,
+            GgmlType::Q5_1 => portable::q5_1_row_a16,
+            GgmlType::Q4K => portable::q4_k_row_a16,
+            GgmlType::Q6K => portable::q6_k_row_a16,
+            _ => return None,
+        };
+        Some(Kernel::Q16(one, None, None))
     }
 
     /// The four-row kernels, unless switched off (`QUERN_CPU_TILES=0`, to

@@ -170,6 +170,125 @@ pub fn q5_1_row(w: &[u8], a: &[ActQ8]) -> f32 {
         .sum()
 }
 
+// The 4- and 5-bit formats against 16-bit activation codes (`precision`):
+// the same codes as above, integer sums of i16 products, the offsets of Q4_1 /
+// Q5_1 and the K-quant minimums through `ActQ16::s`; K-quant rows meet one
+// `ActQ16` per 32 values.
+
+#[inline(always)]
+fn idot32_16(c: &[i8; 32], a: &[i16; 32]) -> i32 {
+    c.iter().zip(a).map(|(&x, &y)| x as i32 * y as i32).sum()
+}
+
+#[inline(always)]
+pub fn q4_0_row_a16(w: &[u8], a: &[ActQ16]) -> f32 {
+    let w: &[BlockQ4_0] = bytemuck::cast_slice(w);
+    w.iter()
+        .zip(a)
+        .map(|(b, a)| f16_value(b.d) * a.d * idot32_16(&offset(nibbles(&b.qs), 8), &a.qs) as f32)
+        .sum()
+}
+
+#[inline(always)]
+pub fn q4_1_row_a16(w: &[u8], a: &[ActQ16]) -> f32 {
+    let w: &[BlockQ4_1] = bytemuck::cast_slice(w);
+    w.iter()
+        .zip(a)
+        .map(|(b, a)| {
+            let s = idot32_16(&nibbles(&b.qs), &a.qs);
+            f16_value(b.d) * a.d * s as f32 + f16_value(b.m) * a.s
+        })
+        .sum()
+}
+
+#[inline(always)]
+pub fn q5_0_row_a16(w: &[u8], a: &[ActQ16]) -> f32 {
+    let w: &[BlockQ5_0] = bytemuck::cast_slice(w);
+    w.iter()
+        .zip(a)
+        .map(|(b, a)| {
+            let c = offset(with_fifth_bit(nibbles(&b.qs), b.qh), 16);
+            f16_value(b.d) * a.d * idot32_16(&c, &a.qs) as f32
+        })
+        .sum()
+}
+
+#[inline(always)]
+pub fn q5_1_row_a16(w: &[u8], a: &[ActQ16]) -> f32 {
+    let w: &[BlockQ5_1] = bytemuck::cast_slice(w);
+    w.iter()
+        .zip(a)
+        .map(|(b, a)| {
+            let c = with_fifth_bit(nibbles(&b.qs), b.qh);
+            f16_value(b.d) * a.d * idot32_16(&c, &a.qs) as f32 + f16_value(b.m) * a.s
+        })
+        .sum()
+}
+
+/// Q4_K against 16-bit codes: per sub-block j of 32, `d sc_j d_x S_j − dmin
+/// m_j d_x Σq` (the activations have a scale per 32 here, so the scales meet
+/// floats, not one integer sum per super-block).
+#[inline(always)]
+pub fn q4_k_row_a16(w: &[u8], a: &[ActQ16]) -> f32 {
+    let w: &[BlockQ4K] = bytemuck::cast_slice(w);
+    let mut acc = 0f32;
+    for (b, a) in w.iter().zip(a.chunks_exact(8)) {
+        let (d, dmin) = (f16_value(b.d), f16_value(b.dmin));
+        let (mut dot, mut mins) = (0f32, 0f32);
+        for (j, aj) in a.iter().enumerate() {
+            let (sc, m) = scale_min(&b.scales, j);
+            let (g, shift) = (j / 2, 4 * (j % 2));
+            let c: [i8; 32] = std::array::from_fn(|l| ((b.qs[g * 32 + l] >> shift) & 15) as i8);
+            dot += sc as f32 * aj.d * idot32_16(&c, &aj.qs) as f32;
+            mins += m as f32 * aj.s;
+        }
+        acc += d * dot - dmin * mins;
+    }
+    acc
+}
+
+/// Q6_K against 16-bit codes: its scales are per 16 values, two per block of
+/// activations (the pair's integer sum in i64: 127 · 16 · 32 · 32767 ≈ 2^31).
+#[inline(always)]
+pub fn q6_k_row_a16(w: &[u8], a: &[ActQ16]) -> f32 {
+    let w: &[BlockQ6K] = bytemuck::cast_slice(w);
+    let mut acc = 0f32;
+    let mut codes = [0i8; 256];
+    for (b, a) in w.iter().zip(a.chunks_exact(8)) {
+        q6_k_codes(b, &mut codes);
+        let mut sum = 0f32;
+        for (j, aj) in a.iter().enumerate() {
+            let pair: i64 = (0..2)
+                .map(|h| {
+                    let dot: i32 = (0..16)
+                        .map(|l| codes[32 * j + 16 * h + l] as i32 * aj.qs[16 * h + l] as i32)
+                        .sum();
+                    b.scales[2 * j + h] as i64 * dot as i64
+                })
+                .sum();
+            sum += aj.d * pair as f32;
+        }
+        acc += f16_value(b.d) * sum;
+    }
+    acc
+}
+
+/// The 256 signed codes (q − 32) of a Q6_K super-block, in value order.
+#[inline(always)]
+fn q6_k_codes(b: &BlockQ6K, codes: &mut [i8; 256]) {
+    // Each half of 128 values: low nibbles in 64 bytes of `ql` (values 0..64 low,
+    // 64..128 high), top two bits in 32 bytes of `qh` (four values per byte).
+    for g in 0..2 {
+        for sub in 0..4 {
+            for l in 0..32 {
+                let low = (b.ql[g * 64 + (sub % 2) * 32 + l] >> (4 * (sub / 2))) & 15;
+                let high = (b.qh[g * 32 + l] >> (2 * sub)) & 3;
+                codes[g * 128 + sub * 32 + l] = (low | (high << 4)) as i8 - 32;
+            }
+        }
+    }
+}
+
 #[inline(always)]
 pub fn q4_k_row(w: &[u8], a: &[ActQ8K]) -> f32 {
     let w: &[BlockQ4K] = bytemuck::cast_slice(w);
@@ -201,17 +320,7 @@ pub fn q6_k_row(w: &[u8], a: &[ActQ8K]) -> f32 {
     let mut acc = 0f32;
     let mut codes = [0i8; 256];
     for (b, a) in w.iter().zip(a) {
-        // Each half of 128 values: low nibbles in 64 bytes of `ql` (values 0..64 low,
-        // 64..128 high), top two bits in 32 bytes of `qh` (four values per byte).
-        for g in 0..2 {
-            for sub in 0..4 {
-                for l in 0..32 {
-                    let low = (b.ql[g * 64 + (sub % 2) * 32 + l] >> (4 * (sub / 2))) & 15;
-                    let high = (b.qh[g * 32 + l] >> (2 * sub)) & 3;
-                    codes[g * 128 + sub * 32 + l] = (low | (high << 4)) as i8 - 32;
-                }
-            }
-        }
+        q6_k_codes(b, &mut codes);
         let mut sumi = 0i32;
         for (s, (c, y)) in codes
             .chunks_exact(16)

@@ -1233,11 +1233,16 @@ pub unsafe fn quantize_q16(x: &[f32], out: &mut Vec<ActQ16>) {
         let v0 = _mm512_loadu_ps(c.as_ptr());
         let v1 = _mm512_loadu_ps(c.as_ptr().add(16));
         let (d, id) = scales(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)), 32767.0);
-        let mut b = ActQ16 { qs: [0; 32], d };
+        let mut b = ActQ16 {
+            qs: [0; 32],
+            d,
+            s: 0.0,
+        };
         let q0 = _mm512_cvtepi32_epi16(round_away(_mm512_mul_ps(v0, id)));
         let q1 = _mm512_cvtepi32_epi16(round_away(_mm512_mul_ps(v1, id)));
         _mm256_storeu_si256(b.qs.as_mut_ptr() as *mut __m256i, q0);
         _mm256_storeu_si256(b.qs.as_mut_ptr().add(16) as *mut __m256i, q1);
+        b.s = super::act::code_sum_scaled(d, &b.qs);
         out.push(b);
     }
 }

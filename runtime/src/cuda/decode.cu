@@ -353,7 +353,8 @@ argmax_final(const float* __restrict__ sv, const int* __restrict__ si, int parts
 // layout that product reads (ActKind in mod.rs): 1 = 8-bit codes with
 // (d, d·Σq) per 32 (Q4_0, Q4_1, Q5_0, Q5_1; Q8_0 with QUERN_CUDA_Q8_ACT=8),
 // 2 = the same with one d per 256 values (Q4_K, Q6_K), 3 = 16-bit codes per 32
-// stored as 32 high bytes then 32 low bytes, and (d, 0) (Q8_0). The float
+// stored as 32 high bytes then 32 low bytes, and (d, d·Σq) (Q8_0; every
+// repacked format under 16-bit activations). The float
 // outputs are written as before (products on other formats, and the residual,
 // read them); the codes and scales are those quantize_act_ds makes of them, bit
 // for bit: the same float values, the same operations (d = amax / levels,
@@ -372,7 +373,10 @@ __device__ __forceinline__ void quant_store(float v, float amax, long long blk, 
         const int q = (int)roundf(v * id);
         xq[blk * 64 + lane] = (signed char)(q >> 8);
         xq[blk * 64 + 32 + lane] = (signed char)(q & 0xFF);
-        if (lane == 0) xa[blk] = make_float2(d, 0.0f);
+        int s = q;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+        if (lane == 0) xa[blk] = make_float2(d, d * (float)s);
     } else {
         const float d = amax / 127.0f;
         const float id = d > 0.0f ? 1.0f / d : 0.0f;

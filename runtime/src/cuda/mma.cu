@@ -15,7 +15,9 @@
 //   Q4_0, Q5_0: codes centred (q − 8, q − 16), a = d, b = 0
 //   Q4_1, Q5_1: codes as stored, a = d, b = m
 //   Q8_0: a = d, b = 0; against 16-bit activation codes two MMAs per block
-//         (signed high bytes, unsigned low bytes): S = 256 S_hi + S_lo
+//         (signed high bytes, unsigned low bytes): S = 256 S_hi + S_lo (so
+//         every format under 16-bit activations, where the K formats' scales
+//         meet S per block of 32 as floats, since S reaches 2^24)
 //   Q4_K: codes 0..15, b = −dmin · min per sub-block of 32; its 6-bit scales
 //         multiply S in integers, summed over the super-block (one step of 256,
 //         where the activations have one scale too), then times d · d_x
@@ -304,7 +306,7 @@ __device__ __forceinline__ void mmq(const u8* __restrict__ Q, long long qs, cons
         for (int kb = 0; kb < MQ_KB; kb++) {
             u32 a[MT][4];
             float2 wa[MT][2];
-#if ACT_K
+#if QFMT == 10 || QFMT == 12
             int ws[MT][2];
 #endif
 #pragma unroll
@@ -316,7 +318,7 @@ __device__ __forceinline__ void mmq(const u8* __restrict__ Q, long long qs, cons
                 a[mt][3] = wq[(r + 8) * MQ_RW + kb * 8 + 4 + c4];
                 wa[mt][0] = wab[r * MQ_KBP + kb];
                 wa[mt][1] = wab[(r + 8) * MQ_KBP + kb];
-#if ACT_K
+#if QFMT == 10 || QFMT == 12
                 ws[mt][0] = wsc[r * MQ_KBP + kb];
                 ws[mt][1] = wsc[(r + 8) * MQ_KBP + kb];
 #endif
@@ -334,7 +336,38 @@ __device__ __forceinline__ void mmq(const u8* __restrict__ Q, long long qs, cons
                 const float2 x1 = xab[(t + 2 * c4 + 1) * MQ_KBP + kb];
 #pragma unroll
                 for (int mt = 0; mt < MT; mt++) {
-#if QFMT == 12
+#if QFMT == 12 && ACT_Q16
+                    // 16-bit codes: each half of A against the high and the low
+                    // bytes; the 8-bit scales meet the sums (up to 2^24) as floats.
+                    int h0[4], l0v[4], h1[4], l1v[4];
+                    const u32 alo[4] = {a[mt][0], a[mt][1], 0u, 0u};
+                    const u32 ahi[4] = {0u, 0u, a[mt][2], a[mt][3]};
+                    mma_s8s8(h0, alo, b0, b1);
+                    mma_s8u8(l0v, alo, l0, l1);
+                    mma_s8s8(h1, ahi, b0, b1);
+                    mma_s8u8(l1v, ahi, l0, l1);
+#pragma unroll
+                    for (int i = 0; i < 4; i++) {
+                        const int sv = ws[mt][i >> 1];
+                        const float s0 = (float)(i8)(sv & 0xFF), s1 = (float)(i8)((sv >> 8) & 0xFF);
+                        const float2 x2 = (i & 1) ? x1 : x0;
+                        acc[mt][n][i] += wa[mt][i >> 1].x * x2.x *
+                                         (s0 * (float)(h0[i] * 256 + l0v[i]) + s1 * (float)(h1[i] * 256 + l1v[i]));
+                    }
+#elif QFMT == 10 && ACT_Q16
+                    // 16-bit codes, a scale per 32 activations: per block
+                    // d · scale · d_x · S − dmin · min · d_x·Σq.
+                    int ch[4], cl[4];
+                    mma_s8s8(ch, a[mt], b0, b1);
+                    mma_s8u8(cl, a[mt], l0, l1);
+#pragma unroll
+                    for (int i = 0; i < 4; i++) {
+                        const float2 w2 = wa[mt][i >> 1];
+                        const float2 x2 = (i & 1) ? x1 : x0;
+                        acc[mt][n][i] += w2.x * (float)ws[mt][i >> 1] * x2.x * (float)(ch[i] * 256 + cl[i]) +
+                                         w2.y * x2.y;
+                    }
+#elif QFMT == 12
                     int c0[4], c1[4];
                     const u32 alo[4] = {a[mt][0], a[mt][1], 0u, 0u};
                     const u32 ahi[4] = {0u, 0u, a[mt][2], a[mt][3]};

@@ -44,6 +44,7 @@ use quern_formats::GgmlType;
 
 use crate::backend::{check_matmul, Backend, WeightView};
 use crate::error::RuntimeError;
+use crate::precision::{act_bits, uses_16bit_acts};
 pub use compile::Toolchain;
 pub use error::CudaError;
 use error::DriverContext;
@@ -405,10 +406,14 @@ fn q8_act16() -> bool {
     std::env::var("QUERN_CUDA_Q8_ACT").as_deref() != Ok("8")
 }
 
-/// The activations the repacked kernels of `ty` read.
+/// The activations the repacked kernels of `ty` read: under 16-bit
+/// activations (`precision`, read when a module is compiled and a product
+/// launched, like `QUERN_CUDA_Q8_ACT`) the 16-bit layout for all seven formats.
 fn packed_act_kind(ty: GgmlType) -> ActKind {
     match ty {
         GgmlType::Q8_0 if q8_act16() => ActKind::Packed16,
+        GgmlType::Q8_0 => ActKind::Packed32,
+        t if uses_16bit_acts(t, act_bits()) => ActKind::Packed16,
         GgmlType::Q4K | GgmlType::Q6K => ActKind::Packed256,
         _ => ActKind::Packed32,
     }
@@ -792,6 +797,11 @@ impl CudaBackend {
         }
         if ty == GgmlType::Q8_0 && !q8_act16() {
             src.push_str("#define ACT_Q16 0\n");
+        } else if ty != GgmlType::Q8_0
+            && packed::has_packed(ty)
+            && packed_act_kind(ty) == ActKind::Packed16
+        {
+            src.push_str("#define ACT_Q16 1\n");
         }
         if let Some(p) = g.mmw_stage {
             src.push_str(&format!("#define STAGE_P {p}\n"));
@@ -906,7 +916,7 @@ impl CudaBackend {
                 wffuncs.push(f);
                 wf_occupancy.push(occ.max(1));
             }
-            let q16 = ty == GgmlType::Q8_0 && q8_act16();
+            let q16 = packed_act_kind(ty) == ActKind::Packed16;
             for bn in MMA_BN {
                 let f = module
                     .load_function(&format!("mmq_n{bn}"))
@@ -1548,6 +1558,14 @@ mod tests {
             match out {
                 Ok(cubin) => assert!(cubin.len() > 1000, "{ty}: {} bytes of cubin", cubin.len()),
                 Err(e) => panic!("{ty}: {e}"),
+            }
+        }
+        // The repacked formats on 16-bit activation codes (`precision`), as
+        // `module_image` defines it.
+        for ty in supported_types().filter(|&t| packed::has_packed(t) && t != GgmlType::Q8_0) {
+            let src = format!("#define ACT_Q16 1\n{}", gemv_source(ty).expect("supported"));
+            if let Err(e) = compile::compile_uncached(&format!("test16_{ty}"), &src, &tc) {
+                panic!("{ty} with 16-bit activations: {e}");
             }
         }
         // The device-resident forward pass's kernels.

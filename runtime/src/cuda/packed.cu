@@ -27,7 +27,9 @@
 #if QFMT == 3 || QFMT == 4 || QFMT == 5 || QFMT == 6 || QFMT == 7 || QFMT == 10 || QFMT == 12
 #define PACKED 1
 // The activations' form (see quantize_act_ds): 16-bit codes for Q8_0, one scale
-// per 256 for the K formats, else 8-bit codes per 32.
+// per 256 for the K formats, else 8-bit codes per 32. Under 16-bit activations
+// (precision.rs) the host defines ACT_Q16 1 for every format here: 16-bit codes
+// per 32, also for the K formats.
 #ifndef ACT_Q16
 #if QFMT == 7
 #define ACT_Q16 1
@@ -35,7 +37,7 @@
 #define ACT_Q16 0
 #endif
 #endif
-#if QFMT == 10 || QFMT == 12
+#if (QFMT == 10 || QFMT == 12) && !ACT_Q16
 #define ACT_K 1
 #else
 #define ACT_K 0
@@ -86,6 +88,13 @@ __device__ __forceinline__ uint4 ld_stream(const void* p) {
         : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
         : "l"(p));
     return v;
+}
+
+// dp4a of signed bytes a and unsigned bytes b.
+__device__ __forceinline__ int dp4a_su(int a, int b, int c) {
+    int d;
+    asm("dp4a.s32.u32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
 }
 
 // An integer of magnitude < 2^22 to float without the slower I2F.
@@ -166,20 +175,24 @@ template <bool SH = false>
 __device__ __forceinline__ void load_act(Act& v, const i8* __restrict__ xq, const float2* __restrict__ xa,
                                          long long e) {
 #if ACT_Q16
+    // Per block of 32: 32 high bytes, then 32 low bytes.
     const uint4* p = (const uint4*)(xq + 2 * e);
 #pragma unroll
-    for (int i = 0; i < UE / 16; i++) {
-        uint4 t = SH ? p[i] : __ldg(p + i);
-        v.x[4 * i] = (int)t.x;
-        v.x[4 * i + 1] = (int)t.y;
-        v.x[4 * i + 2] = (int)t.z;
-        v.x[4 * i + 3] = (int)t.w;
-        uint4 l = SH ? p[UE / 16 + i] : __ldg(p + UE / 16 + i);
-        v.xl[4 * i] = (int)l.x;
-        v.xl[4 * i + 1] = (int)l.y;
-        v.xl[4 * i + 2] = (int)l.z;
-        v.xl[4 * i + 3] = (int)l.w;
-    }
+    for (int b = 0; b < UE / 32; b++)
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            uint4 t = SH ? p[4 * b + i] : __ldg(p + 4 * b + i);
+            const int j = 8 * b + 4 * i;
+            v.x[j] = (int)t.x;
+            v.x[j + 1] = (int)t.y;
+            v.x[j + 2] = (int)t.z;
+            v.x[j + 3] = (int)t.w;
+            uint4 l = SH ? p[4 * b + 2 + i] : __ldg(p + 4 * b + 2 + i);
+            v.xl[j] = (int)l.x;
+            v.xl[j + 1] = (int)l.y;
+            v.xl[j + 2] = (int)l.z;
+            v.xl[j + 3] = (int)l.w;
+        }
 #else
     const uint4* p = (const uint4*)(xq + e);
 #pragma unroll
@@ -199,27 +212,58 @@ __device__ __forceinline__ void load_act(Act& v, const i8* __restrict__ xq, cons
         int s = 0;
 #pragma unroll
         for (int m = 0; m < 4; m++) s = __dp4a(v.x[4 * g + m], 0x01010101, s);
+#if ACT_Q16
+        int sl = 0;
+#pragma unroll
+        for (int m = 0; m < 4; m++) sl = dp4a_su(0x01010101, v.xl[4 * g + m], sl);
+        s = 256 * s + sl;
+#endif
         v.sx[g] = s;
     }
 #endif
 }
 
+#if ACT_Q16
+// Σ of 4 products of w's signed bytes and 16-bit activation codes given as their
+// high (signed, xh) and low (unsigned, xl) bytes, into (sh, sl): the sum is
+// 256 sh + sl.
+__device__ __forceinline__ void dp4a16(int w, int xh, int xl, int& sh, int& sl) {
+    sh = __dp4a(w, xh, sh);
+    sl = dp4a_su(w, xl, sl);
+}
+#endif
+
 // The unit's dot product with one token's activations.
 __device__ __forceinline__ float dot_unit(const Unit& w, const Act& v, int u) {
 #if QFMT == 3
+#if ACT_Q16
+    int sh = 0, sl = 0;
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        dp4a16((int)(w.q[k] & 0x0F0F0F0Fu), v.x[k], v.xl[k], sh, sl);
+        dp4a16((int)((w.q[k] >> 4) & 0x0F0F0F0Fu), v.x[4 + k], v.xl[4 + k], sh, sl);
+    }
+    const float sf = (float)(256 * sh + sl);
+#else
     int s = 0;
 #pragma unroll
     for (int k = 0; k < 4; k++) {
         s = __dp4a((int)(w.q[k] & 0x0F0F0F0Fu), v.x[k], s);
         s = __dp4a((int)((w.q[k] >> 4) & 0x0F0F0F0Fu), v.x[4 + k], s);
     }
+    const float sf = i2f_small(s);
+#endif
     // Codes are stored + 8: Σ (q - 8) x = Σ q x - 8 Σ x.
-    return h2f((u16)w.s) * (v.a[0].x * i2f_small(s) - 8.0f * v.a[0].y);
+    return h2f((u16)w.s) * (v.a[0].x * sf - 8.0f * v.a[0].y);
 #elif QFMT == 4 || QFMT == 5 || QFMT == 6
     // Q5: the repacked high bits h hold, at bit 8j + k, the high bit of weight
     // 4k + j (k < 4), and at bit 8j + 4 + k that of weight 16 + 4k + j, so each
     // word of 4 codes takes its 4 high bits with one shift and one mask.
+#if ACT_Q16
+    int sh = 0, sl = 0;
+#else
     int s = 0;
+#endif
 #pragma unroll
     for (int k = 0; k < 4; k++) {
         u32 lo = w.q[k] & 0x0F0F0F0Fu, hi = (w.q[k] >> 4) & 0x0F0F0F0Fu;
@@ -227,15 +271,25 @@ __device__ __forceinline__ float dot_unit(const Unit& w, const Act& v, int u) {
         lo |= (w.h << (4 - k)) & 0x10101010u;
         hi |= (w.h >> k) & 0x10101010u;
 #endif
+#if ACT_Q16
+        dp4a16((int)lo, v.x[k], v.xl[k], sh, sl);
+        dp4a16((int)hi, v.x[4 + k], v.xl[4 + k], sh, sl);
+#else
         s = __dp4a((int)lo, v.x[k], s);
         s = __dp4a((int)hi, v.x[4 + k], s);
+#endif
     }
+#if ACT_Q16
+    const float sf = (float)(256 * sh + sl);
+#else
+    const float sf = i2f_small(s);
+#endif
 #if QFMT == 5
     // Codes are stored + 16.
-    return h2f((u16)w.s) * (v.a[0].x * i2f_small(s) - 16.0f * v.a[0].y);
+    return h2f((u16)w.s) * (v.a[0].x * sf - 16.0f * v.a[0].y);
 #else
     // value = d q + m: Σ (d q + m) x = d Σ q x + m Σ x.
-    return h2f((u16)(w.s & 0xFFFF)) * v.a[0].x * i2f_small(s) + h2f((u16)(w.s >> 16)) * v.a[0].y;
+    return h2f((u16)(w.s & 0xFFFF)) * v.a[0].x * sf + h2f((u16)(w.s >> 16)) * v.a[0].y;
 #endif
 #elif QFMT == 7
 #if ACT_Q16
@@ -243,8 +297,7 @@ __device__ __forceinline__ float dot_unit(const Unit& w, const Act& v, int u) {
     int sh = 0, sl = 0;
 #pragma unroll
     for (int k = 0; k < 8; k++) {
-        sh = __dp4a((int)w.q[k], v.x[k], sh);
-        asm("dp4a.s32.u32 %0, %1, %2, %3;" : "=r"(sl) : "r"((int)w.q[k]), "r"(v.xl[k]), "r"(sl));
+        dp4a16((int)w.q[k], v.x[k], v.xl[k], sh, sl);
     }
     return h2f((u16)w.s) * v.a[0].x * (float)(sh * 256 + sl);
 #else
@@ -255,12 +308,23 @@ __device__ __forceinline__ float dot_unit(const Unit& w, const Act& v, int u) {
     return h2f((u16)w.s) * v.a[0].x * i2f_small(s);
 #endif
 #elif QFMT == 10
+#if ACT_Q16
+    int h0 = 0, l0 = 0, h1 = 0, l1 = 0;
+#pragma unroll
+    for (int k = 0; k < 8; k++) {
+        dp4a16((int)(w.q[k] & 0x0F0F0F0Fu), v.x[k], v.xl[k], h0, l0);
+        dp4a16((int)((w.q[k] >> 4) & 0x0F0F0F0Fu), v.x[8 + k], v.xl[8 + k], h1, l1);
+    }
+    const float f0 = (float)(256 * h0 + l0), f1 = (float)(256 * h1 + l1);
+#else
     int s0 = 0, s1 = 0;
 #pragma unroll
     for (int k = 0; k < 8; k++) {
         s0 = __dp4a((int)(w.q[k] & 0x0F0F0F0Fu), v.x[k], s0);
         s1 = __dp4a((int)((w.q[k] >> 4) & 0x0F0F0F0Fu), v.x[8 + k], s1);
     }
+    const float f0 = i2f_small(s0), f1 = i2f_small(s1);
+#endif
     // The 6-bit scale and min of sub-blocks 2g and 2g + 1 (g = u mod 4) from the
     // header's 12 bytes (words y, z, w): for g < 2 the low 6 bits of bytes 2g, 2g+1
     // (scales) and 4+2g, 5+2g (mins); for g >= 2 a nibble of bytes 8+2(g-2)..
@@ -281,28 +345,45 @@ __device__ __forceinline__ float dot_unit(const Unit& w, const Act& v, int u) {
         m1 = ((lw >> 12) & 15) | (((lz >> 14) & 3) << 4);
     }
     const float d = h2f((u16)(w.h.x & 0xFFFF)), dmin = h2f((u16)(w.h.x >> 16));
-    const float dot = u2f(sc0) * v.a[0].x * i2f_small(s0) + u2f(sc1) * v.a[1].x * i2f_small(s1);
+    const float dot = u2f(sc0) * v.a[0].x * f0 + u2f(sc1) * v.a[1].x * f1;
     const float mins = u2f(m0) * v.a[0].y + u2f(m1) * v.a[1].y;
     return d * dot - dmin * mins;
 #else
     int gs[4];
 #pragma unroll
     for (int g = 0; g < 4; g++) {
+#if ACT_Q16
+        int sh = 0, sl = 0;
+#else
         int s = 0;
+#endif
 #pragma unroll
         for (int k = 0; k < 4; k++) {
             const int m = 4 * g + k;
             const u32 lo = m < 8 ? (w.q[m] & 0x0F0F0F0Fu) : ((w.q[m - 8] >> 4) & 0x0F0F0F0Fu);
             const u32 hi = (w.q[8 + (m & 3)] >> (2 * (m >> 2))) & 0x03030303u;
+#if ACT_Q16
+            dp4a16((int)(lo | (hi << 4)), v.x[m], v.xl[m], sh, sl);
+#else
             s = __dp4a((int)(lo | (hi << 4)), v.x[m], s);
+#endif
         }
+#if ACT_Q16
+        const int s = 256 * sh + sl;
+#endif
         // Codes are stored + 32: Σ (q - 32) x = Σ q x - 32 Σ x.
         gs[g] = s - 32 * v.sx[g];
     }
     const int sc0 = (int)(i8)(w.s & 0xFF), sc1 = (int)(i8)((w.s >> 8) & 0xFF);
     const int sc2 = (int)(i8)((w.s >> 16) & 0xFF), sc3 = (int)(i8)(w.s >> 24);
+#if ACT_Q16
+    // 16-bit sums reach 2^25: the scales meet them as floats.
+    const float lo = (float)sc0 * (float)gs[0] + (float)sc1 * (float)gs[1];
+    const float hi = (float)sc2 * (float)gs[2] + (float)sc3 * (float)gs[3];
+#else
     const float lo = (float)(sc0 * gs[0] + sc1 * gs[1]);
     const float hi = (float)(sc2 * gs[2] + sc3 * gs[3]);
+#endif
     return h2f((u16)w.d) * (v.a[0].x * lo + v.a[1].x * hi);
 #endif
 }
@@ -599,8 +680,9 @@ MMW_ENTRY(mmwf_b4, 4, WR4, WU4, true)
 // format's kernels read, as the CPU backend quantises them for the same weights
 // (cpu/act.rs; its rounding: d = amax / levels, half away from zero), so both
 // backends form the same integer sums:
-//   ACT_Q16 (Q8_0): 16-bit codes per block of 32 (d = amax / 32767), stored as
-//     32 high bytes (signed) then 32 low bytes (unsigned) per block, and (d, 0);
+//   ACT_Q16 (Q8_0; every format here under 16-bit activations): 16-bit codes
+//     per block of 32 (d = amax / 32767), stored as 32 high bytes (signed) then
+//     32 low bytes (unsigned) per block, and (d, d·Σq);
 //   ACT_K (Q4_K, Q6_K): 8-bit codes with one d per 256 (amax / 127) and
 //     (d, d·Σq) per 32; one thread block of 256 threads per 256 values;
 //   else: 8-bit codes and (d, d·Σq) per block of 32.
@@ -638,7 +720,10 @@ extern "C" __global__ void quantize_act_ds(const float* __restrict__ x, long lon
     const int q = (int)roundf(v * id);
     xq[blk * 64 + lane] = (i8)(q >> 8);
     xq[blk * 64 + 32 + lane] = (i8)(q & 0xFF);
-    if (lane == 0) xa[blk] = make_float2(d, 0.0f);
+    int s = q;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if (lane == 0) xa[blk] = make_float2(d, d * (float)s);
 #else
     const float d = amax / 127.0f;
     const float id = d > 0.0f ? 1.0f / d : 0.0f;

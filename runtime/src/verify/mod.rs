@@ -218,6 +218,7 @@ pub fn verify(
             scored_per_chunk: plan.scored_per_chunk(),
             threads: rayon::current_num_threads(),
             weights_only: opts.weights_only,
+            act_bits: crate::precision::act_bits().bits(),
         },
         thresholds: opts.thresholds,
         weights,

@@ -49,6 +49,8 @@ pub struct Settings {
     pub scored_per_chunk: usize,
     pub threads: usize,
     pub weights_only: bool,
+    /// Activation code width of the 4- and 5-bit formats (`precision`).
+    pub act_bits: u32,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
