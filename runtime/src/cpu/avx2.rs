@@ -420,20 +420,150 @@ unsafe fn unsigned_row_a16<B: Unsigned>(w: &[u8], a: &[ActQ16]) -> f32 {
     hsum(_mm256_add_ps(acc0, acc1)) + off
 }
 
+/// The codes of [`udot16`] widened to i16 once, for several tokens.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn widen(u: __m256i) -> (__m256i, __m256i) {
+    (
+        _mm256_cvtepu8_epi16(_mm256_castsi256_si128(u)),
+        _mm256_cvtepu8_epi16(_mm256_extracti128_si256::<1>(u)),
+    )
+}
+
+/// Σ u q of widened codes and one token's 16-bit codes, eight i32 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn wdot16(u: (__m256i, __m256i), q: &[i16; 32]) -> __m256i {
+    let a0 = _mm256_loadu_si256(q.as_ptr() as *const __m256i);
+    let a1 = _mm256_loadu_si256(q.as_ptr().add(16) as *const __m256i);
+    _mm256_add_epi32(_mm256_madd_epi16(u.0, a0), _mm256_madd_epi16(u.1, a1))
+}
+
+/// One weight row against four tokens (prefill): each block decoded and
+/// widened once for the four.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn unsigned_row_a16_x4<B: Unsigned>(w: &[u8], a: [&[ActQ16]; 4]) -> [f32; 4] {
+    let w: &[B] = bytemuck::cast_slice(w);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut off = [0f32; 4];
+    for (i, b) in w.iter().enumerate() {
+        let (u, d, c) = b.decode();
+        let uw = widen(u);
+        for t in 0..4 {
+            let at = &a[t][i];
+            let p = _mm256_cvtepi32_ps(wdot16(uw, &at.qs));
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * at.d), p, acc[t]);
+            off[t] += c * at.s;
+        }
+    }
+    std::array::from_fn(|t| hsum(acc[t]) + off[t])
+}
+
 macro_rules! unsigned_kernels_a16 {
-    ($($one:ident, $block:ty;)*) => {$(
+    ($($one:ident, $four:ident, $block:ty;)*) => {$(
         #[target_feature(enable = "avx2,fma,f16c")]
         pub unsafe fn $one(w: &[u8], a: &[ActQ16]) -> f32 {
             unsigned_row_a16::<$block>(w, a)
+        }
+
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub unsafe fn $four(w: &[u8], a: [&[ActQ16]; 4]) -> [f32; 4] {
+            unsigned_row_a16_x4::<$block>(w, a)
         }
     )*};
 }
 
 unsigned_kernels_a16! {
-    q4_0_row_a16, BlockQ4_0;
-    q4_1_row_a16, BlockQ4_1;
-    q5_0_row_a16, BlockQ5_0;
-    q5_1_row_a16, BlockQ5_1;
+    q4_0_row_a16, q4_0_row_a16_x4, BlockQ4_0;
+    q4_1_row_a16, q4_1_row_a16_x4, BlockQ4_1;
+    q5_0_row_a16, q5_0_row_a16_x4, BlockQ5_0;
+    q5_1_row_a16, q5_1_row_a16_x4, BlockQ5_1;
+}
+
+/// [`q4_k_row_a16`] against four tokens: nibbles and scales unpacked once.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q4_k_row_a16_x4(w: &[u8], a: [&[ActQ16]; 4]) -> [f32; 4] {
+    let w: &[BlockQ4K] = bytemuck::cast_slice(w);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut mins = [0f32; 4];
+    let low = _mm256_set1_epi8(15);
+    for (i, b) in w.iter().enumerate() {
+        let (d, dmin) = (f16(b.d), f16(b.dmin));
+        let mut m = [0f32; 4];
+        for g in 0..4 {
+            let (sc0, m0) = scale_min(&b.scales, 2 * g);
+            let (sc1, m1) = scale_min(&b.scales, 2 * g + 1);
+            let q = _mm256_loadu_si256(b.qs.as_ptr().add(g * 32) as *const __m256i);
+            let u0 = widen(_mm256_and_si256(q, low));
+            let u1 = widen(_mm256_and_si256(_mm256_srli_epi16::<4>(q), low));
+            let (f0, f1) = (d * sc0 as f32, d * sc1 as f32);
+            for t in 0..4 {
+                let (a0, a1) = (&a[t][8 * i + 2 * g], &a[t][8 * i + 2 * g + 1]);
+                let p0 = _mm256_cvtepi32_ps(wdot16(u0, &a0.qs));
+                let p1 = _mm256_cvtepi32_ps(wdot16(u1, &a1.qs));
+                acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(f0 * a0.d), p0, acc[t]);
+                acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(f1 * a1.d), p1, acc[t]);
+                m[t] += m0 as f32 * a0.s + m1 as f32 * a1.s;
+            }
+        }
+        for t in 0..4 {
+            mins[t] += dmin * m[t];
+        }
+    }
+    std::array::from_fn(|t| hsum(acc[t]) - mins[t])
+}
+
+/// [`q6_k_row_a16`] against four tokens: codes unpacked and centred once.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q6_k_row_a16_x4(w: &[u8], a: [&[ActQ16]; 4]) -> [f32; 4] {
+    let w: &[BlockQ6K] = bytemuck::cast_slice(w);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let low = _mm256_set1_epi8(15);
+    let three = _mm256_set1_epi8(3);
+    let centre = _mm256_set1_epi16(32);
+    for (i, b) in w.iter().enumerate() {
+        let mut sacc = [_mm256_setzero_ps(); 4];
+        for g in 0..2 {
+            let qh = _mm256_loadu_si256(b.qh.as_ptr().add(g * 32) as *const __m256i);
+            for sub in 0..4 {
+                let ql = _mm256_loadu_si256(
+                    b.ql.as_ptr().add(g * 64 + (sub % 2) * 32) as *const __m256i
+                );
+                let lo = _mm256_and_si256(
+                    _mm256_srl_epi16(ql, _mm_cvtsi32_si128(4 * (sub / 2) as i32)),
+                    low,
+                );
+                let hi = _mm256_and_si256(
+                    _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * sub as i32)),
+                    three,
+                );
+                let (c0, c1) = widen(_mm256_or_si256(lo, _mm256_slli_epi16::<4>(hi)));
+                let (c0, c1) = (_mm256_sub_epi16(c0, centre), _mm256_sub_epi16(c1, centre));
+                let s = g * 8 + sub * 2;
+                let (s0, s1) = (
+                    _mm256_set1_ps(b.scales[s] as f32),
+                    _mm256_set1_ps(b.scales[s + 1] as f32),
+                );
+                for t in 0..4 {
+                    let aj = &a[t][8 * i + g * 4 + sub];
+                    let a0 = _mm256_loadu_si256(aj.qs.as_ptr() as *const __m256i);
+                    let a1 = _mm256_loadu_si256(aj.qs.as_ptr().add(16) as *const __m256i);
+                    let p = _mm256_fmadd_ps(
+                        s0,
+                        _mm256_cvtepi32_ps(_mm256_madd_epi16(c0, a0)),
+                        _mm256_mul_ps(s1, _mm256_cvtepi32_ps(_mm256_madd_epi16(c1, a1))),
+                    );
+                    sacc[t] = _mm256_fmadd_ps(_mm256_set1_ps(aj.d), p, sacc[t]);
+                }
+            }
+        }
+        let d = _mm256_set1_ps(f16(b.d));
+        for t in 0..4 {
+            acc[t] = _mm256_fmadd_ps(d, sacc[t], acc[t]);
+        }
+    }
+    std::array::from_fn(|t| hsum(acc[t]))
 }
 
 /// Q4_K against 16-bit codes (a scale per 32 activations): each sub-block's

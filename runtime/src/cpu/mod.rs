@@ -307,21 +307,22 @@ impl CpuBackend {
         portable_kernel(ty)
     }
 
-    /// The one-row kernels of the formats that follow [`ActBits::Sixteen`]
-    /// (AVX2 where present, also on AVX-512 CPUs).
+    /// The kernels of the formats that follow [`ActBits::Sixteen`] (AVX2
+    /// where present, also on AVX-512 CPUs): one row against one token or,
+    /// in prefill, four.
     fn kernel_a16(&self, ty: GgmlType) -> Option<Kernel> {
         #[cfg(target_arch = "x86_64")]
         if self.isa >= Isa::Avx2 {
-            let one: Dot<ActQ16> = match ty {
-                GgmlType::Q4_0 => avx2::q4_0_row_a16,
-                GgmlType::Q4_1 => avx2::q4_1_row_a16,
-                GgmlType::Q5_0 => avx2::q5_0_row_a16,
-                GgmlType::Q5_1 => avx2::q5_1_row_a16,
-                GgmlType::Q4K => avx2::q4_k_row_a16,
-                GgmlType::Q6K => avx2::q6_k_row_a16,
+            let (one, four): (Dot<ActQ16>, Dot4<ActQ16>) = match ty {
+                GgmlType::Q4_0 => (avx2::q4_0_row_a16, avx2::q4_0_row_a16_x4),
+                GgmlType::Q4_1 => (avx2::q4_1_row_a16, avx2::q4_1_row_a16_x4),
+                GgmlType::Q5_0 => (avx2::q5_0_row_a16, avx2::q5_0_row_a16_x4),
+                GgmlType::Q5_1 => (avx2::q5_1_row_a16, avx2::q5_1_row_a16_x4),
+                GgmlType::Q4K => (avx2::q4_k_row_a16, avx2::q4_k_row_a16_x4),
+                GgmlType::Q6K => (avx2::q6_k_row_a16, avx2::q6_k_row_a16_x4),
                 _ => return None,
             };
-            return Some(Kernel::Q16(one, None, None));
+            return Some(Kernel::Q16(one, Some(four), None));
         }
         let one: Dot<ActQ16> = match ty {
             GgmlType::Q4_0 => portable::q4_0_row_a16,
