@@ -82,7 +82,11 @@ pub fn collect(storage: &Storage, dry_run: bool) -> GcReport {
         }
         report.uploads_removed += 1;
         if !dry_run {
-            let _ = std::fs::remove_dir_all(e.path());
+            // With the server's in-memory state for it (hash, writer lock).
+            let id = e.file_name().to_string_lossy().into_owned();
+            if !storage.drop_abandoned_upload(&id) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
         }
     }
     report

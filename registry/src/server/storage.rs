@@ -198,6 +198,7 @@ impl Storage {
     }
 
     pub fn start_upload(&self, name: &str) -> Result<String, StorageError> {
+        self.forget_vanished_uploads();
         let mut raw = [0u8; 16];
         rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut raw);
         let id = hex::encode(raw);
@@ -652,6 +653,57 @@ impl Storage {
     pub fn uploads_dir(&self) -> PathBuf {
         self.root.join("uploads")
     }
+
+    /// Removes upload `id` whatever its repository (gc: abandoned uploads),
+    /// with the hash state and writer lock the server keeps for it, so a
+    /// long-running server does not accumulate them. False when there was no
+    /// such upload directory.
+    pub fn drop_abandoned_upload(&self, id: &str) -> bool {
+        let Ok(dir) = self.upload_dir(id) else {
+            return false;
+        };
+        if let Ok(mut m) = self.hashers.lock() {
+            m.remove(id);
+        }
+        self.writers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+        std::fs::remove_dir_all(dir).is_ok()
+    }
+
+    /// Drops the hash state and writer locks of uploads whose directory is
+    /// gone: `quern registry gc` runs in its own process and removes abandoned
+    /// uploads from the disk only, so the server forgets them here (on each new
+    /// upload; the maps hold only uploads in progress, so this is cheap).
+    fn forget_vanished_uploads(&self) {
+        let gone = |id: &String| self.upload_dir(id).is_ok_and(|d| !d.exists());
+        if let Ok(mut m) = self.hashers.lock() {
+            m.retain(|id, _| !gone(id));
+        }
+        self.writers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|id, _| !gone(id));
+    }
+
+    /// Uploads with hash state or a writer lock in memory (tests).
+    #[cfg(test)]
+    fn tracked_uploads(&self) -> usize {
+        let mut ids: std::collections::HashSet<String> = self
+            .hashers
+            .lock()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        ids.extend(
+            self.writers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .keys()
+                .cloned(),
+        );
+        ids.len()
+    }
 }
 
 #[cfg(test)]
@@ -718,5 +770,33 @@ mod tests {
         assert_eq!(data.len(), 1024);
         assert!(data[..1000].iter().all(|&b| b == 1) && data[1000..].iter().all(|&b| b == 3));
         assert!(st.cancel_upload("ns/m", &id));
+    }
+
+    /// gc's removal of an abandoned upload also drops what the server keeps in
+    /// memory for it (hash state, writer lock); a live upload keeps both.
+    #[test]
+    fn dropping_an_abandoned_upload_forgets_its_state() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let st = Storage::open(dir.path()).expect("open");
+        let (old, live) = (st.start_upload("m").unwrap(), st.start_upload("m").unwrap());
+        st.append("m", &old, Some(0), &mut &b"abc"[..]).unwrap();
+        st.append("m", &live, Some(0), &mut &b"de"[..]).unwrap();
+        assert_eq!(st.tracked_uploads(), 2);
+        assert!(st.drop_abandoned_upload(&old));
+        assert_eq!(st.tracked_uploads(), 1);
+        assert!(st.upload_size("m", &old).is_err());
+        assert_eq!(st.upload_size("m", &live).unwrap(), 2);
+        assert!(!st.drop_abandoned_upload(&old), "already gone");
+        assert!(!st.drop_abandoned_upload("../blobs"), "not an upload id");
+
+        // gc in another process removes only the directory; the server forgets
+        // the upload's state when the next upload starts.
+        let other = Storage::open(dir.path()).expect("open again");
+        assert!(other.drop_abandoned_upload(&live));
+        assert_eq!(st.tracked_uploads(), 1);
+        let next = st.start_upload("m").unwrap();
+        assert_eq!(st.tracked_uploads(), 0);
+        st.append("m", &next, Some(0), &mut &b"f"[..]).unwrap();
+        assert_eq!(st.tracked_uploads(), 1);
     }
 }
