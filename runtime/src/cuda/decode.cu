@@ -72,6 +72,35 @@ __device__ float residual_inv_rms(float* __restrict__ xr, const float* __restric
     return 1.0f / sqrtf((float)(ss / n) + eps);
 }
 
+// Values per thread the norms keep in registers (rows of up to NORM_K ×
+// blockDim.x values; longer rows take the loops above).
+#define NORM_K 8
+
+// residual_inv_rms with thread i's values (i, i + blockDim.x, ...) kept in v
+// and their weights loaded into wv beside them, before the reduction, so that
+// neither is read again after it: the same sums in the same order.
+__device__ __forceinline__ float residual_inv_rms_reg(float* __restrict__ xr, const float* __restrict__ dr,
+                                                      const float* __restrict__ w, int n, float eps,
+                                                      float (&v)[NORM_K], float (&wv)[NORM_K]) {
+    double ss = 0.0;
+#pragma unroll
+    for (int k = 0; k < NORM_K; k++) {
+        const int i = threadIdx.x + k * blockDim.x;
+        if (i < n) {
+            float x = xr[i];
+            wv[k] = w[i];
+            if (dr) {
+                x += dr[i];
+                xr[i] = x;
+            }
+            v[k] = x;
+            ss += (double)(x * x);
+        }
+    }
+    ss = block_sum_d(ss);
+    return 1.0f / sqrtf((float)(ss / n) + eps);
+}
+
 // Row r of `rows` (one block each): if d, x += d first (the residual add,
 // written back); then out = x / sqrt(mean(x^2) + eps) * w.
 extern "C" __global__ void rms_norm(float* __restrict__ x, const float* __restrict__ d,
@@ -81,6 +110,16 @@ extern "C" __global__ void rms_norm(float* __restrict__ x, const float* __restri
     float* xr = x + (long long)blockIdx.x * n;
     const float* dr = d ? d + (long long)blockIdx.x * n : 0;
     float* orow = out + (long long)blockIdx.x * n;
+    if (n <= NORM_K * (int)blockDim.x) {
+        float v[NORM_K], wv[NORM_K];
+        float inv = residual_inv_rms_reg(xr, dr, w, n, eps, v, wv);
+#pragma unroll
+        for (int k = 0; k < NORM_K; k++) {
+            const int i = threadIdx.x + k * blockDim.x;
+            if (i < n) orow[i] = v[k] * inv * wv[k];
+        }
+        return;
+    }
     float inv = residual_inv_rms(xr, dr, n, eps);
     for (int i = threadIdx.x; i < n; i += blockDim.x) orow[i] = xr[i] * inv * w[i];
 }
@@ -422,11 +461,27 @@ extern "C" __global__ void rms_norm_q(float* __restrict__ x, const float* __rest
     float* xr = x + (long long)blockIdx.x * n;
     const float* dr = d ? d + (long long)blockIdx.x * n : 0;
     float* orow = out + (long long)blockIdx.x * n;
-    float inv = residual_inv_rms(xr, dr, n, eps);
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
     const int G = mode == 2 ? 8 : 1;
     const int nb = n >> 5;
     const long long rb = (long long)blockIdx.x * nb;
+    if (G == 1 && n <= NORM_K * (int)blockDim.x) {
+        // Value i = threadIdx.x + k·blockDim.x: warp w's lanes hold block
+        // w + k·nwarps, the block the loop below gives warp w in round k.
+        float v[NORM_K], wv[NORM_K];
+        float inv = residual_inv_rms_reg(xr, dr, w, n, eps, v, wv);
+#pragma unroll
+        for (int k = 0; k < NORM_K; k++) {
+            const int i = threadIdx.x + k * blockDim.x;
+            if (i < n) {
+                const float o = v[k] * inv * wv[k];
+                orow[i] = o;
+                quant_store(o, warp_max(fabsf(o)), rb + (i >> 5), mode, xq, xa);
+            }
+        }
+        return;
+    }
+    float inv = residual_inv_rms(xr, dr, n, eps);
     for (int b0 = warp * G; b0 < nb; b0 += nwarps * G) {
         float v[8];
         float am[8];
