@@ -564,6 +564,9 @@ fn reference_cache_is_reused_and_keyed() {
     fx.verify(&q8, &fx.f32, &other);
     fx.verify(&q8, &fx.hf, &args);
     assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 3 + 2 + 3);
+    // Another activation code width: a quantised reference's logits change.
+    fx.verify(&q8, &fx.f32, &[&args[..], &["--act-bits", "16"]].concat());
+    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 3 + 2 + 3 + 3);
 }
 
 /// `--act-bits`: the setting reaches the report, 16-bit activation codes bring a

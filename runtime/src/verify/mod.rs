@@ -171,6 +171,7 @@ pub fn verify(
             .map(|dir| outputs::ReferenceCache {
                 dir,
                 reference_sha256: &reference_input.sha256,
+                act_bits: crate::precision::act_bits(),
             });
         let mut s = outputs::compare_outputs(
             ref_model,

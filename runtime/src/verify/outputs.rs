@@ -62,14 +62,21 @@ pub struct ReferenceCache<'a> {
     pub dir: &'a Path,
     /// The reference's content digest (sha256 hex): a changed reference misses.
     pub reference_sha256: &'a str,
+    /// The activation code width (`precision`): a quantised reference's logits
+    /// depend on it. 8-bit entries keep the key they had before the setting.
+    pub act_bits: crate::precision::ActBits,
 }
 
 impl ReferenceCache<'_> {
-    /// The file for one chunk: keyed by the reference, the chunk's tokens and the
-    /// scored range, so another text, context or reference never matches.
+    /// The file for one chunk: keyed by the reference, the chunk's tokens, the
+    /// scored range and the activation code width, so another text, context,
+    /// reference or width never matches.
     fn entry(&self, chunk: &[u32], first: usize, last: usize, vocab: usize) -> PathBuf {
         let mut h = Sha256::new();
         h.update(self.reference_sha256.as_bytes());
+        if self.act_bits == crate::precision::ActBits::Sixteen {
+            h.update(b"act_bits=16");
+        }
         for v in [first, last, vocab, chunk.len()] {
             h.update((v as u64).to_le_bytes());
         }
