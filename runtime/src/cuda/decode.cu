@@ -194,15 +194,24 @@ extern "C" __global__ void qkv_post(float* __restrict__ q, const float* __restri
 // its group; writes per query head the chunk's max score m, sum of exp(s - m)
 // l, and the exp-weighted sum of values acc, as part[(t, h, c)] = acc[hd], m, l.
 // Decode is latency-bound here, not bandwidth-bound (a layer's cache is a few
-// MB at most): every thread issues its loads together, one dot product or one
-// float4 of outputs per thread, and many short chunks run side by side.
-extern "C" __global__ void __launch_bounds__(128)
+// MB at most), so every global load of the block is issued at once, first:
+// warp w holds the key and value rows of positions w, w + 4, ... in registers
+// (lane l the float4s l, l + 32, ...), and the query heads go to shared memory;
+// the scores are warp-wide dot products, the value sums each warp's share of
+// positions, added across the warps in shared memory.
+#define ATT_WARPS 4
+#define ATT_PPW ((ACH + ATT_WARPS - 1) / ATT_WARPS)  // positions per warp
+#ifndef ATT_R
+#define ATT_R (MAXHD / 128)  // float4s of a row per lane (hd <= 128 * ATT_R)
+#endif
+extern "C" __global__ void __launch_bounds__(32 * ATT_WARPS)
 attn_partial(const float* __restrict__ q, const float* __restrict__ kc,
              const float* __restrict__ vc, float* __restrict__ part,
              const int* __restrict__ params, int n_head, int n_kv, int hd, int n_chunks,
              float scale) {
     PDL_ENTRY(q, kc, vc, part, params);
-    __shared__ __align__(16) float qs[MAXG * MAXHD];
+    __shared__ __align__(16) float4 qs[MAXG * MAXHD / 4];
+    __shared__ __align__(16) float4 red[ATT_WARPS][MAXG * MAXHD / 4];
     __shared__ float sc[MAXG * ACH];
     __shared__ float ms[MAXG], ls[MAXG];
     int kvh = blockIdx.x, c = blockIdx.y, t = blockIdx.z;
@@ -210,33 +219,51 @@ attn_partial(const float* __restrict__ q, const float* __restrict__ kc,
     int c0 = c * ACH;
     if (c0 >= len) return;  // the combine reads only chunks below len
     int nj = min(ACH, len - c0);
-    int G = n_head / n_kv, kvd = n_kv * hd;
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-    const float* qt = q + ((long long)t * n_head + kvh * G) * hd;
-    for (int e = threadIdx.x; e < G * hd; e += blockDim.x) qs[e] = qt[e];
+    int G = n_head / n_kv, kvd = n_kv * hd, hd4 = hd >> 2;
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    float4 kr[ATT_PPW][ATT_R], vr[ATT_PPW][ATT_R];
+#pragma unroll
+    for (int i = 0; i < ATT_PPW; i++) {
+        const int j = warp + ATT_WARPS * i;
+        const long long row = (long long)(c0 + (j < nj ? j : 0)) * kvd + kvh * hd;
+        const float4* kp = (const float4*)(kc + row);
+        const float4* vp = (const float4*)(vc + row);
+#pragma unroll
+        for (int r = 0; r < ATT_R; r++) {
+            const int d4 = lane + 32 * r;
+            const bool ok = j < nj && d4 < hd4;
+            kr[i][r] = ok ? kp[d4] : zero;
+            vr[i][r] = ok ? vp[d4] : zero;
+        }
+    }
+    const float4* qt = (const float4*)(q + ((long long)t * n_head + kvh * G) * hd);
+    for (int e = threadIdx.x; e < G * hd4; e += blockDim.x) qs[(e / hd4) * (MAXHD / 4) + e % hd4] = qt[e];
     __syncthreads();
-    // Scores: thread e takes position e / G and query head e % G (the G threads
-    // of one position share its key row through L1).
-    int hd4 = hd >> 2;
-    for (int e = threadIdx.x; e < nj * G; e += blockDim.x) {
-        int j = e / G, g = e - j * G;
-        const float4* kr = (const float4*)(kc + (long long)(c0 + j) * kvd + kvh * hd);
-        const float4* qr = (const float4*)(qs + g * hd);
-        float a0 = 0.0f, a1 = 0.0f;
-#pragma unroll 8
-        for (int d = 0; d < hd4; d += 2) {
-            float4 k0 = kr[d], q0 = qr[d];
-            a0 += q0.x * k0.x + q0.y * k0.y + q0.z * k0.z + q0.w * k0.w;
-            if (d + 1 < hd4) {
-                float4 k1 = kr[d + 1], q1 = qr[d + 1];
-                a1 += q1.x * k1.x + q1.y * k1.y + q1.z * k1.z + q1.w * k1.w;
+    // Scores: the warp's positions against every query head of the group.
+#pragma unroll
+    for (int i = 0; i < ATT_PPW; i++) {
+        const int j = warp + ATT_WARPS * i;
+#pragma unroll
+        for (int g = 0; g < MAXG; g++) {
+            if (g < G) {
+                float a = 0.0f;
+#pragma unroll
+                for (int r = 0; r < ATT_R; r++) {
+                    const int d4 = lane + 32 * r;
+                    if (d4 < hd4) {
+                        const float4 qv = qs[g * (MAXHD / 4) + d4], kv = kr[i][r];
+                        a += qv.x * kv.x + qv.y * kv.y + qv.z * kv.z + qv.w * kv.w;
+                    }
+                }
+                a = warp_sum(a);
+                if (lane == 0 && j < nj) sc[g * ACH + j] = a * scale;
             }
         }
-        sc[g * ACH + j] = (a0 + a1) * scale;
     }
     __syncthreads();
     // Softmax pieces per query head: lane j holds position j (ACH <= 32).
-    for (int g = warp; g < G; g += nwarps) {
+    for (int g = warp; g < G; g += ATT_WARPS) {
         float s = lane < nj ? sc[g * ACH + lane] : NEG_INF;
         float m = warp_max(s);
         float p = lane < nj ? expf(s - m) : 0.0f;
@@ -248,21 +275,39 @@ attn_partial(const float* __restrict__ q, const float* __restrict__ kc,
         }
     }
     __syncthreads();
-    // Values: thread e takes query head e / (hd/4) and a float4 of dimensions.
+    // Values: the warp's positions, weighted, per query head; then across warps.
+#pragma unroll
+    for (int g = 0; g < MAXG; g++) {
+        if (g < G) {
+#pragma unroll
+            for (int r = 0; r < ATT_R; r++) {
+                const int d4 = lane + 32 * r;
+                float4 a = zero;
+#pragma unroll
+                for (int i = 0; i < ATT_PPW; i++) {
+                    const int j = warp + ATT_WARPS * i;
+                    const float w = j < nj ? sc[g * ACH + j] : 0.0f;
+                    a.x += w * vr[i][r].x;
+                    a.y += w * vr[i][r].y;
+                    a.z += w * vr[i][r].z;
+                    a.w += w * vr[i][r].w;
+                }
+                if (d4 < hd4) red[warp][g * (MAXHD / 4) + d4] = a;
+            }
+        }
+    }
+    __syncthreads();
     int stride = hd + 2;
     for (int e = threadIdx.x; e < G * hd4; e += blockDim.x) {
         int g = e / hd4, d4 = e - g * hd4;
-        const float4* vr = (const float4*)(vc + (long long)c0 * kvd + kvh * hd) + d4;
-        int kvd4 = kvd >> 2;
-        float4 a = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-#pragma unroll 8
-        for (int j = 0; j < nj; j++) {
-            float w = sc[g * ACH + j];
-            float4 v = vr[(long long)j * kvd4];
-            a.x += w * v.x;
-            a.y += w * v.y;
-            a.z += w * v.z;
-            a.w += w * v.w;
+        float4 a = red[0][g * (MAXHD / 4) + d4];
+#pragma unroll
+        for (int w = 1; w < ATT_WARPS; w++) {
+            const float4 b = red[w][g * (MAXHD / 4) + d4];
+            a.x += b.x;
+            a.y += b.y;
+            a.z += b.z;
+            a.w += b.w;
         }
         int h = kvh * G + g;
         float* p = part + (((long long)t * n_head + h) * n_chunks + c) * stride;

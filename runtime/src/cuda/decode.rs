@@ -296,7 +296,7 @@ impl<'m> DeviceModel<'m> {
             )));
         }
         let st = be.stream().clone();
-        let k = load_kernels(be, ach).map_err(cuda_err)?;
+        let k = load_kernels(be, ach, hd).map_err(cuda_err)?;
         let mut types: Vec<quern_formats::GgmlType> = Vec::new();
         let (out_view, out_norm) = model.output_weights();
         types.push(out_view.ty);
@@ -931,8 +931,8 @@ fn poison_slice<T>(be: &CudaBackend, s: &CudaSlice<T>) -> Result<(), CudaError> 
         .ctx("poisoning a buffer")
 }
 
-fn load_kernels(be: &CudaBackend, ach: usize) -> Result<Kernels, CudaError> {
-    let src = decode_source_with(ach);
+fn load_kernels(be: &CudaBackend, ach: usize, hd: usize) -> Result<Kernels, CudaError> {
+    let src = decode_source_with(ach, Some(hd));
     let (cubin, _) = super::compile::cubin("quern_decode", &src, be.toolchain())?;
     let module = be
         .context()
@@ -959,11 +959,17 @@ fn load_kernels(be: &CudaBackend, ach: usize) -> Result<Kernels, CudaError> {
 
 /// The source of the decode module, as compiled by default.
 pub fn decode_source() -> String {
-    decode_source_with(ACH)
+    decode_source_with(ACH, None)
 }
 
-fn decode_source_with(ach: usize) -> String {
-    format!("#define ACH {ach}\n{COMMON_SRC}\n{DECODE_SRC}")
+/// With `hd` known, each lane of the attention holds the float4s of a row it
+/// needs and no more (`ATT_R`: 1 up to 128 dimensions, else 2).
+fn decode_source_with(ach: usize, hd: Option<usize>) -> String {
+    let r = match hd {
+        Some(h) if h <= 128 => "#define ATT_R 1\n",
+        _ => "",
+    };
+    format!("#define ACH {ach}\n{r}{COMMON_SRC}\n{DECODE_SRC}")
 }
 
 #[cfg(test)]
@@ -988,6 +994,12 @@ mod tests {
         let cubin = super::super::compile::compile_uncached("test_decode", &decode_source(), &tc)
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(cubin.len() > 1000, "{} bytes of cubin", cubin.len());
+        // Every chunk size, with one float4 per lane and row (heads of up to 128).
+        for ach in [8, 16, 32] {
+            let src = decode_source_with(ach, Some(128));
+            super::super::compile::compile_uncached("test_decode_r1", &src, &tc)
+                .unwrap_or_else(|e| panic!("ACH {ach}, ATT_R 1: {e}"));
+        }
     }
 
     #[test]
