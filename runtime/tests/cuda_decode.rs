@@ -237,6 +237,21 @@ fn llama3_rope_f32_device_decode_matches_cpu() {
     );
 }
 
+/// Three query heads per KV head, as SmolLM2-135M has (9 over 3): the
+/// prefill attention's 64-row blocks then hold 21 tokens and a row of padding.
+#[test]
+fn three_heads_per_kv_head_device_decode_matches_cpu() {
+    let m = TinyModel {
+        heads: 6,
+        kv_heads: 2,
+        seed: 13,
+        ..TinyModel::llama()
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = hf_to_gguf(&m, dir.path(), OutType::F32);
+    check("llama F32 (6 heads on 2 KV heads)", &path, 1e-4);
+}
+
 #[test]
 fn qwen2_biases_and_qwen3_norms_device_decode_match_cpu() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -322,6 +322,150 @@ attn_partial(const float* __restrict__ q, const float* __restrict__ kc,
     }
 }
 
+// Prefill attention, flash-style: block (j, b) takes KV head j and the query
+// rows of tokens b·bq .. b·bq + bq − 1 of the batch, bq = 64 / G (row r: token
+// r / G, query head j·G + r % G; rows from bq·G on, when G does not divide 64,
+// are computed on a clamped token and not written), and walks the cache in tiles of PF_BK positions up
+// to the last token's, keeping per row a running max, sum and output (online
+// softmax): one pass over the keys and values for all the rows, instead of one
+// per token. 128 threads: thread (ty, tx) = (tid / 8, tid % 8) forms the scores
+// of rows 4ty.. against keys 4tx.. of a tile, and the outputs of rows 4ty.. in
+// dimensions 4tx + 32k ..; the 8 threads of a row group share its statistics by
+// shuffles. Heads of up to PF_HD dimensions. Dynamic shared memory
+// (prefill_smem_bytes): Q (64 rows, stride hd + 1), K (PF_BK, stride hd + 1),
+// V (PF_BK, stride hd), P (64 × (PF_BK + 1)).
+#define PF_ROWS 64
+#define PF_BK 32
+#define PF_HD 128
+extern "C" __global__ void __launch_bounds__(128)
+attn_prefill(const float* __restrict__ q, const float* __restrict__ kc, const float* __restrict__ vc,
+             float* __restrict__ out, const int* __restrict__ params, int n, int n_head, int n_kv,
+             int hd, float scale) {
+    PDL_ENTRY(q, kc, vc, out, params);
+    extern __shared__ __align__(16) float pf_sm[];
+    const int G = n_head / n_kv, kvd = n_kv * hd, hs = hd + 1;
+    const int bq = PF_ROWS / G;
+    float* Qs = pf_sm;
+    float* Ks = Qs + PF_ROWS * hs;
+    float* Vs = Ks + PF_BK * hs;  // 16-byte aligned: 96 (hd + 1) floats are 384 (hd + 1) bytes
+    float* Ps = Vs + PF_BK * hd;
+    const int kvh = blockIdx.x, t0 = blockIdx.y * bq;
+    const int tid = threadIdx.x, ty = tid >> 3, tx = tid & 7;
+    const int base = params[0];
+    const int tlast = min(t0 + bq, n) - 1;
+    const int last = base + tlast;  // the last key any row of the block sees
+    for (int e = tid; e < PF_ROWS * hd; e += blockDim.x) {
+        const int r = e / hd, d = e - r * hd;
+        const int t = min(t0 + r / G, tlast);
+        Qs[r * hs + d] = q[((long long)t * n_head + kvh * G + r % G) * hd + d];
+    }
+    int pos[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) pos[i] = base + min(t0 + (4 * ty + i) / G, tlast);
+    float m[4], l[4], o[4][PF_HD / 8];
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        m[i] = NEG_INF;
+        l[i] = 0.0f;
+#pragma unroll
+        for (int k = 0; k < PF_HD / 8; k++) o[i][k] = 0.0f;
+    }
+    const int hd4 = hd >> 2;
+    for (int k0 = 0; k0 <= last; k0 += PF_BK) {
+        __syncthreads();  // the previous tile's K, V and P are no longer read
+        for (int e = tid; e < PF_BK * hd4; e += blockDim.x) {
+            const int j = e / hd4, d4 = e - j * hd4;
+            const bool ok = k0 + j <= last;  // later positions may hold anything
+            const long long row = (long long)(k0 + j) * kvd + kvh * hd;
+            const float4 kv = ok ? ((const float4*)(kc + row))[d4] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            const float4 vv = ok ? ((const float4*)(vc + row))[d4] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            float* kd = Ks + j * hs + 4 * d4;
+            kd[0] = kv.x;
+            kd[1] = kv.y;
+            kd[2] = kv.z;
+            kd[3] = kv.w;
+            ((float4*)(Vs + j * hd))[d4] = vv;
+        }
+        __syncthreads();
+        float sv[4][4];
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+#pragma unroll
+            for (int j = 0; j < 4; j++) sv[i][j] = 0.0f;
+        for (int d = 0; d < hd; d++) {
+            float qv[4], kv[4];
+#pragma unroll
+            for (int i = 0; i < 4; i++) qv[i] = Qs[(4 * ty + i) * hs + d];
+#pragma unroll
+            for (int j = 0; j < 4; j++) kv[j] = Ks[(4 * tx + j) * hs + d];
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+#pragma unroll
+                for (int j = 0; j < 4; j++) sv[i][j] += qv[i] * kv[j];
+        }
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            float tm = NEG_INF;
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const int key = k0 + 4 * tx + j;
+                sv[i][j] = key <= pos[i] ? sv[i][j] * scale : NEG_INF;
+                tm = fmaxf(tm, sv[i][j]);
+            }
+#pragma unroll
+            for (int off = 1; off < 8; off <<= 1) tm = fmaxf(tm, __shfl_xor_sync(0xffffffffu, tm, off));
+            const float mn = fmaxf(m[i], tm);  // finite: key 0 is in the first tile
+            const float alpha = expf(m[i] - mn);
+            float ps = 0.0f;
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const float pj = expf(sv[i][j] - mn);
+                Ps[(4 * ty + i) * (PF_BK + 1) + 4 * tx + j] = pj;
+                ps += pj;
+            }
+#pragma unroll
+            for (int off = 1; off < 8; off <<= 1) ps += __shfl_xor_sync(0xffffffffu, ps, off);
+            l[i] = l[i] * alpha + ps;
+            m[i] = mn;
+#pragma unroll
+            for (int k = 0; k < PF_HD / 8; k++) o[i][k] *= alpha;
+        }
+        __syncthreads();
+        for (int j = 0; j < PF_BK; j++) {
+            float pj[4];
+#pragma unroll
+            for (int i = 0; i < 4; i++) pj[i] = Ps[(4 * ty + i) * (PF_BK + 1) + j];
+#pragma unroll
+            for (int k = 0; k < PF_HD / 32; k++) {
+                if (4 * tx + 32 * k < hd) {
+                    const float4 v = *(const float4*)(Vs + j * hd + 4 * tx + 32 * k);
+#pragma unroll
+                    for (int i = 0; i < 4; i++) {
+                        o[i][4 * k] += pj[i] * v.x;
+                        o[i][4 * k + 1] += pj[i] * v.y;
+                        o[i][4 * k + 2] += pj[i] * v.z;
+                        o[i][4 * k + 3] += pj[i] * v.w;
+                    }
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const int r = 4 * ty + i, t = t0 + r / G;
+        if (t > tlast) continue;
+        const float inv = 1.0f / l[i];
+        float* orow = out + ((long long)t * n_head + kvh * G + r % G) * hd;
+#pragma unroll
+        for (int k = 0; k < PF_HD / 32; k++) {
+            const int d = 4 * tx + 32 * k;
+            if (d < hd)
+                *(float4*)(orow + d) =
+                    make_float4(o[i][4 * k] * inv, o[i][4 * k + 1] * inv, o[i][4 * k + 2] * inv, o[i][4 * k + 3] * inv);
+        }
+    }
+}
+
 // Attention, second pass: block (h, t) merges the chunks of query head h.
 // Warp 0 finds the overall max M, leaves each chunk's weight exp(m_c - M) in
 // shared memory for the value sums, and the total sum_c l_c exp(m_c - M).

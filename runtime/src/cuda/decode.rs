@@ -100,6 +100,7 @@ struct Kernels {
     qkv_post: CudaFunction,
     attn_partial: CudaFunction,
     attn_combine: CudaFunction,
+    attn_prefill: CudaFunction,
     silu_mul: CudaFunction,
     rms_norm_q: CudaFunction,
     silu_mul_q: CudaFunction,
@@ -772,13 +773,35 @@ impl<'m> DeviceModel<'m> {
                     })
                     .ctx("launching qkv_post")?;
             }
+            // Several tokens: one flash-style pass (o's quantiser then a launch).
+            let flash = n > 1 && !sk.attn && prefill_attention(nh / nkv, hd);
+            if flash {
+                let n_i = n as i32;
+                Launch::new(st, &self.k.attn_prefill)
+                    .arg(&q)
+                    .arg(&kc)
+                    .arg(&vc)
+                    .arg(&attn)
+                    .arg(&params)
+                    .arg(&n_i)
+                    .arg(&nh_i)
+                    .arg(&nkv_i)
+                    .arg(&hd_i)
+                    .arg(&scale)
+                    .launch(LaunchConfig {
+                        grid_dim: (nkv as u32, n.div_ceil(PREFILL_ROWS / (nh / nkv)) as u32, 1),
+                        block_dim: (128, 1, 1),
+                        shared_mem_bytes: prefill_smem_bytes(hd) as u32,
+                    })
+                    .ctx("launching attn_prefill")?;
+            }
             // The combine with o's quantiser: blocks of 256 outputs, whole heads.
-            let cf = if sk.attn || hd < 32 || 256 % hd != 0 {
+            let cf = if flash || sk.attn || hd < 32 || 256 % hd != 0 {
                 None
             } else {
                 fq(&l.wo, n)
             };
-            if !sk.attn {
+            if !sk.attn && !flash {
                 Launch::new(st, &self.k.attn_partial)
                     .arg(&q)
                     .arg(&kc)
@@ -814,7 +837,7 @@ impl<'m> DeviceModel<'m> {
                         shared_mem_bytes: 0,
                     })
                     .ctx("launching attn_combine_q")?;
-            } else if !sk.attn {
+            } else if !sk.attn && !flash {
                 Launch::new(st, &self.k.attn_combine)
                     .arg(&part)
                     .arg(&attn)
@@ -948,6 +971,16 @@ fn load_kernels(be: &CudaBackend, ach: usize, hd: usize) -> Result<Kernels, Cuda
         qkv_post: f("qkv_post")?,
         attn_partial: f("attn_partial")?,
         attn_combine: f("attn_combine")?,
+        attn_prefill: {
+            let func = f("attn_prefill")?;
+            let bytes = prefill_smem_bytes(PREFILL_MAX_HD) as i32;
+            func.set_attribute(
+                cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                bytes,
+            )
+            .ctx(&format!("allowing {bytes} bytes of shared memory for attn_prefill"))?;
+            func
+        },
         silu_mul: f("silu_mul")?,
         rms_norm_q: f("rms_norm_q")?,
         silu_mul_q: f("silu_mul_q")?,
@@ -955,6 +988,28 @@ fn load_kernels(be: &CudaBackend, ach: usize, hd: usize) -> Result<Kernels, Cuda
         argmax_part: f("argmax_part")?,
         argmax_final: f("argmax_final")?,
     })
+}
+
+/// `attn_prefill`'s limits (decode.cu: `PF_ROWS`, `PF_BK`, `PF_HD`): 64 query
+/// rows per block (64 / G whole tokens of G query heads each), tiles of 32
+/// positions, heads of up to 128 dimensions.
+const PREFILL_ROWS: usize = 64;
+const PREFILL_BK: usize = 32;
+const PREFILL_MAX_HD: usize = 128;
+
+/// Dynamic shared memory of `attn_prefill` for heads of `hd`: Q and K with
+/// rows of hd + 1 floats, V with rows of hd, P of 64 × 33.
+fn prefill_smem_bytes(hd: usize) -> usize {
+    4 * ((PREFILL_ROWS + PREFILL_BK) * (hd + 1) + PREFILL_BK * hd + PREFILL_ROWS * (PREFILL_BK + 1))
+}
+
+/// Whether a prefill of several tokens takes `attn_prefill` (one pass over the
+/// cache for 64 query rows) rather than the decode kernels per token:
+/// `QUERN_CUDA_PREFILL_ATTN=0` keeps the decode kernels (for comparison).
+fn prefill_attention(group: usize, hd: usize) -> bool {
+    group <= PREFILL_ROWS
+        && hd <= PREFILL_MAX_HD
+        && std::env::var("QUERN_CUDA_PREFILL_ATTN").as_deref() != Ok("0")
 }
 
 /// The source of the decode module, as compiled by default.
