@@ -1,8 +1,8 @@
 // The non-matmul ops of a Llama-family forward pass on the device (decode.rs
 // drives them): RMSNorm with the residual add fused in, the per-head work after
 // the q/k/v products (biases, Qwen3's head norms, rope, the KV-cache write),
-// attention over the cache in two passes (per chunk of positions, then a
-// combine), SwiGLU and greedy argmax.
+// attention over the cache (decode: two passes, per chunk of positions, then a
+// combine; prefill: one flash-style pass), SwiGLU and greedy argmax.
 //
 // Positions come from `params[0]` (the first new token's position) so that a
 // captured CUDA graph replays unchanged from token to token; token t of a batch

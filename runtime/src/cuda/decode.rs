@@ -14,7 +14,9 @@
 //! - Prefill runs the same kernels over batches of up to
 //!   [`DeviceModel::prefill_batch`] tokens (by default [`PREFILL_BATCH`]),
 //!   launched directly; its products over the repacked formats run on the int8
-//!   tensor-core kernels (`mma.cu`), the others as GEMVs of 16 rows per launch.
+//!   tensor-core kernels (`mma.cu`), the others as GEMVs of 16 rows per launch,
+//!   and its attention is one flash-style pass (`attn_prefill`) per KV head and
+//!   64 query rows.
 //! - The activation quantiser of a product runs, where [`Fuse`] says, inside the
 //!   kernel that makes its input (RMSNorm, the attention's combine, SwiGLU)
 //!   instead of as a launch of its own; the codes are the same bit for bit.
