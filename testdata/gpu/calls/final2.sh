@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # End of the 16-bit-activation session (call 11): the combine kernels with their first 16
-# (That combine change was not kept: no gain beyond noise; see BENCHMARKS.md.)
 # chunks' values loaded before the chunk weights (decode.cu: combine_preload),
 # and the whole committed binary: cuda_model and cuda_decode (8 and 16 bits),
 # memcheck over three decode tests, synthetic 8B Q4_K_M and Q4_0 pp512 + tg128.
-# About 3 minutes.
+# About 3 minutes. (That combine change was not kept: no gain beyond noise;
+# see BENCHMARKS.md.)
 set -u
 D=$(cd "$(dirname "$0")" && pwd)
 OUT=${OUT:-/tmp/quern-gpu-out}
