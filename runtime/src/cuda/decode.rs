@@ -1074,5 +1074,8 @@ mod tests {
         assert!(DECODE_SRC.contains(&format!("#define MAXCH {MAX_CHUNKS}")));
         assert!(DECODE_SRC.contains(&format!("#define MAXG {MAX_GROUP}")));
         assert!(DECODE_SRC.contains(&format!("#define MAXHD {MAX_HEAD_DIM}")));
+        assert!(DECODE_SRC.contains(&format!("#define PF_ROWS {PREFILL_ROWS}")));
+        assert!(DECODE_SRC.contains(&format!("#define PF_BK {PREFILL_BK}")));
+        assert!(DECODE_SRC.contains(&format!("#define PF_HD {PREFILL_MAX_HD}")));
     }
 }
