@@ -366,19 +366,7 @@ impl Storage {
     }
 
     pub fn cancel_upload(&self, name: &str, id: &str) -> bool {
-        if self.upload_data(name, id).is_err() {
-            return false;
-        }
-        if let Ok(mut m) = self.hashers.lock() {
-            m.remove(id);
-        }
-        // Writers still holding the lock keep their Arc; later ones find no upload.
-        self.writers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(id);
-        self.upload_dir(id)
-            .is_ok_and(|d| std::fs::remove_dir_all(d).is_ok())
+        self.upload_data(name, id).is_ok() && self.drop_abandoned_upload(id)
     }
 
     /// Store content that is small and already in memory (manifests).
@@ -654,10 +642,11 @@ impl Storage {
         self.root.join("uploads")
     }
 
-    /// Removes upload `id` whatever its repository (gc: abandoned uploads),
-    /// with the hash state and writer lock the server keeps for it, so a
-    /// long-running server does not accumulate them. False when there was no
-    /// such upload directory.
+    /// Removes upload `id` whatever its repository (gc: abandoned uploads;
+    /// `cancel_upload` after its repository check), with the hash state and
+    /// writer lock the server keeps for it, so a long-running server does not
+    /// accumulate them (writers still holding the lock keep their Arc; later
+    /// ones find no upload). False when there was no such upload directory.
     pub fn drop_abandoned_upload(&self, id: &str) -> bool {
         let Ok(dir) = self.upload_dir(id) else {
             return false;

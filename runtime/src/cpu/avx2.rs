@@ -189,32 +189,37 @@ pub unsafe fn q4_k_row(w: &[u8], a: &[ActQ8K]) -> f32 {
     hsum(acc) - mins
 }
 
+/// Q6_K's unsigned 6-bit codes of values g·128 + sub·32 .. + 32 (half `g`,
+/// quarter `sub`), value j in byte j: low nibbles from `ql`, top two bits from
+/// the half's 32 bytes of `qh` (already loaded).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q6_k_codes32(b: &BlockQ6K, qh: __m256i, g: usize, sub: usize) -> __m256i {
+    let ql = _mm256_loadu_si256(b.ql.as_ptr().add(g * 64 + (sub % 2) * 32) as *const __m256i);
+    let lo = _mm256_and_si256(
+        _mm256_srl_epi16(ql, _mm_cvtsi32_si128(4 * (sub / 2) as i32)),
+        _mm256_set1_epi8(15),
+    );
+    let hi = _mm256_and_si256(
+        _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * sub as i32)),
+        _mm256_set1_epi8(3),
+    );
+    _mm256_or_si256(lo, _mm256_slli_epi16::<4>(hi))
+}
+
 /// Q6_K: unsigned 6-bit codes u go through `maddubs` as they are; the offset of 32
 /// comes back as `32 * scale * Σa` from the activation group sums.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn q6_k_row(w: &[u8], a: &[ActQ8K]) -> f32 {
     let w: &[BlockQ6K] = bytemuck::cast_slice(w);
     let mut acc = _mm256_setzero_ps();
-    let low = _mm256_set1_epi8(15);
-    let three = _mm256_set1_epi8(3);
     let mut offsets = 0f32;
     for (b, a) in w.iter().zip(a) {
         let mut sumi = _mm256_setzero_si256();
         for g in 0..2 {
             let qh = _mm256_loadu_si256(b.qh.as_ptr().add(g * 32) as *const __m256i);
             for sub in 0..4 {
-                let ql = _mm256_loadu_si256(
-                    b.ql.as_ptr().add(g * 64 + (sub % 2) * 32) as *const __m256i
-                );
-                let lo = _mm256_and_si256(
-                    _mm256_srl_epi16(ql, _mm_cvtsi32_si128(4 * (sub / 2) as i32)),
-                    low,
-                );
-                let hi = _mm256_and_si256(
-                    _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * sub as i32)),
-                    three,
-                );
-                let u = _mm256_or_si256(lo, _mm256_slli_epi16::<4>(hi));
+                let u = q6_k_codes32(b, qh, g, sub);
                 let av =
                     _mm256_loadu_si256(a.qs.as_ptr().add(g * 128 + sub * 32) as *const __m256i);
                 let s = g * 8 + sub * 2;
@@ -519,26 +524,13 @@ pub unsafe fn q4_k_row_a16_x4(w: &[u8], a: [&[ActQ16]; 4]) -> [f32; 4] {
 pub unsafe fn q6_k_row_a16_x4(w: &[u8], a: [&[ActQ16]; 4]) -> [f32; 4] {
     let w: &[BlockQ6K] = bytemuck::cast_slice(w);
     let mut acc = [_mm256_setzero_ps(); 4];
-    let low = _mm256_set1_epi8(15);
-    let three = _mm256_set1_epi8(3);
     let centre = _mm256_set1_epi16(32);
     for (i, b) in w.iter().enumerate() {
         let mut sacc = [_mm256_setzero_ps(); 4];
         for g in 0..2 {
             let qh = _mm256_loadu_si256(b.qh.as_ptr().add(g * 32) as *const __m256i);
             for sub in 0..4 {
-                let ql = _mm256_loadu_si256(
-                    b.ql.as_ptr().add(g * 64 + (sub % 2) * 32) as *const __m256i
-                );
-                let lo = _mm256_and_si256(
-                    _mm256_srl_epi16(ql, _mm_cvtsi32_si128(4 * (sub / 2) as i32)),
-                    low,
-                );
-                let hi = _mm256_and_si256(
-                    _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * sub as i32)),
-                    three,
-                );
-                let (c0, c1) = widen(_mm256_or_si256(lo, _mm256_slli_epi16::<4>(hi)));
+                let (c0, c1) = widen(q6_k_codes32(b, qh, g, sub));
                 let (c0, c1) = (_mm256_sub_epi16(c0, centre), _mm256_sub_epi16(c1, centre));
                 let s = g * 8 + sub * 2;
                 let (s0, s1) = (
@@ -604,8 +596,6 @@ pub unsafe fn q6_k_row_a16(w: &[u8], a: &[ActQ16]) -> f32 {
     let base = w.as_ptr();
     let w: &[BlockQ6K] = bytemuck::cast_slice(w);
     let mut acc = _mm256_setzero_ps();
-    let low = _mm256_set1_epi8(15);
-    let three = _mm256_set1_epi8(3);
     let centre = _mm256_set1_epi16(32);
     for (i, (b, a)) in w.iter().zip(a.chunks_exact(8)).enumerate() {
         _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(i * 210 + PREFETCH_BYTES) as *const i8);
@@ -613,18 +603,7 @@ pub unsafe fn q6_k_row_a16(w: &[u8], a: &[ActQ16]) -> f32 {
         for g in 0..2 {
             let qh = _mm256_loadu_si256(b.qh.as_ptr().add(g * 32) as *const __m256i);
             for sub in 0..4 {
-                let ql = _mm256_loadu_si256(
-                    b.ql.as_ptr().add(g * 64 + (sub % 2) * 32) as *const __m256i
-                );
-                let lo = _mm256_and_si256(
-                    _mm256_srl_epi16(ql, _mm_cvtsi32_si128(4 * (sub / 2) as i32)),
-                    low,
-                );
-                let hi = _mm256_and_si256(
-                    _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * sub as i32)),
-                    three,
-                );
-                let u = _mm256_or_si256(lo, _mm256_slli_epi16::<4>(hi));
+                let u = q6_k_codes32(b, qh, g, sub);
                 let aj = &a[g * 4 + sub];
                 let c0 = _mm256_sub_epi16(_mm256_cvtepu8_epi16(_mm256_castsi256_si128(u)), centre);
                 let c1 = _mm256_sub_epi16(
@@ -695,25 +674,12 @@ pub unsafe fn q6_k_row_x4(w: &[u8], a: [&[ActQ8K]; 4]) -> [f32; 4] {
     let w: &[BlockQ6K] = bytemuck::cast_slice(w);
     let mut acc = [_mm256_setzero_ps(); 4];
     let mut offsets = [0f32; 4];
-    let low = _mm256_set1_epi8(15);
-    let three = _mm256_set1_epi8(3);
     for (i, b) in w.iter().enumerate() {
         let mut sumi = [_mm256_setzero_si256(); 4];
         for g in 0..2 {
             let qh = _mm256_loadu_si256(b.qh.as_ptr().add(g * 32) as *const __m256i);
             for sub in 0..4 {
-                let ql = _mm256_loadu_si256(
-                    b.ql.as_ptr().add(g * 64 + (sub % 2) * 32) as *const __m256i
-                );
-                let lo = _mm256_and_si256(
-                    _mm256_srl_epi16(ql, _mm_cvtsi32_si128(4 * (sub / 2) as i32)),
-                    low,
-                );
-                let hi = _mm256_and_si256(
-                    _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * sub as i32)),
-                    three,
-                );
-                let u = _mm256_or_si256(lo, _mm256_slli_epi16::<4>(hi));
+                let u = q6_k_codes32(b, qh, g, sub);
                 let s = g * 8 + sub * 2;
                 let scales = _mm256_set_m128i(
                     _mm_set1_epi16(b.scales[s + 1] as i16),
