@@ -206,11 +206,12 @@ fn large_shape_batch_1_and_16() {
     }
 }
 
-/// The repacked formats (all seven) through both kernel families and every
-/// path of the warp kernels: one block per SM and 2 warps per block, so each
-/// warp loops over several groups of rows (and the fused kernels' staging serves
-/// many of them); the quantiser launch instead of the fused one; and the block
-/// kernels. SmolLM2-135M's row lengths (576, 1536) and odd row counts.
+/// The repacked formats (all seven) through the three kernel families and
+/// every path of the warp kernels: one block per SM and 2 warps per block, so
+/// each warp loops over several groups of rows (and the fused kernels' staging
+/// serves many of them); the quantiser launch instead of the fused one; the
+/// block kernels; and the pipelined ones' paths. SmolLM2-135M's row lengths
+/// (576, 1536) and odd row counts.
 #[test]
 fn repacked_formats_through_every_kernel_path() {
     let packed = [
@@ -222,15 +223,44 @@ fn repacked_formats_through_every_kernel_path() {
         GgmlType::Q4K,
         GgmlType::Q6K,
     ];
-    let settings: [&[(&str, &str)]; 5] = [
-        &[("QUERN_CUDA_MMW_BPS", "1"), ("QUERN_CUDA_MMW_WARPS", "2")],
+    let settings: [&[(&str, &str)]; 8] = [
         &[
+            ("QUERN_CUDA_MMV_KERNEL", "warp"),
+            ("QUERN_CUDA_MMW_BPS", "1"),
+            ("QUERN_CUDA_MMW_WARPS", "2"),
+        ],
+        &[
+            ("QUERN_CUDA_MMV_KERNEL", "warp"),
             ("QUERN_CUDA_MMW_FUSE", "0"),
             ("QUERN_CUDA_MMW_ROWS", "3"),
             ("QUERN_CUDA_MMW_UNITS", "4"),
         ],
-        &[("QUERN_CUDA_MMW_ROWS", "4"), ("QUERN_CUDA_MMW_UNITS", "1")],
+        &[
+            ("QUERN_CUDA_MMV_KERNEL", "warp"),
+            ("QUERN_CUDA_MMW_ROWS", "4"),
+            ("QUERN_CUDA_MMW_UNITS", "1"),
+        ],
         &[("QUERN_CUDA_MMV_KERNEL", "block")],
+        // The pipelined kernels (`pipe`: batches up to 4 on sm_90):
+        // 3 blocks with 1 KiB stages, so each walks many row groups through
+        // two reused stages; 8 warps per row (the cross-warp sums) over three
+        // stages; the first copies before the wait for the previous kernel.
+        &[
+            ("QUERN_CUDA_MMV_KERNEL", "pipe"),
+            ("QUERN_CUDA_MMP_BLOCKS", "3"),
+            ("QUERN_CUDA_MMP_STAGE_KB", "1"),
+            ("QUERN_CUDA_MMP_STAGES", "2"),
+        ],
+        &[
+            ("QUERN_CUDA_MMV_KERNEL", "pipe"),
+            ("QUERN_CUDA_MMP_BLOCKS", "5"),
+            ("QUERN_CUDA_MMP_WPR", "8"),
+            ("QUERN_CUDA_MMP_STAGES", "3"),
+        ],
+        &[
+            ("QUERN_CUDA_MMV_KERNEL", "pipe"),
+            ("QUERN_CUDA_MMP_EARLY", "1"),
+        ],
         // Q8_0 on 8-bit activation codes (read at compile and launch: kept set
         // while this setting's products run).
         &[("QUERN_CUDA_Q8_ACT", "8")],

@@ -83,6 +83,94 @@ pub enum PackedKernel {
     /// activations are quantised inside the kernel. Slower than `Block` on the
     /// H200 at batch 1 (BENCHMARKS.md), kept for tuning runs.
     Warp,
+    /// `mmp_*` (`QUERN_CUDA_MMV_KERNEL=pipe`; sm_90 and later, batches of up
+    /// to 4): weight rows staged in shared memory by bulk asynchronous copies,
+    /// several stages in flight per block. Not yet measured on a GPU, so not
+    /// the default.
+    Pipe,
+}
+
+/// The pipelined kernels' defaults: bytes of weights per stage it aims at,
+/// stages in flight per block, blocks per SM (`QUERN_CUDA_MMP_STAGE_KB`,
+/// `QUERN_CUDA_MMP_STAGES`, `QUERN_CUDA_MMP_BPS` override them).
+const MMP_STAGE_BYTES: usize = 16 * 1024;
+const MMP_STAGES: usize = 4;
+const MMP_BPS: usize = 2;
+/// The most stages a pipelined kernel holds (`MMP_MAXST` in packed.cu).
+const MMP_MAX_STAGES: usize = 8;
+/// Batch variants the pipelined kernels have (`mmp_b1`, `mmp_b2`, `mmp_b4`).
+const MMP_BATCHES: usize = 3;
+/// Threads per block of the pipelined kernels.
+const MMP_THREADS: usize = 256;
+
+/// One pipelined launch's shape: rows per stage, stages, warps per row, blocks
+/// and dynamic shared memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PipePlan {
+    pub rows_per_stage: usize,
+    pub stages: usize,
+    pub warps_per_row: usize,
+    pub blocks: usize,
+    pub smem: usize,
+}
+
+fn pow2_floor(v: usize) -> usize {
+    if v == 0 {
+        0
+    } else {
+        1 << (usize::BITS - 1 - v.leading_zeros())
+    }
+}
+
+/// The pipelined kernel's shape for `rows` rows of `row_bytes` bytes (all
+/// regions) and `units` units each, `batch` tokens (the compiled variant's),
+/// on `sms` SMs with `smem_block` bytes of shared memory per block at most and
+/// `smem_sm` per SM; None when two stages of one row group do not fit.
+#[allow(clippy::too_many_arguments)]
+pub fn pipe_plan(
+    g: &Geometry,
+    rows: usize,
+    row_bytes: usize,
+    units: usize,
+    batch: usize,
+    sms: usize,
+    smem_block: usize,
+    smem_sm: usize,
+) -> Option<PipePlan> {
+    let warps = MMP_THREADS / 32;
+    // Rows multiplied at once (8 / warps per row): as many as fit in a stage,
+    // but at least one unit per thread.
+    let wpr = g.mmp_wpr.unwrap_or_else(|| {
+        let slots = pow2_floor(g.mmp_stage / row_bytes.max(1)).clamp(1, warps);
+        (warps / slots).min(pow2_floor((units / 32).max(1)))
+    });
+    let wpr = wpr.clamp(1, warps);
+    let slots = warps / wpr;
+    let per_slot = (g.mmp_stage / (row_bytes.max(1) * slots)).max(1);
+    let mut rps = (slots * per_slot).min(rows.max(1));
+    let bps = g.mmp_bps.max(1);
+    // Each block also holds 1 KiB the driver reserves and the static barriers.
+    let budget = smem_block.min((smem_sm / bps).saturating_sub(2048));
+    let red = |rps: usize, st: usize| st * wpr * rps * batch * 4;
+    let fits = |rps: usize, st: usize| st * rps * row_bytes + red(rps, st) <= budget;
+    while rps > 1 && !fits(rps, 2) {
+        rps -= 1;
+    }
+    if !fits(rps, 2) {
+        return None;
+    }
+    let mut stages = g.mmp_stages.clamp(2, MMP_MAX_STAGES);
+    while stages > 2 && !fits(rps, stages) {
+        stages -= 1;
+    }
+    let groups = rows.div_ceil(rps);
+    Some(PipePlan {
+        rows_per_stage: rps,
+        stages,
+        warps_per_row: wpr,
+        blocks: groups.min(g.mmp_blocks.unwrap_or(sms * bps)).max(1),
+        smem: stages * rps * row_bytes + red(rps, stages),
+    })
 }
 
 /// The warp kernels' rows per warp step and units per lane per step for each
@@ -182,8 +270,20 @@ pub struct Geometry {
     pub mmv_unroll: usize,
     /// Repacked formats: warps per block, when fixed.
     pub mmv_warps: Option<usize>,
-    /// Repacked formats: the kernel family (`QUERN_CUDA_MMV_KERNEL=block|warp`).
+    /// Repacked formats: the kernel family (`QUERN_CUDA_MMV_KERNEL=block|warp|pipe`).
     pub packed_kernel: PackedKernel,
+    /// Pipelined kernels: weight bytes per stage aimed at, stages, blocks per
+    /// SM, warps per row when fixed (`QUERN_CUDA_MMP_WPR`: 1, 2, 4, 8), and
+    /// whether the first copies go out before the wait for the previous kernel
+    /// (`QUERN_CUDA_MMP_EARLY=1`).
+    pub mmp_stage: usize,
+    pub mmp_stages: usize,
+    pub mmp_bps: usize,
+    pub mmp_wpr: Option<usize>,
+    pub mmp_early: bool,
+    /// Pipelined kernels: at most this many blocks (`QUERN_CUDA_MMP_BLOCKS`;
+    /// tests use it so that each block walks many row groups).
+    pub mmp_blocks: Option<usize>,
     /// Warp kernels: rows per warp step and units per lane per step for each
     /// batch size, when set (`QUERN_CUDA_MMW_ROWS`, `QUERN_CUDA_MMW_UNITS`: one
     /// value or five); by default per format ([`mmw_defaults`]).
@@ -260,6 +360,7 @@ impl Geometry {
             .filter(|v| (1..=8).contains(v));
         let packed_kernel = match std::env::var("QUERN_CUDA_MMV_KERNEL").as_deref() {
             Ok("warp") => PackedKernel::Warp,
+            Ok("pipe") => PackedKernel::Pipe,
             _ => PackedKernel::Block,
         };
         let small = |v: &usize| (1..=4).contains(v);
@@ -275,6 +376,18 @@ impl Geometry {
             mmv_unroll,
             mmv_warps,
             packed_kernel,
+            mmp_stage: env_usize("QUERN_CUDA_MMP_STAGE_KB")
+                .filter(|v| (1..=96).contains(v))
+                .map_or(MMP_STAGE_BYTES, |v| v * 1024),
+            mmp_stages: env_usize("QUERN_CUDA_MMP_STAGES")
+                .filter(|v| (2..=MMP_MAX_STAGES).contains(v))
+                .unwrap_or(MMP_STAGES),
+            mmp_bps: env_usize("QUERN_CUDA_MMP_BPS")
+                .filter(|v| (1..=8).contains(v))
+                .unwrap_or(MMP_BPS),
+            mmp_wpr: env_usize("QUERN_CUDA_MMP_WPR").filter(|v| [1, 2, 4, 8].contains(v)),
+            mmp_early: std::env::var("QUERN_CUDA_MMP_EARLY").as_deref() == Ok("1"),
+            mmp_blocks: env_usize("QUERN_CUDA_MMP_BLOCKS").filter(|v| *v > 0),
             mmw_rows: env_list("QUERN_CUDA_MMW_ROWS", small),
             mmw_units: env_list("QUERN_CUDA_MMW_UNITS", small),
             mmw_warps: env_usize("QUERN_CUDA_MMW_WARPS")
@@ -506,6 +619,9 @@ struct GemvModule {
     /// The repacked layout's int8 tensor-core kernels, one per entry of
     /// [`MMA_BN`], with their dynamic shared memory.
     mfuncs: Vec<(CudaFunction, u32)>,
+    /// The pipelined kernels (`mmp_b1`, `mmp_b2`, `mmp_b4`) on devices with
+    /// bulk copies; empty otherwise.
+    ppfuncs: Vec<CudaFunction>,
 }
 
 /// Batch sizes (entries of [`BATCHES`]) with fused warp kernels.
@@ -612,6 +728,12 @@ pub struct CudaBackend {
     geometry: Geometry,
     /// Streaming multiprocessors of the device.
     sm_count: usize,
+    /// Whether the device has bulk asynchronous copies (sm_90 and later), which
+    /// the pipelined kernels need.
+    bulk_copies: bool,
+    /// Shared memory per block (opt-in limit) and per SM.
+    smem_block: usize,
+    smem_sm: usize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -685,6 +807,18 @@ impl CudaBackend {
             )
             .ctx("reading the multiprocessor count")?
             .max(1) as usize;
+        let attr = |a, what: &str| -> Result<usize, CudaError> {
+            Ok(ctx.attribute(a).ctx(what)?.max(0) as usize)
+        };
+        use cudarc::driver::sys::CUdevice_attribute as A;
+        let smem_block = attr(
+            A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+            "reading the shared memory limit",
+        )?;
+        let smem_sm = attr(
+            A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR,
+            "reading the shared memory per SM",
+        )?;
         Ok(CudaBackend {
             ctx,
             stream,
@@ -697,6 +831,9 @@ impl CudaBackend {
             poison: AtomicBool::new(false),
             geometry: Geometry::from_env(),
             sm_count,
+            bulk_copies: major >= 9,
+            smem_block,
+            smem_sm,
         })
     }
 
@@ -806,6 +943,9 @@ impl CudaBackend {
         if let Some(p) = g.mmw_stage {
             src.push_str(&format!("#define STAGE_P {p}\n"));
         }
+        if g.mmp_early {
+            src.push_str("#define MMP_EARLY 1\n");
+        }
         let (wr, wu) = g.mmw_geometry(ty);
         for ((b, r), u) in BATCHES.iter().zip(wr).zip(wu) {
             src.push_str(&format!("#define WR{b} {r}\n#define WU{b} {u}\n"));
@@ -891,7 +1031,21 @@ impl CudaBackend {
         };
         let (mut wfuncs, mut wffuncs, mut wf_occupancy) = (Vec::new(), Vec::new(), Vec::new());
         let mut mfuncs = Vec::new();
+        let mut ppfuncs = Vec::new();
         let pfuncs = if packed::has_packed(ty) {
+            if self.bulk_copies {
+                for b in &BATCHES[..MMP_BATCHES] {
+                    let f = module
+                        .load_function(&format!("mmp_b{b}"))
+                        .ctx(&format!("finding mmp_b{b} in {name}"))?;
+                    f.set_attribute(
+                        CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                        self.smem_block.saturating_sub(MMP_MAX_STAGES * 8) as i32,
+                    )
+                    .ctx(&format!("allowing shared memory for mmp_b{b}"))?;
+                    ppfuncs.push(f);
+                }
+            }
             let mut p = Vec::with_capacity(BATCHES.len());
             for b in BATCHES {
                 p.push(
@@ -947,6 +1101,7 @@ impl CudaBackend {
             wf_occupancy,
             smem,
             mfuncs,
+            ppfuncs,
         });
         lock(&self.modules).insert(ty, m.clone());
         Ok(m)
@@ -1072,6 +1227,11 @@ impl CudaBackend {
             if self.geometry.packed_kernel == PackedKernel::Warp {
                 return self
                     .launch_warp(w, layout, &m, w_ptr, x_ptr, y_ptr, n_tokens, act, quantise);
+            }
+            if let Some(plan) = self.pipe_plan_for(w, layout, n_tokens, &m) {
+                return self.launch_pipe(
+                    w, layout, &m, plan, w_ptr, x_ptr, y_ptr, n_tokens, act, quantise,
+                );
             }
             return self.launch_packed(w, layout, pf, w_ptr, x_ptr, y_ptr, n_tokens, act, quantise);
         }
@@ -1200,6 +1360,94 @@ impl CudaBackend {
                 .map_err(|e| CudaError::driver(format!("launching the {} gemv", w.ty), e))?;
             t0 += nt;
         }
+        Ok(())
+    }
+
+    /// The pipelined kernels' shape for a product of `n_tokens` rows over `w`,
+    /// when they take it: the chosen family on a device with bulk copies, at
+    /// most 4 tokens, and two stages fit in shared memory.
+    fn pipe_plan_for(
+        &self,
+        w: &DeviceWeight,
+        l: &packed::PackedLayout,
+        n_tokens: usize,
+        m: &GemvModule,
+    ) -> Option<PipePlan> {
+        if self.geometry.packed_kernel != PackedKernel::Pipe
+            || m.ppfuncs.len() < MMP_BATCHES
+            || batch_variant(n_tokens) >= MMP_BATCHES
+        {
+            return None;
+        }
+        pipe_plan(
+            &self.geometry,
+            w.rows,
+            l.q_stride + l.s_stride + l.d_stride,
+            l.units,
+            BATCHES[batch_variant(n_tokens)],
+            self.sm_count,
+            self.smem_block.saturating_sub(MMP_MAX_STAGES * 8),
+            self.smem_sm,
+        )
+    }
+
+    /// The pipelined kernels' path of [`Self::launch_gemv_raw`] (`mmp_*` in
+    /// packed.cu): the activations' quantiser (unless `quantise` is false), then
+    /// one launch for all `n_tokens` (at most 4).
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn launch_pipe(
+        &self,
+        w: &DeviceWeight,
+        l: &packed::PackedLayout,
+        m: &GemvModule,
+        plan: PipePlan,
+        w_ptr: u64,
+        x_ptr: u64,
+        y_ptr: u64,
+        n_tokens: usize,
+        act: u64,
+        quantise: bool,
+    ) -> Result<(), CudaError> {
+        let Some((_, quant)) = &m.pfuncs else {
+            unreachable!("pipelined kernels come with the repacked ones");
+        };
+        let codes = act_scales_offset(w.act_kind(), n_tokens, w.k);
+        let (xq, xa) = (act, act + codes as u64);
+        if quantise {
+            self.quantise_acts(quant, x_ptr, n_tokens, w.k, xq, xa)?;
+        }
+        let (qs, ss, ds) = (l.q_stride as i64, l.s_stride as i64, l.d_stride as i64);
+        let (sp, dp) = (w_ptr + l.s_offset as u64, w_ptr + l.d_offset as u64);
+        let (rows, units, k) = (w.rows as i32, l.units as i32, w.k as i32);
+        let nt = n_tokens as i32;
+        let (rps, nst, wpr) = (
+            plan.rows_per_stage as i32,
+            plan.stages as i32,
+            plan.warps_per_row as i32,
+        );
+        Launch::new(&self.stream, &m.ppfuncs[batch_variant(n_tokens)])
+            .arg(&w_ptr)
+            .arg(&qs)
+            .arg(&sp)
+            .arg(&ss)
+            .arg(&dp)
+            .arg(&ds)
+            .arg(&rows)
+            .arg(&units)
+            .arg(&k)
+            .arg(&xq)
+            .arg(&xa)
+            .arg(&y_ptr)
+            .arg(&nt)
+            .arg(&rps)
+            .arg(&nst)
+            .arg(&wpr)
+            .launch(LaunchConfig {
+                grid_dim: (plan.blocks as u32, 1, 1),
+                block_dim: (MMP_THREADS as u32, 1, 1),
+                shared_mem_bytes: plan.smem as u32,
+            })
+            .map_err(|e| CudaError::driver(format!("launching the {} pipelined gemv", w.ty), e))?;
         Ok(())
     }
 
@@ -1568,11 +1816,63 @@ mod tests {
                 panic!("{ty} with 16-bit activations: {e}");
             }
         }
+        // The pipelined kernels with their first copies before the wait.
+        let src = format!(
+            "#define MMP_EARLY 1\n{}",
+            gemv_source(GgmlType::Q4K).expect("supported")
+        );
+        if let Err(e) = compile::compile_uncached("test_early", &src, &tc) {
+            panic!("Q4_K with MMP_EARLY: {e}");
+        }
         // The device-resident forward pass's kernels.
         match compile::compile_uncached("test_decode", &decode::decode_source(), &tc) {
             Ok(cubin) => assert!(cubin.len() > 1000, "decode: {} bytes of cubin", cubin.len()),
             Err(e) => panic!("decode: {e}"),
         }
+    }
+
+    /// Every pipelined plan fits its shared memory with at least two stages,
+    /// uses all 8 warps (rows at once × warps per row), gives each thread a
+    /// unit, and covers the rows; rows too long for two stages get none.
+    #[test]
+    fn pipe_plans_fit_and_cover_the_rows() {
+        let g = Geometry::from_env();
+        let (block, sm) = (227 * 1024, 228 * 1024);
+        // (rows, units, row bytes) of 8B-shaped Q4_K, Q4_0, Q8_0 and Q6_K rows.
+        let shapes = [
+            (4096, 64, 2304),
+            (14336, 64, 2304),
+            (4096, 224, 8064),
+            (1024, 128, 2304),
+            (4096, 448, 8064 + 448 * 2),
+            (4096, 128, 8704),
+            (4096, 224, 11760),
+            (3, 2, 48),
+        ];
+        for (rows, units, row_bytes) in shapes {
+            for batch in [1, 2, 4] {
+                let p =
+                    pipe_plan(&g, rows, row_bytes, units, batch, 132, block, sm).expect("a plan");
+                assert!(p.stages >= 2 && p.stages <= MMP_MAX_STAGES, "{p:?}");
+                assert!(p.smem <= block.min(sm / g.mmp_bps), "{p:?}");
+                assert!(p.smem >= p.stages * p.rows_per_stage * row_bytes, "{p:?}");
+                assert!(
+                    p.warps_per_row.is_power_of_two() && p.warps_per_row <= 8,
+                    "{p:?}"
+                );
+                assert!(
+                    32 * p.warps_per_row <= units.max(32),
+                    "{p:?} for {units} units"
+                );
+                assert!(p.rows_per_stage >= 1 && p.rows_per_stage <= rows, "{p:?}");
+                let groups = rows.div_ceil(p.rows_per_stage);
+                assert!(p.blocks >= 1 && p.blocks <= groups, "{p:?}");
+            }
+        }
+        assert_eq!(pipe_plan(&g, 16, 200 * 1024, 64, 1, 132, block, sm), None);
+        assert_eq!(pow2_floor(7), 4);
+        assert_eq!(pow2_floor(8), 8);
+        assert_eq!(pow2_floor(1), 1);
     }
 
     #[test]

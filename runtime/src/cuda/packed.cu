@@ -90,6 +90,12 @@ __device__ __forceinline__ uint4 ld_stream(const void* p) {
     return v;
 }
 
+// A read-only value: from shared memory (SM) or through the read-only path.
+template <bool SM, class T>
+__device__ __forceinline__ T ld_ro(const T* p) {
+    return SM ? *p : __ldg(p);
+}
+
 // dp4a of signed bytes a and unsigned bytes b.
 __device__ __forceinline__ int dp4a_su(int a, int b, int c) {
     int d;
@@ -121,6 +127,9 @@ struct Unit {
 // bytes per unit (slab i: the i-th 16 bytes of each of the group's m units), so
 // that 32 lanes reading 32 consecutive units load 512 contiguous bytes per
 // instruction.
+// SM: the unit lies in shared memory (the pipelined kernels' staged rows):
+// plain loads, else read-only global loads that bypass L1.
+template <bool SM = false>
 __device__ __forceinline__ void load_unit(Unit& w, const u8* __restrict__ q, const u8* __restrict__ s,
                                           const u8* __restrict__ d, int u, int nunits) {
 #if SLAB
@@ -134,25 +143,25 @@ __device__ __forceinline__ void load_unit(Unit& w, const u8* __restrict__ q, con
 #endif
 #pragma unroll
     for (int i = 0; i < UW / 4; i++) {
-        uint4 v = ld_stream(qp + i * m * 16);
+        uint4 v = SM ? *(const uint4*)(qp + i * m * 16) : ld_stream(qp + i * m * 16);
         w.q[4 * i] = v.x;
         w.q[4 * i + 1] = v.y;
         w.q[4 * i + 2] = v.z;
         w.q[4 * i + 3] = v.w;
     }
 #if QFMT == 3 || QFMT == 7
-    w.s = __ldg((const u16*)s + u);
+    w.s = ld_ro<SM>((const u16*)s + u);
 #elif QFMT == 4
-    w.s = __ldg((const u32*)s + u);
+    w.s = ld_ro<SM>((const u32*)s + u);
 #elif QFMT == 5 || QFMT == 6
-    const uint2 hs = __ldg((const uint2*)s + u);
+    const uint2 hs = ld_ro<SM>((const uint2*)s + u);
     w.h = hs.x;
     w.s = hs.y;
 #elif QFMT == 10
-    w.h = __ldg((const uint4*)s + (u >> 2));
+    w.h = ld_ro<SM>((const uint4*)s + (u >> 2));
 #else
-    w.s = __ldg((const u32*)s + u);
-    w.d = __ldg((const u16*)d + (u >> 2));
+    w.s = ld_ro<SM>((const u32*)s + u);
+    w.d = ld_ro<SM>((const u16*)d + (u >> 2));
 #endif
 }
 
@@ -476,6 +485,225 @@ MMV_ENTRY(mmv_b2, 2, MR2)
 MMV_ENTRY(mmv_b4, 4, MR4)
 MMV_ENTRY(mmv_b8, 8, MR8)
 MMV_ENTRY(mmv_b16, 16, MR16)
+
+// ---------------------------------------------------------------------------
+// The pipelined kernels (mmp_*, sm_90 and later): weight bytes reach shared
+// memory by bulk asynchronous copies (the copy engine of each SM, tracked by an
+// mbarrier per stage), so the bytes a block has in flight are bounded by its
+// shared memory, not by its registers: the block kernels above keep at most a
+// few 16-byte loads per thread outstanding and stay latency-bound. Each block
+// owns the row groups blockIdx.x, + gridDim.x, ... (rps rows each, one stage);
+// nst stages are in flight while the block's 8 warps multiply the oldest one.
+// A group's rows lie back to back in each region (Q, S, D: row strides qs, ss,
+// ds, multiples of 16), so a stage is at most three copies, issued by thread 0.
+// Within a stage, wpr warps share a row (thread i of the row's 32·wpr takes
+// units i, i + 32·wpr, ...) and 8 / wpr rows are multiplied at once.
+#ifndef MMP_MAXST
+#define MMP_MAXST 8
+#endif
+// MMP_EARLY 1 (QUERN_CUDA_MMP_EARLY=1): the first stages' copies go out before
+// the wait for the previous kernel (the weights never change), overlapping its
+// end; off by default (see common.cu on loads issued before the wait).
+#ifndef MMP_EARLY
+#define MMP_EARLY 0
+#endif
+
+__device__ __forceinline__ u32 smem_u32(const void* p) { return (u32)__cvta_generic_to_shared(p); }
+
+__device__ __forceinline__ void mbar_init(u32 bar, u32 count) {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
+#endif
+}
+
+__device__ __forceinline__ void mbar_fence_init() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+#endif
+}
+
+// Thread 0's arrival on a stage's barrier, announcing `bytes` of copies.
+__device__ __forceinline__ void mbar_expect(u32 bar, u32 bytes) {
+#if __CUDA_ARCH__ >= 900
+    unsigned long long state;
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 %0, [%1], %2;"
+                 : "=l"(state)
+                 : "r"(bar), "r"(bytes)
+                 : "memory");
+    (void)state;
+#endif
+}
+
+// Blocks until the barrier's phase `parity` has completed (its copies landed).
+__device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
+#if __CUDA_ARCH__ >= 900
+    u32 done = 0;
+    do {
+        asm volatile(
+            "{\n\t.reg .pred p;\n\t"
+            "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n\t"
+            "selp.u32 %0, 1, 0, p;\n\t}"
+            : "=r"(done)
+            : "r"(bar), "r"(parity)
+            : "memory");
+    } while (!done);
+#endif
+}
+
+// `bytes` (a multiple of 16, both addresses 16-byte aligned) from global src to
+// shared dst, completing on barrier bar.
+__device__ __forceinline__ void bulk_copy(u32 dst, const void* src, u32 bytes, u32 bar) {
+#if __CUDA_ARCH__ >= 900
+    asm volatile(
+        "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(dst),
+        "l"(src), "r"(bytes), "r"(bar)
+        : "memory");
+#endif
+}
+
+struct MmpPlan {
+    const u8* Q;
+    const u8* S;
+    const u8* D;
+    long long qs, ss, ds;
+    int rows, rps, nst;
+    u8* sm;
+    u32 bar0;  // shared address of the first stage's barrier (8 bytes each)
+};
+
+__device__ __forceinline__ long long mmp_stage_bytes(const MmpPlan& p) {
+    return (long long)p.rps * (p.qs + p.ss + p.ds);
+}
+
+// Thread 0: the copies of this block's i-th row group into stage i mod nst.
+__device__ __forceinline__ void mmp_issue(const MmpPlan& p, int i) {
+    const long long r0 = (long long)(blockIdx.x + (long long)i * gridDim.x) * p.rps;
+    const int nr = imin(p.rps, p.rows - (int)r0);
+    const int buf = i % p.nst;
+    const u32 dst = smem_u32(p.sm + buf * mmp_stage_bytes(p));
+    const u32 bar = p.bar0 + 8 * buf;
+    const u32 qb = (u32)(nr * p.qs), sb = (u32)(nr * p.ss), db = (u32)(nr * p.ds);
+    mbar_expect(bar, qb + sb + db);
+    bulk_copy(dst, p.Q + r0 * p.qs, qb, bar);
+    bulk_copy(dst + (u32)(p.rps * p.qs), p.S + r0 * p.ss, sb, bar);
+    if (db) bulk_copy(dst + (u32)(p.rps * (p.qs + p.ss)), p.D + r0 * p.ds, db, bar);
+}
+
+// The row groups of this block.
+__device__ __forceinline__ int mmp_groups(const MmpPlan& p) {
+    const int ngroups = (p.rows + p.rps - 1) / p.rps;
+    return (int)blockIdx.x < ngroups ? (ngroups - 1 - (int)blockIdx.x) / (int)gridDim.x + 1 : 0;
+}
+
+// Barriers set up and, with early, the first stages issued (before the wait for
+// the previous kernel).
+__device__ __forceinline__ void mmp_begin(const MmpPlan& p, bool early) {
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < p.nst; s++) mbar_init(p.bar0 + 8 * s, 1);
+        mbar_fence_init();
+        if (early) {
+            const int n = imin(p.nst, mmp_groups(p));
+            for (int i = 0; i < n; i++) mmp_issue(p, i);
+        }
+    }
+}
+
+template <int B>
+__device__ __forceinline__ void mmp(const MmpPlan& p, bool early, int nunits, int K,
+                                    const i8* __restrict__ xq, const float2* __restrict__ xa,
+                                    float* __restrict__ y, int nt, int wpr) {
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int mine = mmp_groups(p);
+    if (!early && tid == 0) {
+        const int n = imin(p.nst, mine);
+        for (int i = 0; i < n; i++) mmp_issue(p, i);
+    }
+    __syncthreads();  // the barriers' initialisation seen by every thread
+    const long long sbytes = mmp_stage_bytes(p);
+    // Partial sums of the warps sharing a row: [nst][wpr][rps * B].
+    float* red = (float*)(p.sm + p.nst * sbytes);
+    const int slots = (blockDim.x >> 5) / wpr;  // rows multiplied at once
+    const int slot = warp / wpr, part = warp % wpr;
+    const int rt = part * 32 + lane, rth = 32 * wpr;
+    for (int i = 0; i < mine; i++) {
+        const int buf = i % p.nst;
+        const int r0 = (blockIdx.x + i * gridDim.x) * p.rps;
+        const int nr = imin(p.rps, p.rows - r0);
+        mbar_wait(p.bar0 + 8 * buf, (u32)((i / p.nst) & 1));
+        const u8* q = p.sm + buf * sbytes;
+        const u8* s = q + p.rps * p.qs;
+        const u8* d = s + p.rps * p.ss;
+        for (int j = slot; j < nr; j += slots) {
+            float acc[B];
+#pragma unroll
+            for (int t = 0; t < B; t++) acc[t] = 0.0f;
+            const u8* qj = q + j * p.qs;
+            const u8* sj = s + j * p.ss;
+            const u8* dj = d + j * p.ds;
+            for (int u = rt; u < nunits; u += rth) {
+                Unit w;
+                load_unit<true>(w, qj, sj, dj, u, nunits);
+#pragma unroll
+                for (int t = 0; t < B; t++) {
+                    const int tt = t < nt ? t : nt - 1;
+                    Act v;
+                    load_act(v, xq, xa, (long long)tt * K + (long long)u * UE);
+                    acc[t] += dot_unit(w, v, u);
+                }
+            }
+#pragma unroll
+            for (int t = 0; t < B; t++) {
+                float v = acc[t];
+#pragma unroll
+                for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+                acc[t] = v;
+            }
+            if (wpr == 1) {
+                if (lane < B && lane < nt) {
+                    float v = acc[0];
+#pragma unroll
+                    for (int t = 1; t < B; t++) v = lane == t ? acc[t] : v;
+                    y[(long long)lane * p.rows + r0 + j] = v;
+                }
+            } else if (lane == 0) {
+#pragma unroll
+                for (int t = 0; t < B; t++) red[(buf * wpr + part) * p.rps * B + j * B + t] = acc[t];
+            }
+        }
+        __syncthreads();  // every warp is done with stage buf
+        if (wpr > 1) {
+            for (int e = tid; e < nr * B; e += blockDim.x) {
+                const int j = e / B, t = e % B;
+                float v = 0.0f;
+                for (int k = 0; k < wpr; k++) v += red[(buf * wpr + k) * p.rps * B + e];
+                if (t < nt) y[(long long)t * p.rows + r0 + j] = v;
+            }
+        }
+        if (tid == 0 && i + p.nst < mine) {
+            // The stage's reads (generic proxy) before the copy's writes (async proxy).
+#if __CUDA_ARCH__ >= 900
+            asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+#endif
+            mmp_issue(p, i + p.nst);
+        }
+    }
+}
+
+#define MMP_ENTRY(NAME, BB)                                                                         \
+    extern "C" __global__ void __launch_bounds__(256)                                               \
+        NAME(const u8* Q, long long qs, const u8* S, long long ss, const u8* D, long long ds,       \
+             int rows, int nunits, int K, const i8* xq, const float2* xa, float* y, int nt, int rps, \
+             int nst, int wpr) {                                                                    \
+        extern __shared__ __align__(128) u8 mmp_sm[];                                               \
+        __shared__ __align__(8) unsigned long long mmp_bar[MMP_MAXST];                              \
+        const MmpPlan p{Q, S, D, qs, ss, ds, rows, rps, nst, mmp_sm, smem_u32(mmp_bar)};            \
+        mmp_begin(p, MMP_EARLY);                                                                    \
+        PDL_ENTRY(xq, xa, y);                                                                       \
+        mmp<BB>(p, MMP_EARLY, nunits, K, xq, xa, y, nt, wpr);                                       \
+    }
+MMP_ENTRY(mmp_b1, 1)
+MMP_ENTRY(mmp_b2, 2)
+MMP_ENTRY(mmp_b4, 4)
 
 // ---------------------------------------------------------------------------
 // The warp-per-rows kernels (mmw_*): each warp owns R consecutive rows at a
