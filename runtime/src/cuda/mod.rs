@@ -1033,17 +1033,20 @@ impl CudaBackend {
         let mut mfuncs = Vec::new();
         let mut ppfuncs = Vec::new();
         let pfuncs = if packed::has_packed(ty) {
-            if self.bulk_copies {
+            if self.bulk_copies && g.packed_kernel == PackedKernel::Pipe {
+                // A device that refuses the shared memory keeps the block kernels.
                 for b in &BATCHES[..MMP_BATCHES] {
                     let f = module
                         .load_function(&format!("mmp_b{b}"))
                         .ctx(&format!("finding mmp_b{b} in {name}"))?;
-                    f.set_attribute(
+                    if f.set_attribute(
                         CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                        self.smem_block.saturating_sub(MMP_MAX_STAGES * 8) as i32,
+                        self.pipe_smem_limit() as i32,
                     )
-                    .ctx(&format!("allowing shared memory for mmp_b{b}"))?;
-                    ppfuncs.push(f);
+                    .is_ok()
+                    {
+                        ppfuncs.push(f);
+                    }
                 }
             }
             let mut p = Vec::with_capacity(BATCHES.len());
@@ -1386,9 +1389,16 @@ impl CudaBackend {
             l.units,
             BATCHES[batch_variant(n_tokens)],
             self.sm_count,
-            self.smem_block.saturating_sub(MMP_MAX_STAGES * 8),
+            self.pipe_smem_limit(),
             self.smem_sm,
         )
+    }
+
+    /// Dynamic shared memory a pipelined kernel may ask for: the opt-in limit
+    /// less its static barriers and a margin (the H200 refused the limit less
+    /// the barriers alone).
+    fn pipe_smem_limit(&self) -> usize {
+        self.smem_block.saturating_sub(8 * 1024)
     }
 
     /// The pipelined kernels' path of [`Self::launch_gemv_raw`] (`mmp_*` in
