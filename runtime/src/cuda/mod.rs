@@ -1394,6 +1394,29 @@ impl CudaBackend {
         )
     }
 
+    /// The repacked formats' activations for `w` in `act` (codes, then their
+    /// scale pairs): quantised from `x_ptr` first unless `quantise` is false.
+    unsafe fn packed_acts(
+        &self,
+        w: &DeviceWeight,
+        m: &GemvModule,
+        x_ptr: u64,
+        n_tokens: usize,
+        act: u64,
+        quantise: bool,
+    ) -> Result<(u64, u64), CudaError> {
+        let Some((_, quant)) = &m.pfuncs else {
+            unreachable!("these kernels come with the repacked ones");
+        };
+        let codes = act_scales_offset(w.act_kind(), n_tokens, w.k);
+        let (xq, xa) = (act, act + codes as u64);
+        if quantise {
+            // SAFETY: the caller's promise: act holds act_bytes(k, n_tokens).
+            unsafe { self.quantise_acts(quant, x_ptr, n_tokens, w.k, xq, xa)? };
+        }
+        Ok((xq, xa))
+    }
+
     /// Dynamic shared memory a pipelined kernel may ask for: the opt-in limit
     /// less its static barriers and a margin (the H200 refused the limit less
     /// the barriers alone).
@@ -1418,14 +1441,7 @@ impl CudaBackend {
         act: u64,
         quantise: bool,
     ) -> Result<(), CudaError> {
-        let Some((_, quant)) = &m.pfuncs else {
-            unreachable!("pipelined kernels come with the repacked ones");
-        };
-        let codes = act_scales_offset(w.act_kind(), n_tokens, w.k);
-        let (xq, xa) = (act, act + codes as u64);
-        if quantise {
-            self.quantise_acts(quant, x_ptr, n_tokens, w.k, xq, xa)?;
-        }
+        let (xq, xa) = self.packed_acts(w, m, x_ptr, n_tokens, act, quantise)?;
         let (qs, ss, ds) = (l.q_stride as i64, l.s_stride as i64, l.d_stride as i64);
         let (sp, dp) = (w_ptr + l.s_offset as u64, w_ptr + l.d_offset as u64);
         let (rows, units, k) = (w.rows as i32, l.units as i32, w.k as i32);
@@ -1493,14 +1509,7 @@ impl CudaBackend {
         act: u64,
         quantise: bool,
     ) -> Result<(), CudaError> {
-        let Some((_, quant)) = &m.pfuncs else {
-            unreachable!("tensor-core kernels come with the repacked ones");
-        };
-        let codes = act_scales_offset(w.act_kind(), n_tokens, w.k);
-        let (xq, xa) = (act, act + codes as u64);
-        if quantise {
-            self.quantise_acts(quant, x_ptr, n_tokens, w.k, xq, xa)?;
-        }
+        let (xq, xa) = self.packed_acts(w, m, x_ptr, n_tokens, act, quantise)?;
         let vi = match self.geometry.mma_bn {
             Some(bn) => MMA_BN.iter().position(|&b| b == bn).unwrap_or(3),
             None => MMA_BN.iter().position(|&b| b >= n_tokens).unwrap_or(3),
