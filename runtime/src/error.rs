@@ -38,6 +38,8 @@ pub enum RuntimeError {
         tensor: String,
         source: quern_quant::QuantError,
     },
+    #[error("synthetic model, tensor {tensor}: {what}")]
+    Synthetic { tensor: String, what: String },
     #[error("{tokens} tokens do not fit the context of {ctx} tokens")]
     ContextFull { tokens: usize, ctx: usize },
     #[error("calibration text too short: {tokens} tokens, but {samples} samples of {seq_len} tokens need {}; pass fewer --samples, a shorter --seq-len, or a longer text", samples * seq_len)]

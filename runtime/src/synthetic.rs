@@ -8,6 +8,13 @@
 //! take minutes, and a GEMV's speed does not depend on which rows repeat (every
 //! row is still read from its own place in memory). Norm weights are 1; the
 //! Llama 3.1 rope scaling factors are written as llama.cpp's converter does.
+//!
+//! `AWQ` models stand for an AutoAWQ GEMM folder as the runtime loads it: each
+//! block linear is quantised by our AutoAWQ-style round-to-nearest quantiser
+//! (4 bits, a scale and zero point per group) and stored as the Q5_0 blocks the
+//! AWQ loader repacks such a linear into (`source::repack_awq_q5_0`, the same
+//! function); embeddings and the output projection stay F16, as AutoAWQ leaves
+//! them. The device therefore holds what it holds for a real AWQ folder.
 
 use std::io::{BufWriter, Write};
 use std::path::Path;
@@ -17,6 +24,45 @@ use quern_formats::GgmlType;
 use quern_quant::mix::{plan, Mix, TensorContext};
 
 use crate::error::RuntimeError;
+
+/// How a synthetic model's matrices are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Weights {
+    /// A GGUF quantisation mix, each matrix typed by llama.cpp's recipe.
+    Mix(Mix),
+    /// An AutoAWQ GEMM model with this group size, as the runtime loads it.
+    Awq { group: usize },
+}
+
+impl Weights {
+    /// A mix name (`Q4_K_M`, `Q8_0`, `F16`, …), `AWQ` (group 128, AutoAWQ's
+    /// default) or `AWQ-G<n>` for another group size (a multiple of 32).
+    pub fn parse(s: &str) -> Result<Weights, String> {
+        let t = s.trim().to_ascii_uppercase();
+        if t == "AWQ" {
+            return Ok(Weights::Awq { group: 128 });
+        }
+        if let Some(g) = t.strip_prefix("AWQ-G") {
+            return match g.parse::<usize>() {
+                Ok(group) if group > 0 && group.is_multiple_of(32) => Ok(Weights::Awq { group }),
+                _ => Err(format!(
+                    "{s:?}: the AWQ group size must be a positive multiple of 32"
+                )),
+            };
+        }
+        Mix::parse(s)
+            .map(Weights::Mix)
+            .map_err(|e| format!("{e}, AWQ, AWQ-G<group>"))
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            Weights::Mix(m) => m.name().to_string(),
+            Weights::Awq { group: 128 } => "AWQ".to_string(),
+            Weights::Awq { group } => format!("AWQ-G{group}"),
+        }
+    }
+}
 
 /// The shape of a Llama-family model.
 #[derive(Debug, Clone)]
@@ -103,6 +149,38 @@ fn matrix(
     Ok(out)
 }
 
+/// `rows × cols` of Q5_0 blocks holding an AWQ linear: [`DISTINCT_ROWS`]
+/// random rows quantised as AutoAWQ does, repacked by the AWQ loader's own
+/// function, repeated.
+fn awq_matrix(
+    name: &str,
+    rows: usize,
+    cols: usize,
+    group: usize,
+    seed: u64,
+) -> Result<Vec<u8>, RuntimeError> {
+    let bad = |what: String| RuntimeError::Synthetic {
+        tensor: name.to_string(),
+        what,
+    };
+    let mut rng = Rng(seed);
+    let scale = 1.0 / (cols as f32).sqrt();
+    let distinct = DISTINCT_ROWS.min(rows);
+    let weight: Vec<f32> = (0..distinct * cols)
+        .map(|_| rng.next_f32() * scale)
+        .collect();
+    let linear = quern_formats::awq::quantize_rtn(&weight, cols, distinct, group)
+        .map_err(|e| bad(e.to_string()))?;
+    let uniq = crate::source::repack_awq_q5_0(&linear).map_err(bad)?;
+    let rb = uniq.len() / distinct;
+    let mut out = Vec::with_capacity(rb * rows);
+    while out.len() < rb * rows {
+        let take = (rb * rows - out.len()).min(uniq.len());
+        out.extend_from_slice(&uniq[..take]);
+    }
+    Ok(out)
+}
+
 /// Llama 3.1's rope frequency divisors (factor 8, low/high frequency factors 1
 /// and 4, 8192 original positions), one per rotated pair.
 fn llama3_freq_factors(head_dim: usize, base: f32) -> Vec<f32> {
@@ -124,8 +202,9 @@ fn llama3_freq_factors(head_dim: usize, base: f32) -> Vec<f32> {
         .collect()
 }
 
-/// Writes a GGUF file of `shape` typed by `mix` to `path`; returns its size.
-pub fn write_model(shape: &Shape, mix: Mix, path: &Path) -> Result<u64, RuntimeError> {
+/// Writes a GGUF file of `shape` stored as `weights` say to `path`; returns
+/// its size.
+pub fn write_model(shape: &Shape, weights: Weights, path: &Path) -> Result<u64, RuntimeError> {
     let s = shape;
     let hd = s.n_embd / s.n_head;
     let kv = s.n_kv_head * hd;
@@ -168,11 +247,32 @@ pub fn write_model(shape: &Shape, mix: Mix, path: &Path) -> Result<u64, RuntimeE
             tied_output: false,
         })
         .collect();
-    let types: Vec<GgmlType> = plan(mix, &ctx)
-        .into_iter()
-        .zip(&tensors)
-        .map(|(c, (_, _, o))| if *o == 0 { GgmlType::F32 } else { c.ty })
-        .collect();
+    let types: Vec<GgmlType> = match weights {
+        Weights::Mix(mix) => plan(mix, &ctx)
+            .into_iter()
+            .zip(&tensors)
+            .map(|(c, (_, _, o))| if *o == 0 { GgmlType::F32 } else { c.ty })
+            .collect(),
+        Weights::Awq { group } => {
+            if !s.n_embd.is_multiple_of(group) || !s.n_ff.is_multiple_of(group) {
+                return Err(RuntimeError::Synthetic {
+                    tensor: "blk.0".into(),
+                    what: format!(
+                        "AWQ group {group} does not divide the widths {} and {}",
+                        s.n_embd, s.n_ff
+                    ),
+                });
+            }
+            tensors
+                .iter()
+                .map(|(name, _, o)| match (*o, name.starts_with("blk.")) {
+                    (0, _) => GgmlType::F32,
+                    (_, true) => GgmlType::Q5_0,
+                    (_, false) => GgmlType::F16,
+                })
+                .collect()
+        }
+    };
     let specs: Vec<TensorSpec> = ctx
         .iter()
         .zip(&types)
@@ -183,7 +283,7 @@ pub fn write_model(shape: &Shape, mix: Mix, path: &Path) -> Result<u64, RuntimeE
         ("general.architecture".into(), Value::String(a.into())),
         (
             "general.name".into(),
-            Value::String(format!("synthetic {} {}", s.name, mix.name())),
+            Value::String(format!("synthetic {} {}", s.name, weights.name())),
         ),
         (format!("{a}.context_length"), Value::U32(s.n_ctx as u32)),
         (format!("{a}.embedding_length"), Value::U32(s.n_embd as u32)),
@@ -226,7 +326,12 @@ pub fn write_model(shape: &Shape, mix: Mix, path: &Path) -> Result<u64, RuntimeE
         } else if *o == 0 {
             1f32.to_le_bytes().repeat(*k)
         } else {
-            matrix(name, ty, *o, *k, 0x5eed + i as u64)?
+            match weights {
+                Weights::Awq { group } if ty == GgmlType::Q5_0 => {
+                    awq_matrix(name, *o, *k, group, 0x5eed + i as u64)?
+                }
+                _ => matrix(name, ty, *o, *k, 0x5eed + i as u64)?,
+            }
         };
         w.write_tensor(name, &data).map_err(gguf)?;
     }
@@ -241,7 +346,22 @@ mod tests {
     use super::*;
     use crate::{CpuBackend, Model};
 
-    /// A small shape written for each of three mixes opens as a model whose
+    /// Weight names parse to what they say; bad AWQ groups are refused.
+    #[test]
+    fn weights_parse() {
+        assert_eq!(Weights::parse("awq"), Ok(Weights::Awq { group: 128 }));
+        assert_eq!(Weights::parse("AWQ-G64"), Ok(Weights::Awq { group: 64 }));
+        assert_eq!(
+            Weights::parse("q4_k_m"),
+            Ok(Weights::Mix(Mix::parse("Q4_K_M").expect("mix")))
+        );
+        assert!(Weights::parse("AWQ-G48").is_err());
+        assert!(Weights::parse("AWQ-G0").is_err());
+        let e = Weights::parse("Q9").expect_err("unknown");
+        assert!(e.contains("AWQ"), "{e}");
+    }
+
+    /// A small shape written for each of four kinds opens as a model whose
     /// matrices have the mix's types, and runs to finite logits.
     #[test]
     fn synthetic_models_open_and_run() {
@@ -261,10 +381,12 @@ mod tests {
             ("Q4_K_M", GgmlType::Q4K),
             ("Q8_0", GgmlType::Q8_0),
             ("F16", GgmlType::F16),
+            ("AWQ-G64", GgmlType::Q5_0),
         ] {
             let path = dir.path().join(format!("{mix}.gguf"));
-            let mix = Mix::parse(mix).expect("mix");
-            let len = write_model(&shape, mix, &path).expect("write");
+            let weights = Weights::parse(mix).expect("weights");
+            assert_eq!(weights.name(), mix);
+            let len = write_model(&shape, weights, &path).expect("write");
             assert_eq!(len, std::fs::metadata(&path).expect("stat").len());
             let model = Model::open(&path, Box::new(CpuBackend::new())).expect("open");
             assert_eq!(model.config.vocab, 300);
@@ -274,6 +396,21 @@ mod tests {
             assert!(types
                 .iter()
                 .any(|(n, t)| n.ends_with("attn_q.weight") && *t == ty));
+            if matches!(weights, Weights::Awq { .. }) {
+                // AutoAWQ leaves the output projection in f16.
+                assert!(types
+                    .iter()
+                    .any(|(n, t)| *n == "output.weight" && *t == GgmlType::F16));
+                // Each 64-wide group of a row holds at most 16 levels of one
+                // scale: (q - zero) · scale with q in 0..=15.
+                let (w, _) = model.matrix_f32("blk.1.ffn_down.weight").expect("matrix");
+                for g in w[..512].chunks_exact(64) {
+                    let mut levels: Vec<f32> = g.to_vec();
+                    levels.sort_by(f32::total_cmp);
+                    levels.dedup();
+                    assert!(levels.len() <= 16 && levels.len() > 2, "{levels:?}");
+                }
+            }
             let mut s = model.session(16);
             let logits = model
                 .forward(&mut s, &[1, 77, 299], false)

@@ -4,11 +4,10 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use quern_quant::mix::Mix;
 use quern_runtime::cuda::bench::copy_bandwidth;
 use quern_runtime::cuda::decode::{cuda_backend, DeviceModel};
 use quern_runtime::generate::{bench, bench_with, Stats};
-use quern_runtime::synthetic::{self, Shape};
+use quern_runtime::synthetic::{self, Shape, Weights};
 use quern_runtime::{CpuBackend, Model};
 use serde_json::json;
 
@@ -79,7 +78,10 @@ pub struct BenchArgs {
     /// removed afterwards.
     #[arg(long, conflicts_with = "kernels")]
     pub synthetic: Option<String>,
-    /// With --synthetic: the quantisation (a block type or mix, e.g. Q4_K_M, Q8_0, F16).
+    /// With --synthetic: the quantisation (a block type or mix, e.g. Q4_K_M, Q8_0,
+    /// F16), or AWQ (AutoAWQ GEMM 4-bit, group 128; AWQ-G64 for group 64): the
+    /// block linears as the runtime holds a loaded AWQ folder's, embeddings and
+    /// output in F16.
     #[arg(long = "type", requires = "synthetic", default_value = "Q4_K_M")]
     pub ty: String,
     /// With --synthetic: where the temporary file goes (default: the system's
@@ -119,7 +121,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                     Shape::names().join(", ")
                 )
             })?;
-            let mix = Mix::parse(&args.ty).map_err(|e| anyhow::anyhow!("--type: {e}"))?;
+            let weights = Weights::parse(&args.ty).map_err(|e| anyhow::anyhow!("--type: {e}"))?;
             let dir = args
                 .synthetic_dir
                 .clone()
@@ -127,18 +129,18 @@ pub fn run(args: BenchArgs) -> Result<()> {
             let path = dir.join(format!(
                 "quern-synthetic-{}-{}-{}.gguf",
                 shape.name,
-                mix.name(),
+                weights.name(),
                 std::process::id()
             ));
             _cleanup = Some(RemoveOnDrop(path.clone()));
             let t = std::time::Instant::now();
-            let bytes = synthetic::write_model(&shape, mix, &path)
+            let bytes = synthetic::write_model(&shape, weights, &path)
                 .with_context(|| format!("cannot write {}", path.display()))?;
             if !args.json {
                 println!(
                     "synthetic {} {}: {:.2} GB written to {} in {:.1} s",
                     shape.name,
-                    mix.name(),
+                    weights.name(),
                     bytes as f64 / 1e9,
                     path.display(),
                     t.elapsed().as_secs_f64()
