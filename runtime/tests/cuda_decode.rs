@@ -133,6 +133,24 @@ fn check(what: &str, path: &Path, tol: f64) {
             );
         }
     }
+    // Single-token steps multiply q/k/v and gate/up as stacked matrices, one
+    // launch each where their types agree; launched one matrix at a time over
+    // the same memory (views of the stacked upload) the logits are the same,
+    // bit for bit: each row's sum is made the same way in either launch.
+    let mut apart = DeviceModel::new(&gpu, 128).expect("device model");
+    apart.set_stack(false);
+    let one_by_one = steps(&mut apart);
+    let mut together = DeviceModel::new(&gpu, 128).expect("device model");
+    for (pos, (a, b)) in steps(&mut together).iter().zip(&one_by_one).enumerate() {
+        assert!(
+            a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{what} position {pos}: stacked and separate products differ (max {})",
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0f32, f32::max)
+        );
+    }
     let mut all = DeviceModel::new(&gpu, 128).expect("device model");
     all.set_fuse(Fuse::All);
     let fused_all = device_logits(&mut all, vocab, &TOKENS);

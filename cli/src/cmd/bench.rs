@@ -69,7 +69,9 @@ pub struct BenchArgs {
     /// With --kernels: instead of single products, time the weight products of one
     /// decode step of a model shape (`llama-8b`: Llama-3-8B, 128256 outputs) as
     /// one CUDA graph, typed by the quantisation mix given with --types (one name,
-    /// e.g. Q4_K_M), against the floor (weight bytes over copy bandwidth).
+    /// e.g. Q4_K_M), against the floor (weight bytes over copy bandwidth). As
+    /// in the decode, q/k/v and gate/up are one product each where their types
+    /// agree (QUERN_CUDA_STACK=0: one per matrix).
     #[arg(long, requires = "kernels")]
     pub stack: Option<String>,
     /// Instead of a model file: a model of this shape (`llama-8b`: Llama-3-8B,

@@ -182,7 +182,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 
 /// `--stack llama-8b --types MIX`: the weight products of one decode step.
 fn stack(be: &quern_runtime::cuda::CudaBackend, shape: &str, args: &BenchArgs) -> Result<()> {
-    use quern_runtime::cuda::bench::{llama_8b_tensors, stack as run_stack};
+    use quern_runtime::cuda::bench::{llama_8b_tensors, stack as run_stack, stacked};
     if shape != "llama-8b" {
         bail!("--stack: {shape:?} is not a known shape (llama-8b)");
     }
@@ -191,7 +191,12 @@ fn stack(be: &quern_runtime::cuda::CudaBackend, shape: &str, args: &BenchArgs) -
     };
     let mix = quern_quant::mix::Mix::parse(mix)?;
     let vocab = 128_256;
-    let tensors = llama_8b_tensors(mix, vocab)?;
+    let mut tensors = llama_8b_tensors(mix, vocab)?;
+    // As the decode multiplies them: q/k/v and gate/up stacked where their
+    // types agree, unless QUERN_CUDA_STACK=0.
+    if std::env::var("QUERN_CUDA_STACK").as_deref() != Ok("0") {
+        tensors = stacked(&tensors);
+    }
     let r = run_stack(be, &tensors, 1, 30)?;
     let floor = r.floor_us();
     let by_type: Vec<_> = r

@@ -385,6 +385,49 @@ pub fn llama_8b_tensors(
     Ok(out)
 }
 
+/// `tensors` with each block's q/k/v and gate/up products joined where their
+/// types agree, as the device-resident decode stacks them for single-token
+/// steps (`decode::DevLayer::qkv`, `gate_up`): q and k, with v when it shares
+/// their type; gate and up.
+pub fn stacked(tensors: &[StackTensor]) -> Vec<StackTensor> {
+    let part = |t: &StackTensor| {
+        ["attn_q", "attn_k", "attn_v", "ffn_gate", "ffn_up"]
+            .iter()
+            .position(|p| t.name.ends_with(&format!(".{p}.weight")))
+    };
+    let mut out: Vec<StackTensor> = Vec::with_capacity(tensors.len());
+    // The last entry's first member's part, and how many it holds.
+    let (mut start, mut members) = (None, 0);
+    for t in tensors {
+        let this = part(t);
+        let next_of = match (start, members) {
+            (Some(0), 1) => Some(1),
+            (Some(0), 2) => Some(2),
+            (Some(3), 1) => Some(4),
+            _ => None,
+        };
+        let joins = this.is_some()
+            && this == next_of
+            && out.last().is_some_and(|p: &StackTensor| {
+                p.ty == t.ty
+                    && p.in_features == t.in_features
+                    && p.name.split('.').nth(1) == t.name.split('.').nth(1)
+            });
+        match out.last_mut() {
+            Some(prev) if joins => {
+                prev.name = format!("{}+{}", prev.name, t.name);
+                prev.out_features += t.out_features;
+                members += 1;
+            }
+            _ => {
+                out.push(t.clone());
+                (start, members) = (this, 1);
+            }
+        }
+    }
+    out
+}
+
 #[derive(Debug, Clone)]
 pub struct StackBench {
     pub device: String,
@@ -515,4 +558,46 @@ pub fn stack(
         us_min,
         by_type,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Q4_K_M's 8B stack: q/k always join, v only where it is Q4_K too, gate and
+    /// up always; Q8_0's: every q/k/v and gate/up. No weight byte is lost.
+    #[test]
+    fn stacking_joins_what_the_decode_joins() {
+        let q4km = llama_8b_tensors(quern_quant::mix::Mix::Q4KM, 128_256).expect("tensors");
+        let s = stacked(&q4km);
+        let v_q6k = q4km
+            .iter()
+            .filter(|t| t.name.ends_with("attn_v.weight") && t.ty != GgmlType::Q4K)
+            .count();
+        assert!(v_q6k > 0 && v_q6k < 32, "{v_q6k}");
+        // 7 products per block become 4 (q+k+v) or 5, plus the output.
+        assert_eq!(s.len(), 32 * 4 + v_q6k + 1);
+        assert!(s
+            .iter()
+            .any(|t| t.name == "blk.0.ffn_gate.weight+blk.0.ffn_up.weight"
+                && t.out_features == 2 * 14336));
+        for t in &s {
+            if t.name.contains("attn_q") {
+                assert!(t.name.contains("attn_k"), "{}", t.name);
+                assert_eq!(
+                    t.out_features,
+                    4096 + 1024 * (1 + t.name.contains("attn_v") as usize)
+                );
+            }
+        }
+        let bytes = |ts: &[StackTensor]| -> usize {
+            ts.iter()
+                .map(|t| t.out_features * t.in_features / t.ty.block_size() * t.ty.type_size())
+                .sum()
+        };
+        assert_eq!(bytes(&s), bytes(&q4km));
+        let q8 = llama_8b_tensors(quern_quant::mix::Mix::Q8_0, 128_256).expect("tensors");
+        // q+k+v, o, gate+up, down per block.
+        assert_eq!(stacked(&q8).len(), 32 * 4 + 1);
+    }
 }

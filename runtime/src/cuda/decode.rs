@@ -132,6 +132,12 @@ struct DevLayer {
     gate: Mat,
     up: Mat,
     down: Mat,
+    /// q and k, with v when it shares their type, stacked in one upload (the
+    /// three above are views of it) and how many: a single-token step
+    /// multiplies them in one launch, its outputs back to back in `q`.
+    qkv: Option<(Mat, usize)>,
+    /// gate and up stacked likewise: one launch, outputs back to back in `g`.
+    gate_up: Option<Mat>,
     /// `n_ctx × kv_dim` each.
     k_cache: CudaSlice<f32>,
     v_cache: CudaSlice<f32>,
@@ -234,6 +240,8 @@ pub struct DeviceModel<'m> {
     /// Which activation quantisers are fused into the kernels before the
     /// products (`QUERN_CUDA_FUSE`).
     fuse: Fuse,
+    /// Whether single-token steps use the stacked q/k/v and gate/up.
+    stack: bool,
     skip: Skip,
     model: &'m Model,
     be: &'m CudaBackend,
@@ -330,6 +338,45 @@ impl<'m> DeviceModel<'m> {
             let ptr = be.weight_ptr(&d);
             Ok(Mat { w: d, ptr })
         };
+        // Matrices of one type and row length, uploaded as one, and each as a
+        // view of it; None when the types differ or stacking is off.
+        let stacking = std::env::var("QUERN_CUDA_STACK").as_deref() != Ok("0");
+        let stacked = |ws: &[&WeightView<'_>]| -> Result<Option<(Mat, Vec<Mat>)>, RuntimeError> {
+            if !stacking || ws.iter().any(|w| w.ty != ws[0].ty || w.cols != ws[0].cols) {
+                return Ok(None);
+            }
+            let views: Vec<WeightView<'_>> = ws.iter().map(|w| **w).collect();
+            let d = be
+                .upload_stacked(&views)
+                .map_err(|source| RuntimeError::Cuda {
+                    tensor: ws[0].name.to_string(),
+                    source,
+                })?;
+            if d.k != d.cols {
+                return Ok(None);
+            }
+            let mut parts = Vec::with_capacity(ws.len());
+            let mut first = 0;
+            for w in ws {
+                let v = d
+                    .rows_view(first, w.rows)
+                    .ok_or_else(|| unsupported(format!("{}: no view of rows {first}..", w.name)))?;
+                first += w.rows;
+                let ptr = be.weight_ptr(&v);
+                parts.push(Mat {
+                    w: Arc::new(v),
+                    ptr,
+                });
+            }
+            let ptr = be.weight_ptr(&d);
+            Ok(Some((
+                Mat {
+                    w: Arc::new(d),
+                    ptr,
+                },
+                parts,
+            )))
+        };
         let kv_dim = nkv * hd;
         let poison = be.poisoning();
         let cache = || -> Result<CudaSlice<f32>, RuntimeError> {
@@ -349,6 +396,33 @@ impl<'m> DeviceModel<'m> {
                 .layer_weights(i)
                 .ok_or_else(|| unsupported(format!("block {i} is missing")))?;
             let opt = |v: Option<&[f32]>| v.map(up).transpose();
+            // q, k and v share a type in most mixes; Q4_K_M gives some v Q6_K.
+            let qkv = match stacked(&[&l.wq, &l.wk, &l.wv])? {
+                Some(s) => Some(s),
+                None => stacked(&[&l.wq, &l.wk])?,
+            };
+            // The outputs lie back to back: floats 16 bytes apart at each start.
+            let gate_up = if c.n_ff.is_multiple_of(4) {
+                stacked(&[&l.gate, &l.up])?
+            } else {
+                None
+            };
+            // Each matrix is its stacked view where there is one, else its own.
+            let (qkv, views) = match qkv {
+                Some((m, v)) => (Some((m, v.len())), v),
+                None => (None, Vec::new()),
+            };
+            let mut views = views.into_iter();
+            let wq = views.next().map_or_else(|| mat(&l.wq), Ok)?;
+            let wk = views.next().map_or_else(|| mat(&l.wk), Ok)?;
+            let wv = views.next().map_or_else(|| mat(&l.wv), Ok)?;
+            let (gate_up, views) = match gate_up {
+                Some((m, v)) => (Some(m), v),
+                None => (None, Vec::new()),
+            };
+            let mut views = views.into_iter();
+            let gate = views.next().map_or_else(|| mat(&l.gate), Ok)?;
+            let upm = views.next().map_or_else(|| mat(&l.up), Ok)?;
             layers.push(DevLayer {
                 attn_norm: up(l.attn_norm)?,
                 ffn_norm: up(l.ffn_norm)?,
@@ -357,13 +431,15 @@ impl<'m> DeviceModel<'m> {
                 bv: opt(l.bv)?,
                 q_norm: opt(l.q_norm)?,
                 k_norm: opt(l.k_norm)?,
-                wq: mat(&l.wq)?,
-                wk: mat(&l.wk)?,
-                wv: mat(&l.wv)?,
+                wq,
+                wk,
+                wv,
                 wo: mat(&l.wo)?,
-                gate: mat(&l.gate)?,
-                up: mat(&l.up)?,
+                gate,
+                up: upm,
                 down: mat(&l.down)?,
+                qkv,
+                gate_up,
                 k_cache: cache()?,
                 v_cache: cache()?,
             });
@@ -385,12 +461,14 @@ impl<'m> DeviceModel<'m> {
         let buf = Buffers {
             x: alloc(b * d)?,
             xn: alloc(b * d)?,
-            q: alloc(b * qd)?,
+            // Single-token steps' stacked products write q, k, v (gate, up)
+            // back to back.
+            q: alloc((b * qd).max(qd + 2 * kv_dim))?,
             k: alloc(b * kv_dim)?,
             v: alloc(b * kv_dim)?,
             attn: alloc(b * qd)?,
             delta: alloc(b * d)?,
-            g: alloc(b * ff)?,
+            g: alloc((b * ff).max(2 * ff))?,
             h: alloc(b * ff)?,
             part: alloc(b * nh * n_chunks * (hd + 2))?,
             logits: alloc(b * c.vocab)?,
@@ -419,6 +497,7 @@ impl<'m> DeviceModel<'m> {
             graph: None,
             use_graph: std::env::var("QUERN_CUDA_GRAPH").as_deref() != Ok("0"),
             fuse: Fuse::from_env(),
+            stack: true,
             skip: Skip::from_env(),
             model,
             be,
@@ -482,6 +561,17 @@ impl<'m> DeviceModel<'m> {
 
     pub fn fuse(&self) -> Fuse {
         self.fuse
+    }
+
+    /// Whether single-token steps multiply q/k/v and gate/up as stacked
+    /// matrices, one launch each where their types agree (default; the upload
+    /// is stacked unless `QUERN_CUDA_STACK=0`), or one launch per matrix over
+    /// the same memory. The numbers are the same either way, bit for bit.
+    pub fn set_stack(&mut self, on: bool) {
+        if on != self.stack {
+            self.stack = on;
+            self.graph = None;
+        }
     }
 
     /// Runs `tokens` at the next positions; the logits of the last token, or of
@@ -742,9 +832,25 @@ impl<'m> DeviceModel<'m> {
                 norm(x, dl, p(&l.attn_norm), xn, n, qf)?;
             }
             fused(&l.wq, &qf);
-            gemv(&l.wq, xn, q, n, qf.is_some())?;
-            gemv(&l.wk, xn, kb, n, true)?;
-            gemv(&l.wv, xn, vb, n, true)?;
+            // One token: k (and v) right after q, as the stacked product writes.
+            let (kb, vb) = match &l.qkv {
+                Some((m, parts)) if self.stack && n == 1 => {
+                    gemv(m, xn, q, 1, qf.is_some())?;
+                    let kb = q + (nh * hd * 4) as u64;
+                    if *parts == 3 {
+                        (kb, kb + (nkv * hd * 4) as u64)
+                    } else {
+                        gemv(&l.wv, xn, vb, n, true)?;
+                        (kb, vb)
+                    }
+                }
+                _ => {
+                    gemv(&l.wq, xn, q, n, qf.is_some())?;
+                    gemv(&l.wk, xn, kb, n, true)?;
+                    gemv(&l.wv, xn, vb, n, true)?;
+                    (kb, vb)
+                }
+            };
             let (kc, vc) = (p(&l.k_cache), p(&l.v_cache));
             if !sk.post {
                 Launch::new(st, &self.k.qkv_post)
@@ -861,8 +967,17 @@ impl<'m> DeviceModel<'m> {
                 norm(x, delta, p(&l.ffn_norm), xn, n, gf)?;
             }
             fused(&l.gate, &gf);
-            gemv(&l.gate, xn, g, n, gf.is_some())?;
-            gemv(&l.up, xn, h, n, true)?;
+            let h = match &l.gate_up {
+                Some(m) if self.stack && n == 1 => {
+                    gemv(m, xn, g, 1, gf.is_some())?;
+                    g + (ff * 4) as u64
+                }
+                _ => {
+                    gemv(&l.gate, xn, g, n, gf.is_some())?;
+                    gemv(&l.up, xn, h, n, true)?;
+                    h
+                }
+            };
             let sf = if sk.silu { None } else { fq(&l.down, n) };
             if let Some((mode, xq, xa)) = sf {
                 Launch::new(st, &self.k.silu_mul_q)

@@ -21,6 +21,8 @@ pub enum CudaError {
     },
     #[error("the CUDA backend has no kernel for {0}")]
     Unsupported(quern_formats::GgmlType),
+    #[error("{0}")]
+    Stack(String),
 }
 
 impl CudaError {

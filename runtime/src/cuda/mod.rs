@@ -646,7 +646,11 @@ pub struct DeviceWeight {
     stride: usize,
     /// The repacked layout ([`packed`]), when the matrix is in it.
     packed: Option<packed::PackedLayout>,
-    buf: CudaSlice<u8>,
+    /// Shared by the matrices that are rows of one upload ([`Self::rows_view`]).
+    buf: Arc<CudaSlice<u8>>,
+    /// Where this matrix's data starts in `buf` (the code region's first row;
+    /// the layout's offsets count from there).
+    offset: usize,
 }
 
 impl DeviceWeight {
@@ -657,7 +661,10 @@ impl DeviceWeight {
 
     /// Bytes on the device (rows padded).
     pub fn device_bytes(&self) -> usize {
-        self.buf.len()
+        match &self.packed {
+            Some(l) => self.rows * (l.q_stride + l.s_stride + l.d_stride),
+            None => self.rows * self.stride,
+        }
     }
 
     /// A second device copy (benchmarks rotate copies to defeat the L2).
@@ -669,9 +676,40 @@ impl DeviceWeight {
             k: self.k,
             stride: self.stride,
             packed: self.packed,
-            buf: stream
-                .clone_dtod(&self.buf)
-                .ctx("copying weights on the device")?,
+            buf: Arc::new(
+                stream
+                    .clone_dtod(&*self.buf)
+                    .ctx("copying weights on the device")?,
+            ),
+            offset: self.offset,
+        })
+    }
+
+    /// Rows `first..first + n` as a matrix of their own, on the same device
+    /// memory. Every region of a layout is row by row (rows a stride apart),
+    /// and the kernels address each region from the data pointer and the
+    /// layout's offsets, so a view moves the pointer to its first code row and
+    /// the other regions' offsets by what they moved less that.
+    pub fn rows_view(&self, first: usize, n: usize) -> Option<DeviceWeight> {
+        if n == 0 || first.checked_add(n)? > self.rows {
+            return None;
+        }
+        let (packed, step) = match &self.packed {
+            Some(l) => {
+                let (v, step) = l.from_row(first);
+                (Some(v), step)
+            }
+            None => (None, first * self.stride),
+        };
+        Some(DeviceWeight {
+            ty: self.ty,
+            rows: n,
+            cols: self.cols,
+            k: self.k,
+            stride: self.stride,
+            packed,
+            buf: self.buf.clone(),
+            offset: self.offset + step,
         })
     }
 }
@@ -1128,7 +1166,8 @@ impl CudaBackend {
                     k: w.cols,
                     stride: layout.q_stride,
                     packed: Some(layout),
-                    buf,
+                    buf: Arc::new(buf),
+                    offset: 0,
                 });
             }
         }
@@ -1153,7 +1192,35 @@ impl CudaBackend {
             k,
             stride,
             packed: None,
-            buf,
+            buf: Arc::new(buf),
+            offset: 0,
+        })
+    }
+
+    /// One upload of matrices of one type and row length, their rows one after
+    /// the other (as [`Self::upload`] of the stacked matrix), so that one launch
+    /// multiplies them all; [`DeviceWeight::rows_view`] gives each back.
+    pub fn upload_stacked(&self, parts: &[WeightView<'_>]) -> Result<DeviceWeight, CudaError> {
+        let Some(first) = parts.first() else {
+            return Err(CudaError::Stack("stacking no matrices".into()));
+        };
+        if let Some(odd) = parts
+            .iter()
+            .find(|p| p.ty != first.ty || p.cols != first.cols)
+        {
+            return Err(CudaError::Stack(format!(
+                "cannot stack {} ({}, {} columns) on {} ({}, {} columns)",
+                odd.name, odd.ty, odd.cols, first.name, first.ty, first.cols
+            )));
+        }
+        let data: Vec<u8> = parts.iter().flat_map(|p| p.data.iter().copied()).collect();
+        let name = parts.iter().map(|p| p.name).collect::<Vec<_>>().join("+");
+        self.upload(&WeightView {
+            name: &name,
+            ty: first.ty,
+            rows: parts.iter().map(|p| p.rows).sum(),
+            cols: first.cols,
+            data: &data,
         })
     }
 
@@ -1692,7 +1759,7 @@ impl CudaBackend {
     /// The device address of a weight's data.
     pub fn weight_ptr(&self, w: &DeviceWeight) -> u64 {
         let (p, _g) = w.buf.device_ptr(&self.stream);
-        p
+        p + w.offset as u64
     }
 
     fn matmul_device(

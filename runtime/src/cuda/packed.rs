@@ -98,6 +98,22 @@ impl PackedLayout {
     pub fn total_bytes(&self, rows: usize) -> usize {
         self.d_offset + rows * self.d_stride
     }
+
+    /// The layout of the rows from `first` on, addressed from their first code
+    /// row, and how far that row lies from this layout's start: every region
+    /// is row by row, so each moves by `first` of its strides, and the offsets
+    /// count from the moved code pointer.
+    pub fn from_row(&self, first: usize) -> (PackedLayout, usize) {
+        let moved = first * self.q_stride;
+        (
+            PackedLayout {
+                s_offset: self.s_offset + first * self.s_stride - moved,
+                d_offset: self.d_offset + first * self.d_stride - moved,
+                ..*self
+            },
+            moved,
+        )
+    }
 }
 
 /// The 6-bit code of weight `e` (0..256) of a Q6_K super-block (`ql[128]`,
@@ -264,6 +280,46 @@ mod tests {
         let d = &buf[l.d_offset + r * l.d_stride..];
         let dd = [d[(e / 256) * 2], d[(e / 256) * 2 + 1]];
         (low | (high << 4), sc, dd)
+    }
+
+    /// Two matrices repacked as one stacked matrix: the second's view
+    /// (`from_row`) reads, region by region and row by row, exactly the bytes
+    /// of the second repacked alone, for every repacked format (Q6_K has all
+    /// three regions).
+    #[test]
+    fn views_of_a_stacked_matrix_read_each_part() {
+        let (top, bottom, cols) = (5, 3, 512);
+        for ty in [GgmlType::Q4_0, GgmlType::Q5_1, GgmlType::Q4K, GgmlType::Q6K] {
+            let rb = cols / ty.block_size() * ty.type_size();
+            // Bytes of random value: only their places matter.
+            let mut x = 0x9e37_79b9u32;
+            let data: Vec<u8> = (0..(top + bottom) * rb)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    x as u8
+                })
+                .collect();
+            let (all, l) = repack(ty, top + bottom, cols, &data).expect("stacked");
+            let (alone, la) = repack(ty, bottom, cols, &data[top * rb..]).expect("alone");
+            let (v, at) = l.from_row(top);
+            let view = &all[at..];
+            for r in 0..bottom {
+                for (off, stride, a_off) in [
+                    (0, v.q_stride, 0),
+                    (v.s_offset, v.s_stride, la.s_offset),
+                    (v.d_offset, v.d_stride, la.d_offset),
+                ] {
+                    assert_eq!(
+                        &view[off + r * stride..off + (r + 1) * stride],
+                        &alone[a_off + r * stride..a_off + (r + 1) * stride],
+                        "{ty} row {r}, region at {off}"
+                    );
+                }
+            }
+            assert_eq!(l.from_row(0), (l, 0));
+        }
     }
 
     #[test]
