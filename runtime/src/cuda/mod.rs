@@ -281,6 +281,9 @@ pub struct Geometry {
     pub mmp_bps: usize,
     pub mmp_wpr: Option<usize>,
     pub mmp_early: bool,
+    /// Block kernels: each block prefetches its rows' weights into L2 before
+    /// the wait for the previous kernel (`QUERN_CUDA_PREFETCH=1`).
+    pub mmv_prefetch: bool,
     /// Pipelined kernels: at most this many blocks (`QUERN_CUDA_MMP_BLOCKS`;
     /// tests use it so that each block walks many row groups).
     pub mmp_blocks: Option<usize>,
@@ -387,6 +390,7 @@ impl Geometry {
                 .unwrap_or(MMP_BPS),
             mmp_wpr: env_usize("QUERN_CUDA_MMP_WPR").filter(|v| [1, 2, 4, 8].contains(v)),
             mmp_early: std::env::var("QUERN_CUDA_MMP_EARLY").as_deref() == Ok("1"),
+            mmv_prefetch: std::env::var("QUERN_CUDA_PREFETCH").as_deref() == Ok("1"),
             mmp_blocks: env_usize("QUERN_CUDA_MMP_BLOCKS").filter(|v| *v > 0),
             mmw_rows: env_list("QUERN_CUDA_MMW_ROWS", small),
             mmw_units: env_list("QUERN_CUDA_MMW_UNITS", small),
@@ -983,6 +987,9 @@ impl CudaBackend {
         }
         if g.mmp_early {
             src.push_str("#define MMP_EARLY 1\n");
+        }
+        if g.mmv_prefetch {
+            src.push_str("#define MMV_PREFETCH 1\n");
         }
         let (wr, wu) = g.mmw_geometry(ty);
         for ((b, r), u) in BATCHES.iter().zip(wr).zip(wu) {
@@ -1902,9 +1909,10 @@ mod tests {
                 panic!("{ty} with 16-bit activations: {e}");
             }
         }
-        // The pipelined kernels with their first copies before the wait.
+        // The pipelined kernels with their first copies before the wait, and
+        // the block kernels prefetching their weights.
         let src = format!(
-            "#define MMP_EARLY 1\n{}",
+            "#define MMP_EARLY 1\n#define MMV_PREFETCH 1\n{}",
             gemv_source(GgmlType::Q4K).expect("supported")
         );
         if let Err(e) = compile::compile_uncached("test_early", &src, &tc) {

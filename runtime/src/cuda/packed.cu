@@ -473,10 +473,34 @@ __device__ __forceinline__ void mmv(const u8* __restrict__ Q, long long qs, cons
     }
 }
 
+// MMV_PREFETCH 1 (QUERN_CUDA_PREFETCH=1): before the wait for the previous
+// kernel, each block asks L2 for its rows' weight lines (prefetch, no value
+// comes back, and the weights never change), so their DRAM reads overlap the
+// previous kernel's last blocks instead of starting after them.
+#ifndef MMV_PREFETCH
+#define MMV_PREFETCH 0
+#endif
+__device__ __forceinline__ void prefetch_l2(const u8* base, long long bytes) {
+    for (long long o = (long long)threadIdx.x * 128; o < bytes; o += (long long)blockDim.x * 128)
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(base + o));
+}
+// Rows row0 .. row0 + R of each region lie back to back.
+template <int R>
+__device__ __forceinline__ void prefetch_rows(const u8* Q, long long qs, const u8* S, long long ss,
+                                              const u8* D, long long ds, int rows) {
+    const int row0 = blockIdx.x * R;
+    const int n = imin(R, rows - row0);
+    if (n <= 0) return;
+    prefetch_l2(Q + (long long)row0 * qs, n * qs);
+    prefetch_l2(S + (long long)row0 * ss, n * ss);
+    if (ds > 0) prefetch_l2(D + (long long)row0 * ds, n * ds);
+}
+
 #define MMV_ENTRY(NAME, BB, RR)                                                                    \
     extern "C" __global__ void __launch_bounds__(MAXWARPS * 32)                                    \
         NAME(const u8* Q, long long qs, const u8* S, long long ss, const u8* D, long long ds,      \
              int rows, int nunits, int K, const i8* xq, const float2* xa, float* y, int nt) {      \
+        if (MMV_PREFETCH) prefetch_rows<RR>(Q, qs, S, ss, D, ds, rows);                            \
         PDL_ENTRY(xq, xa, y);                                                                      \
         mmv<BB, RR>(Q, qs, S, ss, D, ds, rows, nunits, K, xq, xa, y, nt);                          \
     }
