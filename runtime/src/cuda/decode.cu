@@ -654,18 +654,48 @@ extern "C" __global__ void rms_norm_q(float* __restrict__ x, const float* __rest
     const int G = mode == 2 ? 8 : 1;
     const int nb = n >> 5;
     const long long rb = (long long)blockIdx.x * nb;
-    if (G == 1 && n <= NORM_K * (int)blockDim.x) {
+    if (n <= NORM_K * (int)blockDim.x) {
         // Value i = threadIdx.x + k·blockDim.x: warp w's lanes hold block
         // w + k·nwarps, the block the loop below gives warp w in round k.
         float v[NORM_K], wv[NORM_K];
         float inv = residual_inv_rms_reg(xr, dr, w, n, eps, v, wv);
+        if (G == 1) {
+#pragma unroll
+            for (int k = 0; k < NORM_K; k++) {
+                const int i = threadIdx.x + k * blockDim.x;
+                if (i < n) {
+                    const float o = v[k] * inv * wv[k];
+                    orow[i] = o;
+                    quant_store(o, warp_max(fabsf(o)), rb + (i >> 5), mode, xq, xa);
+                }
+            }
+            return;
+        }
+        // One scale per 256: each block of 32's maximum goes to shared memory
+        // (a warp holds one block per round), then each value's super-block
+        // maximum is that of its 8 blocks. Every warp stays busy, unlike the
+        // loop below, which gives a warp a whole super-block.
+        __shared__ float bmax[NORM_K * 32];
 #pragma unroll
         for (int k = 0; k < NORM_K; k++) {
             const int i = threadIdx.x + k * blockDim.x;
             if (i < n) {
-                const float o = v[k] * inv * wv[k];
-                orow[i] = o;
-                quant_store(o, warp_max(fabsf(o)), rb + (i >> 5), mode, xq, xa);
+                v[k] = v[k] * inv * wv[k];
+                orow[i] = v[k];
+                const float am = warp_max(fabsf(v[k]));
+                if (lane == 0) bmax[i >> 5] = am;
+            }
+        }
+        __syncthreads();
+#pragma unroll
+        for (int k = 0; k < NORM_K; k++) {
+            const int i = threadIdx.x + k * blockDim.x;
+            if (i < n) {
+                const int s0 = (i >> 8) * 8;
+                float m = bmax[s0];
+#pragma unroll
+                for (int j = 1; j < 8; j++) m = fmaxf(m, bmax[s0 + j]);
+                quant_store(v[k], m, rb + (i >> 5), mode, xq, xa);
             }
         }
         return;
