@@ -173,9 +173,11 @@ struct Buffers {
 /// the time differs. Measured on the 8B shape (BENCHMARKS.md, call F): fusing
 /// everything made prefill faster (Q4_K_M pp512 +3.5 %, Q4_0 +1.1 %) and Q4_0
 /// decode slightly faster (+0.9 %), but Q4_K_M decode slower (−2.6 %): with a
-/// single token the fused RMSNorm's quantisation to one scale per 256 runs on
+/// single token the fused RMSNorm's quantisation to one scale per 256 ran on
 /// half the warps of one block, a longer chain than the separate quantiser's
-/// launch it saves. Hence the default.
+/// launch it saves. With every warp busy (ninth slice, call 5) fusing
+/// everything is still slower there: 425.7 against 428.6 tok/s. Hence the
+/// default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fuse {
     /// Every quantiser a launch of its own (`QUERN_CUDA_FUSE=0`).
