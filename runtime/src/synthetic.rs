@@ -118,6 +118,16 @@ impl Rng {
 
 const DISTINCT_ROWS: usize = 16;
 
+/// `uniq` repeated (the last copy cut short) to `len` bytes.
+fn repeated(uniq: &[u8], len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        let take = (len - out.len()).min(uniq.len());
+        out.extend_from_slice(&uniq[..take]);
+    }
+    out
+}
+
 /// `rows × cols` of `ty`: [`DISTINCT_ROWS`] quantised random rows, repeated.
 fn matrix(
     name: &str,
@@ -141,12 +151,7 @@ fn matrix(
             source,
         })?;
     }
-    let mut out = Vec::with_capacity(rb * rows);
-    while out.len() < rb * rows {
-        let take = (rb * rows - out.len()).min(uniq.len());
-        out.extend_from_slice(&uniq[..take]);
-    }
-    Ok(out)
+    Ok(repeated(&uniq, rb * rows))
 }
 
 /// `rows × cols` of Q5_0 blocks holding an AWQ linear: [`DISTINCT_ROWS`]
@@ -173,12 +178,7 @@ fn awq_matrix(
         .map_err(|e| bad(e.to_string()))?;
     let uniq = crate::source::repack_awq_q5_0(&linear).map_err(bad)?;
     let rb = uniq.len() / distinct;
-    let mut out = Vec::with_capacity(rb * rows);
-    while out.len() < rb * rows {
-        let take = (rb * rows - out.len()).min(uniq.len());
-        out.extend_from_slice(&uniq[..take]);
-    }
-    Ok(out)
+    Ok(repeated(&uniq, rb * rows))
 }
 
 /// Llama 3.1's rope frequency divisors (factor 8, low/high frequency factors 1

@@ -718,6 +718,26 @@ impl DeviceWeight {
     }
 }
 
+/// The leading arguments of every repacked-format kernel (packed.cu's mmv,
+/// mmw and mmp, mma.cu's mmq): the code region and its row stride, the scale
+/// and (Q6_K) d regions and theirs, then rows, units per row and row length.
+fn region_args<'b, 'a>(
+    b: &'b mut Launch<'a>,
+    w: &DeviceWeight,
+    l: &packed::PackedLayout,
+    w_ptr: u64,
+) -> &'b mut Launch<'a> {
+    b.arg(&w_ptr)
+        .arg(&(l.q_stride as i64))
+        .arg(&(w_ptr + l.s_offset as u64))
+        .arg(&(l.s_stride as i64))
+        .arg(&(w_ptr + l.d_offset as u64))
+        .arg(&(l.d_stride as i64))
+        .arg(&(w.rows as i32))
+        .arg(&(l.units as i32))
+        .arg(&(w.k as i32))
+}
+
 /// Identifies a weight matrix by where its bytes are and a sample of them (32
 /// spread 8-byte pieces, the first and last included), so a buffer freed and
 /// reused for other data is not mistaken for the old one. Weights are taken to
@@ -1404,9 +1424,6 @@ impl CudaBackend {
         let warps = g
             .mmv_warps
             .unwrap_or_else(|| l.units.div_ceil(32 * g.mmv_unroll).clamp(1, 8));
-        let (qs, ss, ds) = (l.q_stride as i64, l.s_stride as i64, l.d_stride as i64);
-        let (sp, dp) = (w_ptr + l.s_offset as u64, w_ptr + l.d_offset as u64);
-        let (rows, units, k) = (w.rows as i32, l.units as i32, w.k as i32);
         let mut t0 = 0;
         while t0 < n_tokens {
             let nt = (n_tokens - t0).min(MAX_BATCH);
@@ -1415,16 +1432,7 @@ impl CudaBackend {
             let xqt = xq + (cb * t0 * w.k) as u64;
             let xat = xa + (t0 * w.k / 32 * 8) as u64;
             let nt_i = nt as i32;
-            Launch::new(&self.stream, &funcs[bi])
-                .arg(&w_ptr)
-                .arg(&qs)
-                .arg(&sp)
-                .arg(&ss)
-                .arg(&dp)
-                .arg(&ds)
-                .arg(&rows)
-                .arg(&units)
-                .arg(&k)
+            region_args(&mut Launch::new(&self.stream, &funcs[bi]), w, l, w_ptr)
                 .arg(&xqt)
                 .arg(&xat)
                 .arg(&yp)
@@ -1516,38 +1524,31 @@ impl CudaBackend {
         quantise: bool,
     ) -> Result<(), CudaError> {
         let (xq, xa) = self.packed_acts(w, m, x_ptr, n_tokens, act, quantise)?;
-        let (qs, ss, ds) = (l.q_stride as i64, l.s_stride as i64, l.d_stride as i64);
-        let (sp, dp) = (w_ptr + l.s_offset as u64, w_ptr + l.d_offset as u64);
-        let (rows, units, k) = (w.rows as i32, l.units as i32, w.k as i32);
         let nt = n_tokens as i32;
         let (rps, nst, wpr) = (
             plan.rows_per_stage as i32,
             plan.stages as i32,
             plan.warps_per_row as i32,
         );
-        Launch::new(&self.stream, &m.ppfuncs[batch_variant(n_tokens)])
-            .arg(&w_ptr)
-            .arg(&qs)
-            .arg(&sp)
-            .arg(&ss)
-            .arg(&dp)
-            .arg(&ds)
-            .arg(&rows)
-            .arg(&units)
-            .arg(&k)
-            .arg(&xq)
-            .arg(&xa)
-            .arg(&y_ptr)
-            .arg(&nt)
-            .arg(&rps)
-            .arg(&nst)
-            .arg(&wpr)
-            .launch(LaunchConfig {
-                grid_dim: (plan.blocks as u32, 1, 1),
-                block_dim: (MMP_THREADS as u32, 1, 1),
-                shared_mem_bytes: plan.smem as u32,
-            })
-            .map_err(|e| CudaError::driver(format!("launching the {} pipelined gemv", w.ty), e))?;
+        region_args(
+            &mut Launch::new(&self.stream, &m.ppfuncs[batch_variant(n_tokens)]),
+            w,
+            l,
+            w_ptr,
+        )
+        .arg(&xq)
+        .arg(&xa)
+        .arg(&y_ptr)
+        .arg(&nt)
+        .arg(&rps)
+        .arg(&nst)
+        .arg(&wpr)
+        .launch(LaunchConfig {
+            grid_dim: (plan.blocks as u32, 1, 1),
+            block_dim: (MMP_THREADS as u32, 1, 1),
+            shared_mem_bytes: plan.smem as u32,
+        })
+        .map_err(|e| CudaError::driver(format!("launching the {} pipelined gemv", w.ty), e))?;
         Ok(())
     }
 
@@ -1590,9 +1591,6 @@ impl CudaBackend {
         };
         let (func, smem) = &m.mfuncs[vi];
         let bn = MMA_BN[vi];
-        let (qs, ss, ds) = (l.q_stride as i64, l.s_stride as i64, l.d_stride as i64);
-        let (sp, dp) = (w_ptr + l.s_offset as u64, w_ptr + l.d_offset as u64);
-        let (rows, units, k) = (w.rows as i32, l.units as i32, w.k as i32);
         let nt = n_tokens as i32;
         let (bx, by) = (w.rows.div_ceil(MMA_BM), n_tokens.div_ceil(bn));
         let (splits, ksteps) = mma_split(
@@ -1615,16 +1613,7 @@ impl CudaBackend {
             .ctx("zeroing the split product's output")?;
         }
         let ksteps_i = ksteps as i32;
-        Launch::new(&self.stream, func)
-            .arg(&w_ptr)
-            .arg(&qs)
-            .arg(&sp)
-            .arg(&ss)
-            .arg(&dp)
-            .arg(&ds)
-            .arg(&rows)
-            .arg(&units)
-            .arg(&k)
+        region_args(&mut Launch::new(&self.stream, func), w, l, w_ptr)
             .arg(&xq)
             .arg(&xa)
             .arg(&y_ptr)
@@ -1713,9 +1702,6 @@ impl CudaBackend {
             self.quantise_acts(quant, x_ptr, n_tokens, w.k, xq, xa)?;
         }
         let warps = g.mmw_warps;
-        let (qs, ss, ds) = (l.q_stride as i64, l.s_stride as i64, l.d_stride as i64);
-        let (sp, dp) = (w_ptr + l.s_offset as u64, w_ptr + l.d_offset as u64);
-        let (rows, units, k) = (w.rows as i32, l.units as i32, w.k as i32);
         let mut t0 = 0;
         while t0 < n_tokens {
             let nt = (n_tokens - t0).min(MAX_BATCH);
@@ -1737,16 +1723,7 @@ impl CudaBackend {
             let xqt = xq + (cb * t0 * w.k) as u64;
             let xat = xa + (t0 * w.k / 32 * 8) as u64;
             let nt_i = nt as i32;
-            Launch::new(&self.stream, func)
-                .arg(&w_ptr)
-                .arg(&qs)
-                .arg(&sp)
-                .arg(&ss)
-                .arg(&dp)
-                .arg(&ds)
-                .arg(&rows)
-                .arg(&units)
-                .arg(&k)
+            region_args(&mut Launch::new(&self.stream, func), w, l, w_ptr)
                 .arg(&xt)
                 .arg(&xqt)
                 .arg(&xat)
