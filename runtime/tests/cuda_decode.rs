@@ -151,6 +151,57 @@ fn check(what: &str, path: &Path, tol: f64) {
                 .fold(0.0f32, f32::max)
         );
     }
+    // Single-token steps fold each RMSNorm into the products that read it
+    // where they take it (cuda/fold.rs): every norm of the repacked formats'
+    // models here, none of the float ones. Against the norms' own kernels the logits
+    // differ by rounding only (the norm's scale meets the sums after the
+    // product), and the fold's sums run in a fixed order: two runs agree bit
+    // for bit.
+    let folded_norms = together.folded_norms();
+    // Every site: two per layer and the output's.
+    let sites = gpu.config.n_layer * 2 + 1;
+    eprintln!("{what}: {folded_norms} of {sites} norms folded");
+    if what.contains("F32") || what.contains("BF16") {
+        assert_eq!(folded_norms, 0, "{what}: float products take no fold");
+    } else if what.contains("Q4_K_S") {
+        // Its Q5_K matrices stay on the older kernels.
+        assert!(folded_norms > 0, "{what}: no norm folded");
+    } else {
+        // Every norm, but the output's where the output matrix is not a
+        // repacked format (AWQ folders keep it in float).
+        assert!(
+            folded_norms + 1 >= sites,
+            "{what}: {folded_norms} of {sites} norms folded"
+        );
+    }
+    let mut unfolded = DeviceModel::new(&gpu, 128).expect("device model");
+    unfolded.set_fold(false);
+    assert_eq!(unfolded.folded_norms(), 0);
+    let norms_apart = steps(&mut unfolded);
+    let folded = steps(&mut together);
+    for (pos, (a, b)) in folded.iter().zip(&one_by_one).enumerate() {
+        assert!(
+            a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{what} position {pos}: a second run with the norms folded differs"
+        );
+    }
+    compare(
+        &format!("{what} (norms folded, against their own kernels)"),
+        &folded,
+        &norms_apart,
+        tol,
+    );
+    if folded_norms > 0 {
+        // The fold changes the numbers by rounding, not to nothing: the
+        // comparison above saw two different computations.
+        assert!(
+            folded
+                .iter()
+                .zip(&norms_apart)
+                .any(|(a, b)| a.iter().zip(b).any(|(x, y)| x.to_bits() != y.to_bits())),
+            "{what}: folded and unfolded norms gave identical logits"
+        );
+    }
     let mut all = DeviceModel::new(&gpu, 128).expect("device model");
     all.set_fuse(Fuse::All);
     let fused_all = device_logits(&mut all, vocab, &TOKENS);

@@ -43,3 +43,135 @@ __device__ __forceinline__ void pdl_launder(T&... p) {
         pdl_launder(__VA_ARGS__);    \
         pdl_trigger();               \
     } while (0)
+
+// Warp-wide sum and maximum (every lane gets the result; the xor butterfly
+// gives every lane the same value).
+__device__ __forceinline__ double warp_sum_d(double v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// The activation quantisers' shared step (decode.cu's fused quantisers and
+// packed.cu's folded norm). The layouts (`mode`, ActKind in mod.rs): 1 = 8-bit
+// codes with (d, d·Σq) per 32, 2 = the same with one d per 256 values, 3 =
+// 16-bit codes per 32 stored as 32 high bytes then 32 low bytes, and (d, d·Σq).
+// One lane's share of quantising the block of 32 values at index blk (the
+// warp's lanes hold its values, one each; amax is the block's, or for mode 2
+// the 256's, absolute maximum).
+__device__ __forceinline__ void quant_store(float v, float amax, long long blk, int mode,
+                                            signed char* __restrict__ xq,
+                                            float2* __restrict__ xa) {
+    int lane = threadIdx.x & 31;
+    if (mode == 3) {
+        const float d = amax / 32767.0f;
+        const float id = d > 0.0f ? 1.0f / d : 0.0f;
+        const int q = (int)roundf(v * id);
+        xq[blk * 64 + lane] = (signed char)(q >> 8);
+        xq[blk * 64 + 32 + lane] = (signed char)(q & 0xFF);
+        int s = q;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+        if (lane == 0) xa[blk] = make_float2(d, d * (float)s);
+    } else {
+        const float d = amax / 127.0f;
+        const float id = d > 0.0f ? 1.0f / d : 0.0f;
+        const int q = (int)roundf(v * id);
+        xq[blk * 32 + lane] = (signed char)q;
+        int s = q;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+        if (lane == 0) xa[blk] = make_float2(d, d * (float)s);
+    }
+}
+
+
+// ---------------------------------------------------------------------------
+// RMSNorms folded into the single-token products around them (cuda/fold.rs).
+// A norm's output quantised for the next product is x · w / rms(x): one
+// scalar scales each block of codes and its maximum alike, so the codes of
+// x · w are those of the norm's output and the scalar can wait until after the
+// product. fold_group adds the residual's update y into x and quantises x · w
+// for G rows (32, or 256 for mode 2's one scale per 256), storing the group's
+// Σx²; the products that read the codes sum those slots in a fixed order and
+// scale their outputs by 1 / sqrt(Σ / K + eps). It runs as a launch of many
+// short blocks between the product that makes y and those that read the
+// codes (decode.cu's norm_fold_q), in place of the norm's single block and
+// its quantiser. (Run instead by the last block of each group of the product
+// that makes y, counted by atomics, it was slower: BENCHMARKS.md, tenth slice.)
+struct FoldOut {
+    float* x;         // the residual: x += y, written back
+    const float* w;   // the norm's weights
+    signed char* xq;  // the consumers' activation codes (mode's layout)
+    float2* xa;       //   and their (d, d·Σq) pairs
+    double* parts;    // Σx² of each group
+    int mode;         // quant_store's layout: 1, 2 or 3
+    int group;        // rows per group: 32, or 256 for mode 2
+};
+
+// Every thread of the block takes part (blockDim.x a multiple of 32, at most
+// 256). y: the update (null: none).
+#define FOLD_K 8  // values per thread at most (G <= 8 · blockDim.x)
+__device__ void fold_group(const FoldOut* __restrict__ fo, const float* y, int grp) {
+    __shared__ float gv[256];
+    __shared__ float bm[8];
+    __shared__ double wsum[8];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int nth = blockDim.x, nw = nth >> 5;
+    const int G = fo->group;
+    float* x = fo->x + (long long)grp * G;
+    const float* yg = y ? y + (long long)grp * G : 0;
+    const float* w = fo->w + (long long)grp * G;
+    // Every load first, then the arithmetic.
+    float xv[FOLD_K], yv[FOLD_K], wv[FOLD_K];
+#pragma unroll
+    for (int k = 0; k < FOLD_K; k++) {
+        const int i = tid + k * nth;
+        if (i < G) {
+            xv[k] = x[i];
+            yv[k] = yg ? yg[i] : 0.0f;
+            wv[k] = w[i];
+        }
+    }
+    double ss = 0.0;
+#pragma unroll
+    for (int k = 0; k < FOLD_K; k++) {
+        const int i = tid + k * nth;
+        if (i < G) {
+            const float v = yg ? xv[k] + yv[k] : xv[k];
+            if (yg) x[i] = v;
+            ss += (double)(v * v);
+            gv[i] = v * wv[k];
+        }
+    }
+    ss = warp_sum_d(ss);
+    if (lane == 0) wsum[warp] = ss;
+    __syncthreads();
+    if (tid == 0) {
+        double t = 0.0;
+        for (int k = 0; k < nw; k++) t += wsum[k];
+        fo->parts[grp] = t;
+    }
+    const int nb = G >> 5;
+    for (int b = warp; b < nb; b += nw) {
+        const float m = warp_max(fabsf(gv[b * 32 + lane]));
+        if (lane == 0) bm[b] = m;
+    }
+    __syncthreads();
+    float gmax = 0.0f;
+    if (fo->mode == 2)
+        for (int b = 0; b < nb; b++) gmax = fmaxf(gmax, bm[b]);
+    for (int b = warp; b < nb; b += nw)
+        quant_store(gv[b * 32 + lane], fo->mode == 2 ? gmax : bm[b], (long long)grp * nb + b, fo->mode,
+                    fo->xq, fo->xa);
+}
+
+// The consumers' sums of squares each lane of warp 0 loads at once after the
+// product (the rest, for rows of more than 32 · 32 · FOLD_LANE_PARTS values,
+// one by one).
+#define FOLD_LANE_PARTS 4

@@ -20,19 +20,9 @@
 #define NEG_INF __int_as_float(0xff800000)
 #define MAXHD 256  // head dimension
 
-__device__ __forceinline__ double warp_sum_d(double v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-__device__ __forceinline__ float warp_max(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
 }
 
@@ -588,33 +578,13 @@ argmax_final(const float* __restrict__ sv, const int* __restrict__ si, int parts
 // for bit: the same float values, the same operations (d = amax / levels,
 // roundf, integer Σq), so results match the unfused path exactly.
 
-// One lane's share of quantising the block of 32 values at index blk (the
-// warp's lanes hold its values, one each; amax is the block's, or for mode 2
-// the 256's, absolute maximum).
-__device__ __forceinline__ void quant_store(float v, float amax, long long blk, int mode,
-                                            signed char* __restrict__ xq,
-                                            float2* __restrict__ xa) {
-    int lane = threadIdx.x & 31;
-    if (mode == 3) {
-        const float d = amax / 32767.0f;
-        const float id = d > 0.0f ? 1.0f / d : 0.0f;
-        const int q = (int)roundf(v * id);
-        xq[blk * 64 + lane] = (signed char)(q >> 8);
-        xq[blk * 64 + 32 + lane] = (signed char)(q & 0xFF);
-        int s = q;
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-        if (lane == 0) xa[blk] = make_float2(d, d * (float)s);
-    } else {
-        const float d = amax / 127.0f;
-        const float id = d > 0.0f ? 1.0f / d : 0.0f;
-        const int q = (int)roundf(v * id);
-        xq[blk * 32 + lane] = (signed char)q;
-        int s = q;
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-        if (lane == 0) xa[blk] = make_float2(d, d * (float)s);
-    }
+// A folded RMSNorm's group quantiser as a launch of its own (common.cu's
+// fold_group): block g takes group g (fo->group threads, at most 256), adding
+// y (null: none) into the residual.
+extern "C" __global__ void __launch_bounds__(256) norm_fold_q(const FoldOut* __restrict__ fo,
+                                                              const float* __restrict__ y) {
+    PDL_ENTRY(fo, y);
+    fold_group(fo, y, blockIdx.x);
 }
 
 // A block of 256 threads, one value each (v, valid when `in`): the 8 blocks of

@@ -30,9 +30,10 @@ use cudarc::driver::{CudaFunction, CudaGraph, CudaSlice, DevicePtr, LaunchConfig
 use super::launch::Launch;
 
 use super::error::DriverContext;
+use super::fold::{Folds, SitePlan};
 use super::{
     act_bytes, act_scales_offset, fused_act_mode, ActKind, CudaBackend, CudaError, DeviceWeight,
-    COMMON_SRC, DECODE_SRC,
+    Fold, COMMON_SRC, DECODE_SRC,
 };
 use crate::backend::WeightView;
 use crate::error::RuntimeError;
@@ -105,6 +106,7 @@ struct Kernels {
     attn_prefill: CudaFunction,
     silu_mul: CudaFunction,
     rms_norm_q: CudaFunction,
+    norm_fold_q: CudaFunction,
     silu_mul_q: CudaFunction,
     attn_combine_q: CudaFunction,
     argmax_part: CudaFunction,
@@ -176,14 +178,17 @@ struct Buffers {
 /// single token the fused RMSNorm's quantisation to one scale per 256 ran on
 /// half the warps of one block, a longer chain than the separate quantiser's
 /// launch it saves. With every warp busy (ninth slice, call 5) fusing
-/// everything is still slower there: 425.7 against 428.6 tok/s. Hence the
-/// default.
+/// everything is still slower there: 425.7 against 428.6 tok/s. With the norms
+/// folded (tenth slice) the attention's combine and SwiGLU fused in the
+/// per-256 layout too made Q4_K_M decode faster (430.2 against 424.8): hence
+/// the default, which leaves out only a single-token RMSNorm's per-256
+/// quantiser (where no fold replaces the norm).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fuse {
     /// Every quantiser a launch of its own (`QUERN_CUDA_FUSE=0`).
     Off,
-    /// Every quantiser fused except, in single-token steps, those of the
-    /// per-256 layout (Q4_K, Q6_K inputs) — the default.
+    /// Every quantiser fused except, in single-token steps, an RMSNorm's in
+    /// the per-256 layout (Q4_K, Q6_K inputs) — the default.
     Default,
     /// Every quantiser fused (`QUERN_CUDA_FUSE=1`).
     All,
@@ -199,12 +204,12 @@ impl Fuse {
     }
 
     /// Whether the quantiser of layout `mode` (decode.cu's) is fused in a pass
-    /// over `tokens` tokens.
-    fn applies(self, mode: i32, tokens: usize) -> bool {
+    /// over `tokens` tokens, into an RMSNorm (`norm`) or another kernel.
+    fn applies(self, mode: i32, tokens: usize, norm: bool) -> bool {
         match self {
             Fuse::Off => false,
             Fuse::All => true,
-            Fuse::Default => !(mode == 2 && tokens == 1),
+            Fuse::Default => !(norm && mode == 2 && tokens == 1),
         }
     }
 }
@@ -244,6 +249,10 @@ pub struct DeviceModel<'m> {
     fuse: Fuse,
     /// Whether single-token steps use the stacked q/k/v and gate/up.
     stack: bool,
+    /// Whether single-token steps fold the RMSNorms into the products that
+    /// read them where those take it (`QUERN_CUDA_FOLD=0` turns it off).
+    fold: bool,
+    folds: Folds,
     skip: Skip,
     model: &'m Model,
     be: &'m CudaBackend,
@@ -267,8 +276,7 @@ pub fn cuda_backend(model: &Model) -> Option<&CudaBackend> {
 }
 
 fn ptr_of<T>(be: &CudaBackend, s: &CudaSlice<T>) -> u64 {
-    let (p, _g) = s.device_ptr(be.stream());
-    p
+    super::device_addr(be, s)
 }
 
 fn opt_ptr<T>(be: &CudaBackend, s: &Option<CudaSlice<T>>) -> u64 {
@@ -492,6 +500,13 @@ impl<'m> DeviceModel<'m> {
                 .ctx("allocating argmax scratch")
                 .map_err(cuda_err)?,
         };
+        let mut norms: Vec<(u64, ActKind)> = Vec::with_capacity(2 * layers.len() + 1);
+        for l in &layers {
+            norms.push((ptr_of(be, &l.attn_norm), l.wq.w.act_kind()));
+            norms.push((ptr_of(be, &l.ffn_norm), l.gate.w.act_kind()));
+        }
+        norms.push((ptr_of(be, &output_norm), output.w.act_kind()));
+        let folds = Folds::new(be, d, c.rms_eps, ptr_of(be, &buf.x), &norms).map_err(cuda_err)?;
         st.synchronize()
             .ctx("uploading the model")
             .map_err(cuda_err)?;
@@ -500,6 +515,8 @@ impl<'m> DeviceModel<'m> {
             use_graph: std::env::var("QUERN_CUDA_GRAPH").as_deref() != Ok("0"),
             fuse: Fuse::from_env(),
             stack: true,
+            fold: std::env::var("QUERN_CUDA_FOLD").as_deref() != Ok("0"),
+            folds,
             skip: Skip::from_env(),
             model,
             be,
@@ -574,6 +591,47 @@ impl<'m> DeviceModel<'m> {
             self.stack = on;
             self.graph = None;
         }
+    }
+
+    /// Whether single-token steps fold each RMSNorm into the products around it
+    /// (default where they take it, see cuda/fold.rs), or run the norm and its
+    /// quantiser as kernels of their own. The logits differ by float rounding
+    /// only (the norm's scale meets the sums after the product, not before the
+    /// codes).
+    pub fn set_fold(&mut self, on: bool) {
+        if on != self.fold {
+            self.fold = on;
+            self.graph = None;
+        }
+    }
+
+    /// Each norm site's folds in a pass over `n` tokens (cuda/fold.rs; site
+    /// 2·i: layer i's attention norm, 2·i + 1: its FFN norm, 2·L: the output
+    /// norm, whose consumer runs only when `logits`).
+    fn fold_plans(&self, n: usize, logits: bool) -> Vec<Option<SitePlan>> {
+        let nl = self.layers.len();
+        let folding = self.fold && n == 1 && !self.skip.norm;
+        (0..=2 * nl)
+            .map(|s| {
+                if !folding || (s == 2 * nl && !logits) {
+                    return None;
+                }
+                let consumers = if s == 2 * nl {
+                    vec![&*self.output.w]
+                } else if s % 2 == 1 {
+                    ffn_consumers(&self.layers[s / 2], self.stack)
+                } else {
+                    attn_consumers(&self.layers[s / 2], self.stack)
+                };
+                self.folds.plan(self.be, s, &consumers)
+            })
+            .collect()
+    }
+
+    /// How many of a single-token step's RMSNorms are folded into the
+    /// products around them ([`Self::set_fold`]).
+    pub fn folded_norms(&self) -> usize {
+        self.fold_plans(1, true).iter().flatten().count()
     }
 
     /// Runs `tokens` at the next positions; the logits of the last token, or of
@@ -742,14 +800,15 @@ impl<'m> DeviceModel<'m> {
         let (d_i, eps) = (d as i32, c.rms_eps);
         // The kind of quantised activations `act` holds for the current input.
         let held: Cell<Option<ActKind>> = Cell::new(None);
-        // The fused quantiser for the input of `m`'s product over `rows` tokens,
-        // when fusing and `m`'s kernels read a layout decode.cu makes: (mode,
-        // codes, scale pairs). Once it ran, `act` holds `m`'s kind.
-        let fq = |m: &Mat, rows: usize| -> Option<(i32, u64, u64)> {
+        // The fused quantiser for the input of `m`'s product over `rows` tokens
+        // (made by an RMSNorm when `norm`), when fusing and `m`'s kernels read
+        // a layout decode.cu makes: (mode, codes, scale pairs). Once it ran,
+        // `act` holds `m`'s kind.
+        let fq = |m: &Mat, rows: usize, norm: bool| -> Option<(i32, u64, u64)> {
             let kind = m.w.act_kind();
             let mode = fused_act_mode(kind)?;
             let k = m.w.k;
-            if !self.fuse.applies(mode, n)
+            if !self.fuse.applies(mode, n, norm)
                 || !k.is_multiple_of(32)
                 || (mode == 2 && !k.is_multiple_of(256))
             {
@@ -814,7 +873,33 @@ impl<'m> DeviceModel<'m> {
             }
             // x holds rows × m.w.k floats (k == cols, checked at load), y rows ×
             // m.w.rows, act act_bytes(max k, self.batch) bytes.
-            be.launch_gemv_act(&m.w, m.ptr, x, y, rows, act, quantise)
+            be.launch_gemv_act(&m.w, m.ptr, x, y, rows, act, quantise, Fold::NONE)
+        };
+        // A folded norm's consumer: its codes are in the fold's buffer already.
+        let fold_act = self.folds.act_ptr(be);
+        let consume = |m: &Mat, y: u64, fold: Fold| {
+            be.launch_gemv_act(&m.w, m.ptr, 0, y, 1, fold_act, false, fold)
+        };
+        // Which norms are folded this pass (site 2·i: layer i's attention norm,
+        // 2·i + 1: its FFN norm, 2·L: the output norm; see cuda/fold.rs).
+        let nl = self.layers.len();
+        let plans = self.fold_plans(n, logits.is_some());
+        // A folded site's launch, in place of its norm's: y is the residual's
+        // update (0: none).
+        let fold_kernel = |s: usize, y: u64| -> Result<(), CudaError> {
+            let Some(k) = plans[s] else {
+                return Ok(());
+            };
+            Launch::new(st, &self.k.norm_fold_q)
+                .arg(&k.out)
+                .arg(&y)
+                .launch(LaunchConfig {
+                    grid_dim: (k.groups, 1, 1),
+                    block_dim: (k.threads, 1, 1),
+                    shared_mem_bytes: 0,
+                })
+                .ctx("launching norm_fold_q")
+                .map(|_| ())
         };
         let (nh_i, nkv_i, hd_i, nrot_i) = (nh as i32, nkv as i32, hd as i32, c.n_rot as i32);
         let neox = (c.rope_mode == RopeMode::Neox) as i32;
@@ -829,14 +914,36 @@ impl<'m> DeviceModel<'m> {
             // The previous block's down projection joins the residual here.
             let dl = if li == 0 { 0 } else { delta };
             let sk = self.skip;
-            let qf = if sk.norm { None } else { fq(&l.wq, n) };
-            if !sk.norm {
+            let attn_fold = plans[2 * li].map(|p| p.consumer);
+            fold_kernel(2 * li, dl)?;
+            let qf = if sk.norm || attn_fold.is_some() {
+                None
+            } else {
+                fq(&l.wq, n, true)
+            };
+            if !sk.norm && attn_fold.is_none() {
                 norm(x, dl, p(&l.attn_norm), xn, n, qf)?;
             }
             fused(&l.wq, &qf);
             // One token: k (and v) right after q, as the stacked product writes.
-            let (kb, vb) = match &l.qkv {
-                Some((m, parts)) if self.stack && n == 1 => {
+            let (kb, vb) = match (&l.qkv, attn_fold) {
+                (Some((m, parts)), Some(c)) if self.stack => {
+                    consume(m, q, c)?;
+                    let kb = q + (nh * hd * 4) as u64;
+                    if *parts == 3 {
+                        (kb, kb + (nkv * hd * 4) as u64)
+                    } else {
+                        consume(&l.wv, vb, c)?;
+                        (kb, vb)
+                    }
+                }
+                (_, Some(c)) => {
+                    consume(&l.wq, q, c)?;
+                    consume(&l.wk, kb, c)?;
+                    consume(&l.wv, vb, c)?;
+                    (kb, vb)
+                }
+                (Some((m, parts)), None) if self.stack && n == 1 => {
                     gemv(m, xn, q, 1, qf.is_some())?;
                     let kb = q + (nh * hd * 4) as u64;
                     if *parts == 3 {
@@ -846,7 +953,7 @@ impl<'m> DeviceModel<'m> {
                         (kb, vb)
                     }
                 }
-                _ => {
+                (_, None) => {
                     gemv(&l.wq, xn, q, n, qf.is_some())?;
                     gemv(&l.wk, xn, kb, n, true)?;
                     gemv(&l.wv, xn, vb, n, true)?;
@@ -909,7 +1016,7 @@ impl<'m> DeviceModel<'m> {
             let cf = if flash || sk.attn || hd < 32 || 256 % hd != 0 {
                 None
             } else {
-                fq(&l.wo, n)
+                fq(&l.wo, n, false)
             };
             if !sk.attn && !flash {
                 Launch::new(st, &self.k.attn_partial)
@@ -964,23 +1071,38 @@ impl<'m> DeviceModel<'m> {
             }
             fused(&l.wo, &cf);
             gemv(&l.wo, attn, delta, n, cf.is_some())?;
-            let gf = if sk.norm { None } else { fq(&l.gate, n) };
-            if !sk.norm {
+            let ffn_fold = plans[2 * li + 1].map(|p| p.consumer);
+            fold_kernel(2 * li + 1, delta)?;
+            let gf = if sk.norm || ffn_fold.is_some() {
+                None
+            } else {
+                fq(&l.gate, n, true)
+            };
+            if !sk.norm && ffn_fold.is_none() {
                 norm(x, delta, p(&l.ffn_norm), xn, n, gf)?;
             }
             fused(&l.gate, &gf);
-            let h = match &l.gate_up {
-                Some(m) if self.stack && n == 1 => {
+            let h = match (&l.gate_up, ffn_fold) {
+                (Some(m), Some(c)) if self.stack => {
+                    consume(m, g, c)?;
+                    g + (ff * 4) as u64
+                }
+                (_, Some(c)) => {
+                    consume(&l.gate, g, c)?;
+                    consume(&l.up, h, c)?;
+                    h
+                }
+                (Some(m), None) if self.stack && n == 1 => {
                     gemv(m, xn, g, 1, gf.is_some())?;
                     g + (ff * 4) as u64
                 }
-                _ => {
+                (_, None) => {
                     gemv(&l.gate, xn, g, n, gf.is_some())?;
                     gemv(&l.up, xn, h, n, true)?;
                     h
                 }
             };
-            let sf = if sk.silu { None } else { fq(&l.down, n) };
+            let sf = if sk.silu { None } else { fq(&l.down, n, false) };
             if let Some((mode, xq, xa)) = sf {
                 Launch::new(st, &self.k.silu_mul_q)
                     .arg(&g)
@@ -1023,11 +1145,16 @@ impl<'m> DeviceModel<'m> {
         } else {
             delta + row_off
         };
-        let of = fq(&self.output, rows);
-        norm(x + row_off, dl, p(&self.output_norm), xn, rows, of)?;
-        fused(&self.output, &of);
         let lg = p(&b.logits);
-        gemv(&self.output, xn, lg, rows, of.is_some())?;
+        if let Some(p) = plans[2 * nl] {
+            fold_kernel(2 * nl, dl)?;
+            consume(&self.output, lg, p.consumer)?;
+        } else {
+            let of = fq(&self.output, rows, true);
+            norm(x + row_off, dl, p(&self.output_norm), xn, rows, of)?;
+            fused(&self.output, &of);
+            gemv(&self.output, xn, lg, rows, of.is_some())?;
+        }
         let vocab = c.vocab as i32;
         let best = ptr_of(be, &b.best);
         let last = lg + ((rows - 1) * c.vocab * 4) as u64;
@@ -1056,6 +1183,28 @@ impl<'m> DeviceModel<'m> {
             })
             .ctx("launching argmax_final")?;
         Ok(())
+    }
+}
+
+/// The products that read layer `l`'s attention norm in a single-token step.
+fn attn_consumers(l: &DevLayer, stack: bool) -> Vec<&DeviceWeight> {
+    match &l.qkv {
+        Some((m, parts)) if stack => {
+            let mut v: Vec<&DeviceWeight> = vec![&m.w];
+            if *parts == 2 {
+                v.push(&l.wv.w);
+            }
+            v
+        }
+        _ => vec![&l.wq.w, &l.wk.w, &l.wv.w],
+    }
+}
+
+/// The products that read layer `l`'s FFN norm in a single-token step.
+fn ffn_consumers(l: &DevLayer, stack: bool) -> Vec<&DeviceWeight> {
+    match &l.gate_up {
+        Some(m) if stack => vec![&m.w],
+        _ => vec![&l.gate.w, &l.up.w],
     }
 }
 
@@ -1102,6 +1251,7 @@ fn load_kernels(be: &CudaBackend, ach: usize, hd: usize) -> Result<Kernels, Cuda
         },
         silu_mul: f("silu_mul")?,
         rms_norm_q: f("rms_norm_q")?,
+        norm_fold_q: f("norm_fold_q")?,
         silu_mul_q: f("silu_mul_q")?,
         attn_combine_q: f("attn_combine_q")?,
         argmax_part: f("argmax_part")?,

@@ -23,6 +23,8 @@ pub enum CudaError {
     Unsupported(quern_formats::GgmlType),
     #[error("{0}")]
     Stack(String),
+    #[error("folded RMSNorm: {0}")]
+    Fold(String),
 }
 
 impl CudaError {

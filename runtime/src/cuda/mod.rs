@@ -30,6 +30,7 @@ pub mod bench;
 pub mod compile;
 pub mod decode;
 mod error;
+mod fold;
 pub mod launch;
 pub mod packed;
 
@@ -718,6 +719,53 @@ impl DeviceWeight {
     }
 }
 
+/// A single-token product's part in an RMSNorm folded into the products
+/// around it (cuda/fold.rs): it reads the codes of the norm's input times its
+/// weights and scales its outputs by 1 / sqrt(Σ parts / k + eps) (`parts`:
+/// the device address of `n_parts` f64 sums of squares).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Fold {
+    pub parts: u64,
+    pub n_parts: i32,
+    pub eps: f32,
+}
+
+impl Fold {
+    /// A product with no part in a fold.
+    pub const NONE: Fold = Fold {
+        parts: 0,
+        n_parts: 0,
+        eps: 0.0,
+    };
+}
+
+/// The device address of `s` on `be`'s stream.
+pub(crate) fn device_addr<T>(be: &CudaBackend, s: &CudaSlice<T>) -> u64 {
+    let (p, _g) = s.device_ptr(be.stream());
+    p
+}
+
+/// common.cu's `FoldOut`, as the device reads it.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FoldOut {
+    /// The residual (f32): the producer's output is added into it.
+    pub x: u64,
+    /// The norm's weights (f32).
+    pub w: u64,
+    /// The consumers' activation codes and their (d, d·Σq) pairs.
+    pub xq: u64,
+    pub xa: u64,
+    /// One f64 sum of squares per group.
+    pub parts: u64,
+    /// The codes' layout (`fused_act_mode`).
+    pub mode: i32,
+    /// Rows per group: 256 for mode 2, else 32.
+    pub group: i32,
+}
+
+const _: () = assert!(std::mem::size_of::<FoldOut>() == 48);
+
 /// The leading arguments of every repacked-format kernel (packed.cu's mmv,
 /// mmw and mmp, mma.cu's mmq): the code region and its row stride, the scale
 /// and (Q6_K) d regions and theirs, then rows, units per row and row length.
@@ -1292,18 +1340,38 @@ impl CudaBackend {
         };
         let (act, _g) = buf.device_ptr(&self.stream);
         // SAFETY: the caller's promise, and `act` holds act_bytes(k, n_tokens).
-        unsafe { self.launch_gemv_act(w, w_ptr, x_ptr, y_ptr, n_tokens, act, true) }
+        unsafe { self.launch_gemv_act(w, w_ptr, x_ptr, y_ptr, n_tokens, act, true, Fold::NONE) }
+    }
+
+    /// Whether a product of `n_tokens` rows over `w` runs on the kernels that
+    /// take a [`Fold`]: one token, a repacked format, the block kernels.
+    pub fn can_fold(&self, w: &DeviceWeight, n_tokens: usize) -> bool {
+        let Some(layout) = &w.packed else {
+            return false;
+        };
+        let Ok((m, _)) = self.module(w.ty) else {
+            return false;
+        };
+        n_tokens == 1
+            && m.pfuncs.is_some()
+            && (m.mfuncs.is_empty() || !self.use_mma(w.ty, n_tokens))
+            && self.geometry.packed_kernel != PackedKernel::Warp
+            && self.pipe_plan_for(w, layout, n_tokens, &m).is_none()
     }
 
     /// [`Self::launch_gemv_raw`] with the caller's buffer for the 8-bit
     /// activations, so that a captured graph owns every address it uses. With
     /// `quantise` false the activations' quantiser is not launched: `act` must
     /// already hold `x` quantised for this weight's [`ActKind`] (several
-    /// products of one input share one quantisation).
+    /// products of one input share one quantisation). `fold`: the product's
+    /// part in a folded RMSNorm ([`Fold::NONE`]: none; any other needs
+    /// [`Self::can_fold`]).
     ///
     /// # Safety
     /// As [`Self::launch_gemv_raw`]; `act` must hold [`act_bytes`]`(k, n_tokens)`
-    /// bytes of device memory that nothing else uses while the launches run.
+    /// bytes of device memory that nothing else uses while the launches run;
+    /// `fold`'s addresses must be what [`Fold`] says, device memory of this
+    /// context.
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn launch_gemv_act(
         &self,
@@ -1314,8 +1382,15 @@ impl CudaBackend {
         n_tokens: usize,
         act: u64,
         quantise: bool,
+        fold: Fold,
     ) -> Result<(), CudaError> {
         let (m, _) = self.module(w.ty)?;
+        if fold != Fold::NONE && !self.can_fold(w, n_tokens) {
+            return Err(CudaError::Fold(format!(
+                "a {} product of {} rows over {n_tokens} tokens does not run on the single-token block kernels",
+                w.ty, w.rows
+            )));
+        }
         if let (Some(layout), Some(pf)) = (&w.packed, &m.pfuncs) {
             if self.use_mma(w.ty, n_tokens) && !m.mfuncs.is_empty() {
                 return self
@@ -1330,7 +1405,9 @@ impl CudaBackend {
                     w, layout, &m, plan, w_ptr, x_ptr, y_ptr, n_tokens, act, quantise,
                 );
             }
-            return self.launch_packed(w, layout, pf, w_ptr, x_ptr, y_ptr, n_tokens, act, quantise);
+            return self.launch_packed(
+                w, layout, pf, w_ptr, x_ptr, y_ptr, n_tokens, act, quantise, fold,
+            );
         }
         let g = self.geometry;
         let cfg = |bi: usize| {
@@ -1411,6 +1488,7 @@ impl CudaBackend {
         n_tokens: usize,
         act: u64,
         quantise: bool,
+        fold: Fold,
     ) -> Result<(), CudaError> {
         let g = self.geometry;
         // n*k codes, then a float pair per 32 (16-byte aligned).
@@ -1437,6 +1515,9 @@ impl CudaBackend {
                 .arg(&xat)
                 .arg(&yp)
                 .arg(&nt_i)
+                .arg(&fold.parts)
+                .arg(&fold.n_parts)
+                .arg(&fold.eps)
                 .launch(LaunchConfig {
                     grid_dim: (w.rows.div_ceil(g.mmv_rows[bi]) as u32, 1, 1),
                     block_dim: ((warps * 32) as u32, 1, 1),

@@ -399,11 +399,15 @@ __device__ __forceinline__ float dot_unit(const Unit& w, const Act& v, int u) {
 
 // y[t][r] for rows blockIdx.x * R .. + R and tokens t < nt (nt <= B); K weights per
 // row, nunits = K / UE units. Q, S, D: the regions, row r at r * qs, r * ss, r * ds.
+// Batch 1 only: nps (not null) makes this product a folded norm's consumer
+// (common.cu's fold_group): the outputs scaled by 1 / sqrt(Σ nps[0..npart] / K
+// + eps).
 template <int B, int R>
 __device__ __forceinline__ void mmv(const u8* __restrict__ Q, long long qs, const u8* __restrict__ S,
                                     long long ss, const u8* __restrict__ D, long long ds, int rows,
                                     int nunits, int K, const i8* __restrict__ xq,
-                                    const float2* __restrict__ xa, float* __restrict__ y, int nt) {
+                                    const float2* __restrict__ xa, float* __restrict__ y, int nt,
+                                    const double* nps, int npart, float eps) {
     __shared__ float red[MAXWARPS][R * B];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int nth = blockDim.x;
@@ -454,6 +458,15 @@ __device__ __forceinline__ void mmv(const u8* __restrict__ Q, long long qs, cons
         }
     }
 
+    // A folded norm's consumer: its sums of squares, loaded now by warp 0
+    // (independent loads, their latency under the reduction below; not
+    // before the products, where they would hold registers) and added after.
+    double np[FOLD_LANE_PARTS];
+#pragma unroll
+    for (int k = 0; k < FOLD_LANE_PARTS; k++) {
+        const int j = lane + 32 * k;
+        np[k] = B == 1 && nps && warp == 0 && j < npart ? __ldcg(nps + j) : 0.0;
+    }
 #pragma unroll
     for (int r = 0; r < R; r++)
 #pragma unroll
@@ -465,11 +478,20 @@ __device__ __forceinline__ void mmv(const u8* __restrict__ Q, long long qs, cons
         }
     __syncthreads();
     const int nw = nth >> 5;
+    float scale = 1.0f;
+    if (B == 1 && nps && warp == 0) {
+        double nss = 0.0;
+#pragma unroll
+        for (int k = 0; k < FOLD_LANE_PARTS; k++) nss += np[k];
+        for (int j = lane + 32 * FOLD_LANE_PARTS; j < npart; j += 32) nss += __ldcg(nps + j);
+        nss = warp_sum_d(nss);
+        scale = 1.0f / sqrtf((float)(nss / K) + eps);
+    }
     for (int i = tid; i < R * B; i += nth) {
         const int r = i / B, t = i % B;
         float s = 0.0f;
         for (int k = 0; k < nw; k++) s += red[k][i];
-        if (t < nt && row0 + r < rows) y[(long long)t * rows + row0 + r] = s;
+        if (t < nt && row0 + r < rows) y[(long long)t * rows + row0 + r] = s * scale;
     }
 }
 
@@ -499,10 +521,11 @@ __device__ __forceinline__ void prefetch_rows(const u8* Q, long long qs, const u
 #define MMV_ENTRY(NAME, BB, RR)                                                                    \
     extern "C" __global__ void __launch_bounds__(MAXWARPS * 32)                                    \
         NAME(const u8* Q, long long qs, const u8* S, long long ss, const u8* D, long long ds,      \
-             int rows, int nunits, int K, const i8* xq, const float2* xa, float* y, int nt) {      \
+             int rows, int nunits, int K, const i8* xq, const float2* xa, float* y, int nt,        \
+             const double* nps, int npart, float eps) {                                            \
         if (MMV_PREFETCH) prefetch_rows<RR>(Q, qs, S, ss, D, ds, rows);                            \
-        PDL_ENTRY(xq, xa, y);                                                                      \
-        mmv<BB, RR>(Q, qs, S, ss, D, ds, rows, nunits, K, xq, xa, y, nt);                          \
+        PDL_ENTRY(xq, xa, y, nps);                                                                 \
+        mmv<BB, RR>(Q, qs, S, ss, D, ds, rows, nunits, K, xq, xa, y, nt, nps, npart, eps);         \
     }
 MMV_ENTRY(mmv_b1, 1, MR1)
 MMV_ENTRY(mmv_b2, 2, MR2)
