@@ -74,15 +74,29 @@ fn low_bit_tol() -> f64 {
 }
 
 fn check(what: &str, path: &Path, tol: f64) {
+    check_on(what, path, tol, false);
+}
+
+/// [`check`], with Q5_0 matrices in the compact 4-bit layout where they fit
+/// when `compact` (and then at least one must).
+fn check_on(what: &str, path: &Path, tol: f64, compact: bool) {
     let Some(be) = common::cuda_backend() else {
         return;
     };
+    be.set_compact_q5_0(compact);
     let gpu = Model::open(path, Box::new(be)).expect("open on cuda");
     let cpu = Model::open(path, Box::new(CpuBackend::new())).expect("open on cpu");
     let vocab = cpu.config.vocab;
     let want = cpu_logits(&cpu, &TOKENS);
 
     let mut dm = DeviceModel::new(&gpu, 128).expect("device model");
+    if compact {
+        let be = quern_runtime::cuda::decode::cuda_backend(&gpu).expect("cuda backend");
+        assert!(
+            be.compact_uploads() > 0,
+            "{what}: no matrix took the compact layout"
+        );
+    }
     assert!(dm.uses_graph() || std::env::var("QUERN_CUDA_GRAPH").as_deref() == Ok("0"));
     let graphed = device_logits(&mut dm, vocab, &TOKENS);
     compare(&format!("{what} (graph)"), &graphed, &want, tol);
@@ -386,6 +400,35 @@ fn awq_folders_run_on_the_device() {
             &format!("{} AWQ (group 32)", m.architecture),
             &awq,
             low_bit_tol(),
+        );
+    }
+}
+
+#[test]
+fn awq_folders_in_the_compact_layout_match_the_cpu() {
+    // The same folders with the loader's Q5_0 blocks in the compact 4-bit
+    // layout on the device (each group's d and zero point, cuda/packed.rs):
+    // the same values bit for bit, so the same bounds against the CPU, through
+    // every kernel family check() runs (GEMV, stacked, folded, tensor-core
+    // prefill). Groups of 32 (one block) and of 128 (four).
+    use quern_quant::pipeline::{quantize_awq, AwqOptions};
+    for (m, group) in [(TinyModel::llama(), 32), (wide(TinyModel::llama()), 128)] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let folder = dir.path().join("hf");
+        m.write(&folder).expect("write tiny model");
+        let awq = dir.path().join("awq");
+        quantize_awq(
+            &folder,
+            &awq,
+            &AwqOptions { group_size: group },
+            &NoProgress,
+        )
+        .expect("awq");
+        check_on(
+            &format!("{} AWQ (group {group}, compact)", m.architecture),
+            &awq,
+            low_bit_tol(),
+            true,
         );
     }
 }

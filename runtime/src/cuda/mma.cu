@@ -82,13 +82,18 @@ __device__ __forceinline__ void unit_codes(const Unit& w, int u, u32 (&c)[UE / 4
 #pragma unroll
     for (int k = 0; k < 4; k++) {
         u32 lo = w.q[k] & 0x0F0F0F0Fu, hi = (w.q[k] >> 4) & 0x0F0F0F0Fu;
-#if QFMT == 5 || QFMT == 6
+#if (QFMT == 5 || QFMT == 6) && !defined(Q5C)
         lo |= (w.h << (4 - k)) & 0x10101010u;
         hi |= (w.h >> k) & 0x10101010u;
 #endif
 #if QFMT == 3
         lo = __vsub4(lo, 0x08080808u);
         hi = __vsub4(hi, 0x08080808u);
+#elif QFMT == 5 && defined(Q5C)
+        // The compact layout: q - z, the group's zero point.
+        const u32 zz = (w.s >> 16) * 0x01010101u;
+        lo = __vsub4(lo, zz);
+        hi = __vsub4(hi, zz);
 #elif QFMT == 5
         lo = __vsub4(lo, 0x10101010u);
         hi = __vsub4(hi, 0x10101010u);

@@ -35,7 +35,7 @@ pub mod launch;
 pub mod packed;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use cudarc::driver::sys::CUfunction_attribute_enum;
@@ -829,12 +829,16 @@ pub struct CudaBackend {
     stream: Arc<CudaStream>,
     toolchain: Toolchain,
     device_name: String,
-    modules: Mutex<HashMap<GgmlType, Arc<GemvModule>>>,
+    modules: Mutex<HashMap<ModKey, Arc<GemvModule>>>,
     weights: Mutex<HashMap<WeightKey, Arc<DeviceWeight>>>,
     scratch: Mutex<Scratch>,
     /// 8-bit activations for the integer formats' kernels.
     act_q8: Mutex<Option<CudaSlice<u8>>>,
     poison: AtomicBool,
+    /// Whether Q5_0 uploads try the compact layout ([`Self::set_compact_q5_0`]).
+    compact_q5_0: AtomicBool,
+    /// Matrices uploaded in it.
+    compact_uploads: AtomicUsize,
     geometry: Geometry,
     /// Streaming multiprocessors of the device.
     sm_count: usize,
@@ -939,6 +943,8 @@ impl CudaBackend {
             scratch: Mutex::new(Scratch::default()),
             act_q8: Mutex::new(None),
             poison: AtomicBool::new(false),
+            compact_q5_0: AtomicBool::new(packed::use_compact_q5_0()),
+            compact_uploads: AtomicUsize::new(0),
             geometry: Geometry::from_env(),
             sm_count,
             bulk_copies: major >= 9,
@@ -978,6 +984,18 @@ impl CudaBackend {
         self.poison.load(Ordering::Relaxed)
     }
 
+    /// Whether later Q5_0 uploads take the compact 4-bit layout where the
+    /// matrix fits it ([`packed::compact_q5_0`]: AWQ folders); off unless
+    /// `QUERN_CUDA_Q5C=1`, until it is measured on a GPU.
+    pub fn set_compact_q5_0(&self, on: bool) {
+        self.compact_q5_0.store(on, Ordering::Relaxed);
+    }
+
+    /// How many matrices were uploaded in the compact Q5_0 layout.
+    pub fn compact_uploads(&self) -> usize {
+        self.compact_uploads.load(Ordering::Relaxed)
+    }
+
     /// Drops every uploaded weight matrix.
     pub fn clear_weights(&self) {
         lock(&self.weights).clear();
@@ -986,10 +1004,10 @@ impl CudaBackend {
     /// Compiles (or loads from the cache) the kernels for `ty`; returns whether it
     /// compiled.
     pub fn prepare_type(&self, ty: GgmlType) -> Result<bool, CudaError> {
-        if lock(&self.modules).contains_key(&ty) {
+        if lock(&self.modules).contains_key(&ModKey::plain(ty)) {
             return Ok(false);
         }
-        let (_, compiled) = self.module(ty)?;
+        let (_, compiled) = self.module(ModKey::plain(ty))?;
         Ok(compiled)
     }
 
@@ -1001,13 +1019,16 @@ impl CudaBackend {
             types
                 .iter()
                 .copied()
-                .filter(|t| !have.contains_key(t))
+                .filter(|&t| !have.contains_key(&ModKey::plain(t)))
                 .collect()
         };
-        let images: Vec<Result<(GgmlType, Vec<u8>), CudaError>> = std::thread::scope(|s| {
+        let images: Vec<Result<(ModKey, Vec<u8>), CudaError>> = std::thread::scope(|s| {
             let handles: Vec<_> = todo
                 .iter()
-                .map(|&ty| s.spawn(move || self.module_image(ty).map(|(b, _)| (ty, b))))
+                .map(|&ty| {
+                    let key = ModKey::plain(ty);
+                    s.spawn(move || self.module_image(key).map(|(b, _)| (key, b)))
+                })
                 .collect();
             handles
                 .into_iter()
@@ -1022,16 +1043,20 @@ impl CudaBackend {
                 .collect()
         });
         for r in images {
-            let (ty, cubin) = r?;
-            self.load(ty, cubin)?;
+            let (key, cubin) = r?;
+            self.load(key, cubin)?;
         }
         Ok(())
     }
 
-    fn module_image(&self, ty: GgmlType) -> Result<(Vec<u8>, bool), CudaError> {
+    fn module_image(&self, key: ModKey) -> Result<(Vec<u8>, bool), CudaError> {
+        let ty = key.ty;
         format_id(ty).ok_or(CudaError::Unsupported(ty))?;
         let g = self.geometry;
         let mut src = format!("#define WARPS {}\n", g.warps);
+        if let Some(shift) = key.q5c {
+            src.push_str(&format!("#define Q5C {shift}\n"));
+        }
         for (b, r) in BATCHES.iter().zip(g.rows_per_warp) {
             src.push_str(&format!("#define RB{b} {r}\n"));
         }
@@ -1064,21 +1089,22 @@ impl CudaBackend {
             src.push_str(&format!("#define WR{b} {r}\n#define WU{b} {u}\n"));
         }
         src.push_str(&gemv_source(ty).unwrap_or_default());
-        let (cubin, origin) = compile::cubin(&module_name(ty), &src, &self.toolchain)?;
+        let (cubin, origin) = compile::cubin(&key.name(), &src, &self.toolchain)?;
         Ok((cubin, origin.compiled))
     }
 
-    fn module(&self, ty: GgmlType) -> Result<(Arc<GemvModule>, bool), CudaError> {
-        if let Some(m) = lock(&self.modules).get(&ty) {
+    fn module(&self, key: ModKey) -> Result<(Arc<GemvModule>, bool), CudaError> {
+        if let Some(m) = lock(&self.modules).get(&key) {
             return Ok((m.clone(), false));
         }
-        let (cubin, compiled) = self.module_image(ty)?;
-        Ok((self.load(ty, cubin)?, compiled))
+        let (cubin, compiled) = self.module_image(key)?;
+        Ok((self.load(key, cubin)?, compiled))
     }
 
-    fn load(&self, ty: GgmlType, cubin: Vec<u8>) -> Result<Arc<GemvModule>, CudaError> {
+    fn load(&self, key: ModKey, cubin: Vec<u8>) -> Result<Arc<GemvModule>, CudaError> {
         let g = self.geometry;
-        let name = module_name(ty);
+        let ty = key.ty;
+        let name = key.name();
         let module = self
             .ctx
             .load_module(cudarc::nvrtc::Ptx::from_binary(cubin))
@@ -1219,7 +1245,7 @@ impl CudaBackend {
             mfuncs,
             ppfuncs,
         });
-        lock(&self.modules).insert(ty, m.clone());
+        lock(&self.modules).insert(key, m.clone());
         Ok(m)
     }
 
@@ -1228,7 +1254,17 @@ impl CudaBackend {
     pub fn upload(&self, w: &WeightView<'_>) -> Result<DeviceWeight, CudaError> {
         format_id(w.ty).ok_or(CudaError::Unsupported(w.ty))?;
         if packed::use_packed(w.ty) {
-            if let Some((host, layout)) = packed::repack(w.ty, w.rows, w.cols, w.data) {
+            let compact = if w.ty == GgmlType::Q5_0 && self.compact_q5_0.load(Ordering::Relaxed) {
+                packed::compact_q5_0(w.rows, w.cols, w.data)
+            } else {
+                None
+            };
+            if compact.is_some() {
+                self.compact_uploads.fetch_add(1, Ordering::Relaxed);
+            }
+            if let Some((host, layout)) =
+                compact.or_else(|| packed::repack(w.ty, w.rows, w.cols, w.data))
+            {
                 let buf = self.stream.clone_htod(&host).ctx(&format!(
                     "uploading {} ({} bytes)",
                     w.name,
@@ -1349,7 +1385,7 @@ impl CudaBackend {
         let Some(layout) = &w.packed else {
             return false;
         };
-        let Ok((m, _)) = self.module(w.ty) else {
+        let Ok((m, _)) = self.module(ModKey::of(w)) else {
             return false;
         };
         n_tokens == 1
@@ -1384,7 +1420,7 @@ impl CudaBackend {
         quantise: bool,
         fold: Fold,
     ) -> Result<(), CudaError> {
-        let (m, _) = self.module(w.ty)?;
+        let (m, _) = self.module(ModKey::of(w))?;
         if fold != Fold::NONE && !self.can_fold(w, n_tokens) {
             return Err(CudaError::Fold(format!(
                 "a {} product of {} rows over {n_tokens} tokens does not run on the single-token block kernels",
@@ -1926,6 +1962,35 @@ fn module_name(ty: GgmlType) -> String {
     format!("quern_gemv_{}", ty.name().to_lowercase())
 }
 
+/// Which compiled module a weight's products use: its format's, or for Q5_0
+/// matrices in the compact 4-bit layout ([`packed::compact_q5_0`]) that
+/// layout's, one per group size (`q5c`: log2 of blocks per group).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct ModKey {
+    ty: GgmlType,
+    q5c: Option<u32>,
+}
+
+impl ModKey {
+    fn plain(ty: GgmlType) -> ModKey {
+        ModKey { ty, q5c: None }
+    }
+
+    fn of(w: &DeviceWeight) -> ModKey {
+        ModKey {
+            ty: w.ty,
+            q5c: w.packed.and_then(|l| l.compact),
+        }
+    }
+
+    fn name(&self) -> String {
+        match self.q5c {
+            Some(shift) => format!("{}_c{shift}", module_name(self.ty)),
+            None => module_name(self.ty),
+        }
+    }
+}
+
 /// The source of the module for `ty`, as compiled.
 pub fn gemv_source(ty: GgmlType) -> Option<String> {
     format_id(ty)
@@ -1965,6 +2030,19 @@ mod tests {
             let src = format!("#define ACT_Q16 1\n{}", gemv_source(ty).expect("supported"));
             if let Err(e) = compile::compile_uncached(&format!("test16_{ty}"), &src, &tc) {
                 panic!("{ty} with 16-bit activations: {e}");
+            }
+        }
+        // Q5_0's compact layout (groups of 1, 2 and 4 blocks), at 8 and 16 bits,
+        // and the block kernels with a register cap (MMV_MINB).
+        for shift in 0..=2 {
+            for act in ["", "#define ACT_Q16 1\n"] {
+                let src = format!(
+                    "#define Q5C {shift}\n#define MMV_MINB 3\n{act}{}",
+                    gemv_source(GgmlType::Q5_0).expect("supported")
+                );
+                if let Err(e) = compile::compile_uncached(&format!("test_q5c{shift}"), &src, &tc) {
+                    panic!("Q5_0 compact, groups of 2^{shift} blocks ({act}): {e}");
+                }
             }
         }
         // The pipelined kernels with their first copies before the wait, and

@@ -14,7 +14,10 @@
 //      Q6_K: the 16 signed 8-bit scales of each super-block);
 //   D  Q6_K only: the f16 d of each super-block.
 // The weights' values are the file's, bit for bit; only where the bytes lie
-// changes.
+// changes. Q5_0 matrices made of 4-bit codes with a zero point per group (AWQ
+// folders, `compact_q5_0` in packed.rs; QUERN_CUDA_Q5C=1) can take a compact
+// layout instead, compiled with Q5C = log2(blocks per group): Q4_0's code units
+// (q = c − 16 + z) and per group one word, d in the low half and z in the high.
 //
 // Work split: a block of blockDim.x threads (whole warps) owns R consecutive rows
 // and splits each row's units across all its threads (thread i takes units i,
@@ -153,6 +156,10 @@ __device__ __forceinline__ void load_unit(Unit& w, const u8* __restrict__ q, con
     w.s = ld_ro<SM>((const u16*)s + u);
 #elif QFMT == 4
     w.s = ld_ro<SM>((const u32*)s + u);
+#elif QFMT == 5 && defined(Q5C)
+    // The compact layout: the group's d and zero point.
+    w.s = ld_ro<SM>((const u32*)s + (u >> Q5C));
+    w.h = 0;
 #elif QFMT == 5 || QFMT == 6
     const uint2 hs = ld_ro<SM>((const uint2*)s + u);
     w.h = hs.x;
@@ -276,7 +283,7 @@ __device__ __forceinline__ float dot_unit(const Unit& w, const Act& v, int u) {
 #pragma unroll
     for (int k = 0; k < 4; k++) {
         u32 lo = w.q[k] & 0x0F0F0F0Fu, hi = (w.q[k] >> 4) & 0x0F0F0F0Fu;
-#if QFMT != 4
+#if QFMT != 4 && !defined(Q5C)
         lo |= (w.h << (4 - k)) & 0x10101010u;
         hi |= (w.h >> k) & 0x10101010u;
 #endif
@@ -293,7 +300,10 @@ __device__ __forceinline__ float dot_unit(const Unit& w, const Act& v, int u) {
 #else
     const float sf = i2f_small(s);
 #endif
-#if QFMT == 5
+#if QFMT == 5 && defined(Q5C)
+    // 4-bit codes q and the group's zero point z (high half of s): value d (q - z).
+    return h2f((u16)(w.s & 0xFFFF)) * (v.a[0].x * sf - (float)(w.s >> 16) * v.a[0].y);
+#elif QFMT == 5
     // Codes are stored + 16.
     return h2f((u16)w.s) * (v.a[0].x * sf - 16.0f * v.a[0].y);
 #else
@@ -518,8 +528,19 @@ __device__ __forceinline__ void prefetch_rows(const u8* Q, long long qs, const u
     if (ds > 0) prefetch_l2(D + (long long)row0 * ds, n * ds);
 }
 
+// MMV_MINB (QUERN_CUDA_DEFINES="MMV_MINB=n", for tuning runs): blocks of the
+// largest size that must fit on one SM at once, which caps the registers per
+// thread (sm_90, ptxas of NVRTC 13: without it Q4_K's batch-1 kernel takes 94,
+// room for 21 one-warp blocks per SM; 4 caps it at 64 with 196 bytes of
+// spills, 3 at 80 with 72). Not the same as none when 1: ptxas then takes more
+// registers than with the thread bound alone (Q8_0 96 against 48).
+#ifdef MMV_MINB
+#define MMV_BOUNDS __launch_bounds__(MAXWARPS * 32, MMV_MINB)
+#else
+#define MMV_BOUNDS __launch_bounds__(MAXWARPS * 32)
+#endif
 #define MMV_ENTRY(NAME, BB, RR)                                                                    \
-    extern "C" __global__ void __launch_bounds__(MAXWARPS * 32)                                    \
+    extern "C" __global__ void MMV_BOUNDS                                                          \
         NAME(const u8* Q, long long qs, const u8* S, long long ss, const u8* D, long long ds,      \
              int rows, int nunits, int K, const i8* xq, const float2* xa, float* y, int nt,        \
              const double* nps, int npart, float eps) {                                            \

@@ -19,6 +19,9 @@ pub struct PackedLayout {
     /// Q6_K's super-block scales; 0 and unused otherwise.
     pub d_offset: usize,
     pub d_stride: usize,
+    /// Q5_0 in the compact layout ([`compact_q5_0`]): log2 of the blocks of 32
+    /// that share one scale and zero point. None: the format's own layout.
+    pub compact: Option<u32>,
 }
 
 /// Whether `ty` has a repacked layout and kernels.
@@ -91,6 +94,7 @@ pub fn layout(ty: GgmlType, rows: usize, cols: usize) -> Option<PackedLayout> {
         s_stride,
         d_offset,
         d_stride,
+        compact: None,
     })
 }
 
@@ -114,6 +118,117 @@ impl PackedLayout {
             moved,
         )
     }
+}
+
+/// Whether Q5_0 uploads try the compact layout ([`compact_q5_0`]) by default:
+/// `QUERN_CUDA_Q5C=1` (opt-in until measured on a GPU; the backend's
+/// `set_compact_q5_0` overrides it).
+pub fn use_compact_q5_0() -> bool {
+    std::env::var("QUERN_CUDA_Q5C").as_deref() == Ok("1")
+}
+
+/// Q5_0's 5-bit code of weight `j` (0..32) of a block (d, qh[4], qs[16]).
+fn q5_0_code(b: &[u8], j: usize) -> u8 {
+    let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+    let low = (b[6 + (j & 15)] >> (4 * (j >> 4))) & 15;
+    low | ((((qh >> j) & 1) as u8) << 4)
+}
+
+/// A Q5_0 matrix whose blocks come in groups of `2^shift` sharing one `d` and
+/// spanning at most 16 codes each (what the loader makes of AutoAWQ's 4-bit
+/// codes with a zero point per group, `source.rs`) in a layout of 4.25 bits
+/// per weight at groups of 128 instead of 5.5: per unit of 32 weights 16
+/// bytes of 4-bit codes `q = c − 16 + z` (byte i: weights i and i + 16), and
+/// per group 4 bytes, the group's `d` and its zero point `z`, so that each
+/// value `d·(c − 16) = d·(q − z)` stays the file's, bit for bit. The largest of
+/// groups of 4, 2 and 1 blocks that every group of the matrix fits; None when
+/// none does (a Q5_0 file of the full 32-code range).
+pub fn compact_q5_0(rows: usize, cols: usize, data: &[u8]) -> Option<(Vec<u8>, PackedLayout)> {
+    if rows == 0
+        || cols == 0
+        || !cols.is_multiple_of(32)
+        || data.len() != rows * cols / 32 * Q5_0_BYTES
+    {
+        return None;
+    }
+    let per_row = cols / 32;
+    let shift = (0..=2u32).rev().find(|&sh| {
+        let g = 1usize << sh;
+        per_row.is_multiple_of(g)
+            && data
+                .chunks_exact(g * Q5_0_BYTES)
+                .all(|grp| group_zero(grp).is_some())
+    })?;
+    let g = 1usize << shift;
+    let q_stride = align16(per_row * 16);
+    let s_stride = align16(per_row / g * 4);
+    let s_offset = rows * q_stride;
+    let l = PackedLayout {
+        unit_elems: 32,
+        units: per_row,
+        q_stride,
+        s_offset,
+        s_stride,
+        d_offset: s_offset + rows * s_stride,
+        d_stride: 0,
+        compact: Some(shift),
+    };
+    let mut out = vec![0u8; l.total_bytes(rows)];
+    let (qreg, sreg) = out.split_at_mut(s_offset);
+    for ((q, s), src) in qreg
+        .chunks_exact_mut(q_stride)
+        .zip(sreg.chunks_exact_mut(s_stride))
+        .zip(data.chunks_exact(per_row * Q5_0_BYTES))
+    {
+        for (gi, grp) in src.chunks_exact(g * Q5_0_BYTES).enumerate() {
+            let z = group_zero(grp)?;
+            s[gi * 4..gi * 4 + 2].copy_from_slice(&grp[..2]);
+            s[gi * 4 + 2..gi * 4 + 4].copy_from_slice(&u16::from(z).to_le_bytes());
+            for (k, b) in grp.chunks_exact(Q5_0_BYTES).enumerate() {
+                let u = gi * g + k;
+                for j in 0..16 {
+                    let lo = q5_0_code(b, j) + z - 16;
+                    let hi = q5_0_code(b, j + 16) + z - 16;
+                    q[u * 16 + j] = lo | (hi << 4);
+                }
+            }
+        }
+    }
+    Some((out, l))
+}
+
+/// Bytes of a Q5_0 block: d, qh[4], qs[16].
+const Q5_0_BYTES: usize = 22;
+
+/// The zero point `z` of a run of Q5_0 blocks that share one `d` and whose
+/// codes `c` all give `c − 16 + z` in 0..=15; None when they do not.
+fn group_zero(blocks: &[u8]) -> Option<u8> {
+    let d = blocks.get(..2)?;
+    let (mut lo, mut hi) = (u8::MAX, 0u8);
+    for b in blocks.chunks_exact(Q5_0_BYTES) {
+        if &b[..2] != d {
+            return None;
+        }
+        for j in 0..32 {
+            let c = q5_0_code(b, j);
+            lo = lo.min(c);
+            hi = hi.max(c);
+        }
+    }
+    let z = 16u8.saturating_sub(lo);
+    (z <= 15 && hi + z <= 31).then_some(z)
+}
+
+/// The value of weight `e` of row `r` in [`compact_q5_0`]'s layout (tests).
+#[cfg(test)]
+fn compact_value(l: &PackedLayout, bytes: &[u8], r: usize, e: usize) -> f32 {
+    let shift = l.compact.unwrap_or(0);
+    let (u, j) = (e / 32, e % 32);
+    let code = bytes[r * l.q_stride + u * 16 + (j & 15)] >> (4 * (j >> 4)) & 15;
+    let s = &bytes[l.s_offset + r * l.s_stride + (u >> shift) * 4..];
+    let d = half::f16::from_bits(u16::from_le_bytes([s[0], s[1]])).to_f32();
+    let z = u16::from_le_bytes([s[2], s[3]]);
+    d * (f32::from(code) - f32::from(z))
 }
 
 /// The 6-bit code of weight `e` (0..256) of a Q6_K super-block (`ql[128]`,
@@ -258,6 +373,84 @@ fn repack_row(ty: GgmlType, src: &[u8], q: &mut [u8], s: &mut [u8], d: &mut [u8]
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Q5_0 blocks as the loader makes them of 4-bit codes with a zero point
+    /// per group of `g` blocks (source.rs): random q, z and d per group, codes
+    /// c = q − z + 16.
+    fn awq_like_q5_0(rows: usize, cols: usize, g: usize, seed: u64) -> Vec<u8> {
+        let mut state = seed | 1;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut out = Vec::new();
+        for _ in 0..rows * cols / 32 / g {
+            let d = half::f16::from_f32(0.001 + (next() % 1000) as f32 * 1e-5).to_bits();
+            let z = (next() % 16) as u8;
+            for _ in 0..g {
+                let codes: Vec<u8> = (0..32).map(|_| (next() % 16) as u8 + 16 - z).collect();
+                let mut qh = 0u32;
+                let mut qs = [0u8; 16];
+                for (j, &c) in codes.iter().enumerate() {
+                    qh |= u32::from(c >> 4) << j;
+                    qs[j & 15] |= (c & 15) << (4 * (j >> 4));
+                }
+                out.extend_from_slice(&d.to_le_bytes());
+                out.extend_from_slice(&qh.to_le_bytes());
+                out.extend_from_slice(&qs);
+            }
+        }
+        out
+    }
+
+    fn q5_0_value(data: &[u8], cols: usize, r: usize, e: usize) -> f32 {
+        let b = &data[(r * cols / 32 + e / 32) * Q5_0_BYTES..];
+        let d = half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
+        d * (f32::from(q5_0_code(b, e % 32)) - 16.0)
+    }
+
+    #[test]
+    fn compact_q5_0_keeps_every_value_and_finds_the_group() {
+        for (g, shift) in [(4, 2), (2, 1), (1, 0)] {
+            let (rows, cols) = (3, 512);
+            let data = awq_like_q5_0(rows, cols, g, 7 + g as u64);
+            let (bytes, l) = compact_q5_0(rows, cols, &data).expect("AWQ-like rows fit");
+            assert_eq!(l.compact, Some(shift), "groups of {g} blocks");
+            assert_eq!(bytes.len(), l.total_bytes(rows));
+            for r in 0..rows {
+                for e in 0..cols {
+                    let want = q5_0_value(&data, cols, r, e);
+                    let got = compact_value(&l, &bytes, r, e);
+                    assert_eq!(got.to_bits(), want.to_bits(), "g {g} row {r} weight {e}");
+                }
+            }
+        }
+        // Groups of 128: 16 code bytes per 32 weights and 4 bytes per group,
+        // 4.25 bits per weight against Q5_0's 5.5.
+        let data = awq_like_q5_0(2, 4096, 4, 3);
+        let (bytes, _) = compact_q5_0(2, 4096, &data).expect("fits");
+        assert_eq!(bytes.len() * 8 * 100 / (2 * 4096), 425);
+    }
+
+    #[test]
+    fn compact_q5_0_refuses_codes_it_cannot_hold() {
+        // One block spanning all 32 codes (a Q5_0 file's own quantiser can).
+        let mut data = awq_like_q5_0(1, 64, 1, 5);
+        data[6] = 0x00; // weights 0 and 16: low nibbles 0
+        data[2..6].copy_from_slice(&0u32.to_le_bytes()); // no high bits: codes 0..15
+        data[7] = 0xFF;
+        data[2] = 0b10; // weight 1 gets its high bit: code 31
+        assert!(group_zero(&data[..Q5_0_BYTES]).is_none());
+        assert!(compact_q5_0(1, 64, &data).is_none());
+        // Blocks of one group with different scales do not share one.
+        let mut two = awq_like_q5_0(1, 128, 4, 9);
+        two[0] ^= 1;
+        let (_, l) = compact_q5_0(1, 128, &two).expect("smaller groups still fit");
+        assert_ne!(l.compact, Some(2));
+        assert!(compact_q5_0(1, 100, &two).is_none());
+    }
 
     /// Decodes weight `e` of row `r` from the packed layout the way packed.cu
     /// does, as (code, scale words), to check the rewrite against the file layout.
