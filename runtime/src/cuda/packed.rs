@@ -151,12 +151,14 @@ pub fn compact_q5_0(rows: usize, cols: usize, data: &[u8]) -> Option<(Vec<u8>, P
     {
         return None;
     }
+    // In parallel: an 8B model's matrices are gigabytes.
+    use rayon::prelude::*;
     let per_row = cols / 32;
     let shift = (0..=2u32).rev().find(|&sh| {
         let g = 1usize << sh;
         per_row.is_multiple_of(g)
             && data
-                .chunks_exact(g * Q5_0_BYTES)
+                .par_chunks_exact(g * Q5_0_BYTES)
                 .all(|grp| group_zero(grp).is_some())
     })?;
     let g = 1usize << shift;
@@ -175,26 +177,31 @@ pub fn compact_q5_0(rows: usize, cols: usize, data: &[u8]) -> Option<(Vec<u8>, P
     };
     let mut out = vec![0u8; l.total_bytes(rows)];
     let (qreg, sreg) = out.split_at_mut(s_offset);
-    for ((q, s), src) in qreg
-        .chunks_exact_mut(q_stride)
-        .zip(sreg.chunks_exact_mut(s_stride))
-        .zip(data.chunks_exact(per_row * Q5_0_BYTES))
-    {
-        for (gi, grp) in src.chunks_exact(g * Q5_0_BYTES).enumerate() {
-            let z = group_zero(grp)?;
-            s[gi * 4..gi * 4 + 2].copy_from_slice(&grp[..2]);
-            s[gi * 4 + 2..gi * 4 + 4].copy_from_slice(&u16::from(z).to_le_bytes());
-            for (k, b) in grp.chunks_exact(Q5_0_BYTES).enumerate() {
-                let u = gi * g + k;
-                for j in 0..16 {
-                    let lo = q5_0_code(b, j) + z - 16;
-                    let hi = q5_0_code(b, j + 16) + z - 16;
-                    q[u * 16 + j] = lo | (hi << 4);
-                }
+    let rows_done = qreg
+        .par_chunks_exact_mut(q_stride)
+        .zip(sreg.par_chunks_exact_mut(s_stride))
+        .zip(data.par_chunks_exact(per_row * Q5_0_BYTES))
+        .all(|((q, s), src)| compact_row(src, g, q, s).is_some());
+    rows_done.then_some((out, l))
+}
+
+/// One row of [`compact_q5_0`]: its blocks `src` in groups of `g` into code
+/// row `q` and scale row `s`; None if a group does not fit (checked before).
+fn compact_row(src: &[u8], g: usize, q: &mut [u8], s: &mut [u8]) -> Option<()> {
+    for (gi, grp) in src.chunks_exact(g * Q5_0_BYTES).enumerate() {
+        let z = group_zero(grp)?;
+        s[gi * 4..gi * 4 + 2].copy_from_slice(&grp[..2]);
+        s[gi * 4 + 2..gi * 4 + 4].copy_from_slice(&u16::from(z).to_le_bytes());
+        for (k, b) in grp.chunks_exact(Q5_0_BYTES).enumerate() {
+            let u = gi * g + k;
+            for j in 0..16 {
+                let lo = q5_0_code(b, j) + z - 16;
+                let hi = q5_0_code(b, j + 16) + z - 16;
+                q[u * 16 + j] = lo | (hi << 4);
             }
         }
     }
-    Some((out, l))
+    Some(())
 }
 
 /// Bytes of a Q5_0 block: d, qh[4], qs[16].
