@@ -455,6 +455,18 @@ impl<'m> DeviceModel<'m> {
             });
         }
         let output = mat(&out_view)?;
+        // Layouts with modules of their own (compact Q5_0) compile now, not
+        // inside the first step's graph capture.
+        for l in &layers {
+            let stacked = l.qkv.iter().map(|(m, _)| m).chain(l.gate_up.iter());
+            for m in [&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down]
+                .into_iter()
+                .chain(stacked)
+            {
+                be.prepare_weight(&m.w).map_err(cuda_err)?;
+            }
+        }
+        be.prepare_weight(&output.w).map_err(cuda_err)?;
         let output_norm = up(out_norm)?;
         let freq_factors = model.rope_freq_factors().map(up).transpose()?;
         let n_chunks = n_ctx.div_ceil(ach);

@@ -1011,6 +1011,13 @@ impl CudaBackend {
         Ok(compiled)
     }
 
+    /// Compiles (or loads from the cache) the kernels `w`'s products use: its
+    /// format's, or its layout's where that has its own (compact Q5_0), so
+    /// that no compile happens later inside a captured or timed step.
+    pub fn prepare_weight(&self, w: &DeviceWeight) -> Result<(), CudaError> {
+        self.module(ModKey::of(w)).map(|_| ())
+    }
+
     /// Compiles (or finds in the cache) the modules of several formats at once,
     /// one thread each: NVRTC takes seconds per module.
     pub fn prepare_types(&self, types: &[GgmlType]) -> Result<(), CudaError> {
