@@ -58,7 +58,7 @@ __device__ __forceinline__ float warp_max(float v) {
 }
 
 // The activation quantisers' shared step (decode.cu's fused quantisers and
-// packed.cu's folded norm). The layouts (`mode`, ActKind in mod.rs): 1 = 8-bit
+// fold_group below). The layouts (`mode`, ActKind in mod.rs): 1 = 8-bit
 // codes with (d, d·Σq) per 32, 2 = the same with one d per 256 values, 3 =
 // 16-bit codes per 32 stored as 32 high bytes then 32 low bytes, and (d, d·Σq).
 // One lane's share of quantising the block of 32 values at index blk (the
@@ -170,8 +170,3 @@ __device__ void fold_group(const FoldOut* __restrict__ fo, const float* y, int g
         quant_store(gv[b * 32 + lane], fo->mode == 2 ? gmax : bm[b], (long long)grp * nb + b, fo->mode,
                     fo->xq, fo->xa);
 }
-
-// The consumers' sums of squares each lane of warp 0 loads at once after the
-// product (the rest, for rows of more than 32 · 32 · FOLD_LANE_PARTS values,
-// one by one).
-#define FOLD_LANE_PARTS 4

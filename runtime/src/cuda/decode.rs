@@ -892,6 +892,14 @@ impl<'m> DeviceModel<'m> {
         let consume = |m: &Mat, y: u64, fold: Fold| {
             be.launch_gemv_act(&m.w, m.ptr, 0, y, 1, fold_act, false, fold)
         };
+        // A product of a norm's output `xn`, or of its fold's codes (`fold`):
+        // the first product of an unfolded norm quantises `xn` unless its
+        // quantiser ran fused (`quantised`).
+        let norm_product =
+            |fold: Option<Fold>, quantised: bool, m: &Mat, y: u64, first: bool| match fold {
+                Some(c) => consume(m, y, c),
+                None => gemv(m, xn, y, n, !first || quantised),
+            };
         // Which norms are folded this pass (site 2·i: layer i's attention norm,
         // 2·i + 1: its FFN norm, 2·L: the output norm; see cuda/fold.rs).
         let nl = self.layers.len();
@@ -937,38 +945,24 @@ impl<'m> DeviceModel<'m> {
                 norm(x, dl, p(&l.attn_norm), xn, n, qf)?;
             }
             fused(&l.wq, &qf);
+            let attn_product =
+                |m: &Mat, y: u64, first: bool| norm_product(attn_fold, qf.is_some(), m, y, first);
             // One token: k (and v) right after q, as the stacked product writes.
-            let (kb, vb) = match (&l.qkv, attn_fold) {
-                (Some((m, parts)), Some(c)) if self.stack => {
-                    consume(m, q, c)?;
+            let (kb, vb) = match &l.qkv {
+                Some((m, parts)) if self.stack && n == 1 => {
+                    attn_product(m, q, true)?;
                     let kb = q + (nh * hd * 4) as u64;
                     if *parts == 3 {
                         (kb, kb + (nkv * hd * 4) as u64)
                     } else {
-                        consume(&l.wv, vb, c)?;
+                        attn_product(&l.wv, vb, false)?;
                         (kb, vb)
                     }
                 }
-                (_, Some(c)) => {
-                    consume(&l.wq, q, c)?;
-                    consume(&l.wk, kb, c)?;
-                    consume(&l.wv, vb, c)?;
-                    (kb, vb)
-                }
-                (Some((m, parts)), None) if self.stack && n == 1 => {
-                    gemv(m, xn, q, 1, qf.is_some())?;
-                    let kb = q + (nh * hd * 4) as u64;
-                    if *parts == 3 {
-                        (kb, kb + (nkv * hd * 4) as u64)
-                    } else {
-                        gemv(&l.wv, xn, vb, n, true)?;
-                        (kb, vb)
-                    }
-                }
-                (_, None) => {
-                    gemv(&l.wq, xn, q, n, qf.is_some())?;
-                    gemv(&l.wk, xn, kb, n, true)?;
-                    gemv(&l.wv, xn, vb, n, true)?;
+                _ => {
+                    attn_product(&l.wq, q, true)?;
+                    attn_product(&l.wk, kb, false)?;
+                    attn_product(&l.wv, vb, false)?;
                     (kb, vb)
                 }
             };
@@ -1094,23 +1088,16 @@ impl<'m> DeviceModel<'m> {
                 norm(x, delta, p(&l.ffn_norm), xn, n, gf)?;
             }
             fused(&l.gate, &gf);
-            let h = match (&l.gate_up, ffn_fold) {
-                (Some(m), Some(c)) if self.stack => {
-                    consume(m, g, c)?;
+            let ffn_product =
+                |m: &Mat, y: u64, first: bool| norm_product(ffn_fold, gf.is_some(), m, y, first);
+            let h = match &l.gate_up {
+                Some(m) if self.stack && n == 1 => {
+                    ffn_product(m, g, true)?;
                     g + (ff * 4) as u64
                 }
-                (_, Some(c)) => {
-                    consume(&l.gate, g, c)?;
-                    consume(&l.up, h, c)?;
-                    h
-                }
-                (Some(m), None) if self.stack && n == 1 => {
-                    gemv(m, xn, g, 1, gf.is_some())?;
-                    g + (ff * 4) as u64
-                }
-                (_, None) => {
-                    gemv(&l.gate, xn, g, n, gf.is_some())?;
-                    gemv(&l.up, xn, h, n, true)?;
+                _ => {
+                    ffn_product(&l.gate, g, true)?;
+                    ffn_product(&l.up, h, false)?;
                     h
                 }
             };

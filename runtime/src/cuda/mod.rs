@@ -739,6 +739,26 @@ impl Fold {
     };
 }
 
+/// The kernel family a repacked-format product runs on
+/// ([`CudaBackend::packed_route`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// The int8 tensor-core kernels (mma.cu).
+    Mma,
+    /// The warp kernels (`QUERN_CUDA_MMV_KERNEL=warp`).
+    Warp,
+    /// The pipelined kernels (`QUERN_CUDA_MMV_KERNEL=pipe`).
+    Pipe(PipePlan),
+    /// The block kernels (the default).
+    Block,
+}
+
+/// Whether a product of `n_tokens` rows on `route` reads a [`Fold`]: only the
+/// single-token block kernels do.
+fn takes_fold(route: Option<Route>, n_tokens: usize) -> bool {
+    n_tokens == 1 && route == Some(Route::Block)
+}
+
 /// The device address of `s` on `be`'s stream.
 pub(crate) fn device_addr<T>(be: &CudaBackend, s: &CudaSlice<T>) -> u64 {
     let (p, _g) = s.device_ptr(be.stream());
@@ -749,7 +769,7 @@ pub(crate) fn device_addr<T>(be: &CudaBackend, s: &CudaSlice<T>) -> u64 {
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct FoldOut {
-    /// The residual (f32): the producer's output is added into it.
+    /// The residual (f32): `norm_fold_q` adds the update into it.
     pub x: u64,
     /// The norm's weights (f32).
     pub w: u64,
@@ -1386,20 +1406,29 @@ impl CudaBackend {
         unsafe { self.launch_gemv_act(w, w_ptr, x_ptr, y_ptr, n_tokens, act, true, Fold::NONE) }
     }
 
+    /// Which repacked-format kernels a product of `n_tokens` rows over `w`
+    /// runs on (module `m`); None for the other formats' kernels.
+    fn packed_route(&self, w: &DeviceWeight, m: &GemvModule, n_tokens: usize) -> Option<Route> {
+        let layout = w.packed.as_ref()?;
+        m.pfuncs.as_ref()?;
+        Some(if self.use_mma(w.ty, n_tokens) && !m.mfuncs.is_empty() {
+            Route::Mma
+        } else if self.geometry.packed_kernel == PackedKernel::Warp {
+            Route::Warp
+        } else if let Some(plan) = self.pipe_plan_for(w, layout, n_tokens, m) {
+            Route::Pipe(plan)
+        } else {
+            Route::Block
+        })
+    }
+
     /// Whether a product of `n_tokens` rows over `w` runs on the kernels that
     /// take a [`Fold`]: one token, a repacked format, the block kernels.
     pub fn can_fold(&self, w: &DeviceWeight, n_tokens: usize) -> bool {
-        let Some(layout) = &w.packed else {
-            return false;
-        };
         let Ok((m, _)) = self.module(ModKey::of(w)) else {
             return false;
         };
-        n_tokens == 1
-            && m.pfuncs.is_some()
-            && (m.mfuncs.is_empty() || !self.use_mma(w.ty, n_tokens))
-            && self.geometry.packed_kernel != PackedKernel::Warp
-            && self.pipe_plan_for(w, layout, n_tokens, &m).is_none()
+        takes_fold(self.packed_route(w, &m, n_tokens), n_tokens)
     }
 
     /// [`Self::launch_gemv_raw`] with the caller's buffer for the 8-bit
@@ -1428,29 +1457,28 @@ impl CudaBackend {
         fold: Fold,
     ) -> Result<(), CudaError> {
         let (m, _) = self.module(ModKey::of(w))?;
-        if fold != Fold::NONE && !self.can_fold(w, n_tokens) {
+        let route = self.packed_route(w, &m, n_tokens);
+        if fold != Fold::NONE && !takes_fold(route, n_tokens) {
             return Err(CudaError::Fold(format!(
                 "a {} product of {} rows over {n_tokens} tokens does not run on the single-token block kernels",
                 w.ty, w.rows
             )));
         }
-        if let (Some(layout), Some(pf)) = (&w.packed, &m.pfuncs) {
-            if self.use_mma(w.ty, n_tokens) && !m.mfuncs.is_empty() {
-                return self
-                    .launch_mma(w, layout, &m, w_ptr, x_ptr, y_ptr, n_tokens, act, quantise);
-            }
-            if self.geometry.packed_kernel == PackedKernel::Warp {
-                return self
-                    .launch_warp(w, layout, &m, w_ptr, x_ptr, y_ptr, n_tokens, act, quantise);
-            }
-            if let Some(plan) = self.pipe_plan_for(w, layout, n_tokens, &m) {
-                return self.launch_pipe(
+        if let (Some(route), Some(layout), Some(pf)) = (route, &w.packed, &m.pfuncs) {
+            return match route {
+                Route::Mma => {
+                    self.launch_mma(w, layout, &m, w_ptr, x_ptr, y_ptr, n_tokens, act, quantise)
+                }
+                Route::Warp => {
+                    self.launch_warp(w, layout, &m, w_ptr, x_ptr, y_ptr, n_tokens, act, quantise)
+                }
+                Route::Pipe(plan) => self.launch_pipe(
                     w, layout, &m, plan, w_ptr, x_ptr, y_ptr, n_tokens, act, quantise,
-                );
-            }
-            return self.launch_packed(
-                w, layout, pf, w_ptr, x_ptr, y_ptr, n_tokens, act, quantise, fold,
-            );
+                ),
+                Route::Block => self.launch_packed(
+                    w, layout, pf, w_ptr, x_ptr, y_ptr, n_tokens, act, quantise, fold,
+                ),
+            };
         }
         let g = self.geometry;
         let cfg = |bi: usize| {

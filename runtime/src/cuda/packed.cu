@@ -407,6 +407,11 @@ __device__ __forceinline__ float dot_unit(const Unit& w, const Act& v, int u) {
 #endif
 }
 
+// The consumers' sums of squares each lane of warp 0 loads at once after the
+// product (the rest, for rows of more than 32 · 32 · FOLD_LANE_PARTS values,
+// one by one).
+#define FOLD_LANE_PARTS 4
+
 // y[t][r] for rows blockIdx.x * R .. + R and tokens t < nt (nt <= B); K weights per
 // row, nunits = K / UE units. Q, S, D: the regions, row r at r * qs, r * ss, r * ds.
 // Batch 1 only: nps (not null) makes this product a folded norm's consumer
