@@ -32,6 +32,11 @@ impl BlockQ5_0 {
             qs: pack_nibbles(q),
         }
     }
+
+    /// The block's 5-bit codes, the inverse of [`Self::from_codes`].
+    pub fn codes(&self) -> [u8; QK] {
+        unpack_five_bit(self.qh, &self.qs)
+    }
 }
 
 impl BlockFormat for Q5_0 {

@@ -4,6 +4,7 @@
 //! bit for bit; only where the bytes lie changes.
 
 use quern_formats::GgmlType;
+use quern_quant::q5_0::BlockQ5_0;
 
 /// Where the regions of a repacked matrix lie in its device buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,11 +128,9 @@ pub fn use_compact_q5_0() -> bool {
     std::env::var("QUERN_CUDA_Q5C").as_deref() == Ok("1")
 }
 
-/// Q5_0's 5-bit code of weight `j` (0..32) of a block (d, qh[4], qs[16]).
-fn q5_0_code(b: &[u8], j: usize) -> u8 {
-    let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
-    let low = (b[6 + (j & 15)] >> (4 * (j >> 4))) & 15;
-    low | ((((qh >> j) & 1) as u8) << 4)
+/// The 5-bit codes of the Q5_0 block `b` (its 22 bytes).
+fn q5_0_codes(b: &[u8]) -> [u8; 32] {
+    bytemuck::from_bytes::<BlockQ5_0>(b).codes()
 }
 
 /// A Q5_0 matrix whose blocks come in groups of `2^shift` sharing one `d` and
@@ -151,16 +150,22 @@ pub fn compact_q5_0(rows: usize, cols: usize, data: &[u8]) -> Option<(Vec<u8>, P
     {
         return None;
     }
+    let per_row = cols / 32;
+    (0..=2u32)
+        .rev()
+        .filter(|&shift| per_row.is_multiple_of(1 << shift))
+        .find_map(|shift| compact_with(rows, per_row, data, shift))
+}
+
+/// [`compact_q5_0`] with groups of `2^shift` blocks; None when one does not fit.
+fn compact_with(
+    rows: usize,
+    per_row: usize,
+    data: &[u8],
+    shift: u32,
+) -> Option<(Vec<u8>, PackedLayout)> {
     // In parallel: an 8B model's matrices are gigabytes.
     use rayon::prelude::*;
-    let per_row = cols / 32;
-    let shift = (0..=2u32).rev().find(|&sh| {
-        let g = 1usize << sh;
-        per_row.is_multiple_of(g)
-            && data
-                .par_chunks_exact(g * Q5_0_BYTES)
-                .all(|grp| group_zero(grp).is_some())
-    })?;
     let g = 1usize << shift;
     let q_stride = align16(per_row * 16);
     let s_stride = align16(per_row / g * 4);
@@ -177,16 +182,16 @@ pub fn compact_q5_0(rows: usize, cols: usize, data: &[u8]) -> Option<(Vec<u8>, P
     };
     let mut out = vec![0u8; l.total_bytes(rows)];
     let (qreg, sreg) = out.split_at_mut(s_offset);
-    let rows_done = qreg
+    let fits = qreg
         .par_chunks_exact_mut(q_stride)
         .zip(sreg.par_chunks_exact_mut(s_stride))
         .zip(data.par_chunks_exact(per_row * Q5_0_BYTES))
         .all(|((q, s), src)| compact_row(src, g, q, s).is_some());
-    rows_done.then_some((out, l))
+    fits.then_some((out, l))
 }
 
 /// One row of [`compact_q5_0`]: its blocks `src` in groups of `g` into code
-/// row `q` and scale row `s`; None if a group does not fit (checked before).
+/// row `q` and scale row `s`; None at the first group that does not fit.
 fn compact_row(src: &[u8], g: usize, q: &mut [u8], s: &mut [u8]) -> Option<()> {
     for (gi, grp) in src.chunks_exact(g * Q5_0_BYTES).enumerate() {
         let z = group_zero(grp)?;
@@ -194,10 +199,9 @@ fn compact_row(src: &[u8], g: usize, q: &mut [u8], s: &mut [u8]) -> Option<()> {
         s[gi * 4 + 2..gi * 4 + 4].copy_from_slice(&u16::from(z).to_le_bytes());
         for (k, b) in grp.chunks_exact(Q5_0_BYTES).enumerate() {
             let u = gi * g + k;
+            let c = q5_0_codes(b);
             for j in 0..16 {
-                let lo = q5_0_code(b, j) + z - 16;
-                let hi = q5_0_code(b, j + 16) + z - 16;
-                q[u * 16 + j] = lo | (hi << 4);
+                q[u * 16 + j] = (c[j] + z - 16) | ((c[j + 16] + z - 16) << 4);
             }
         }
     }
@@ -205,7 +209,7 @@ fn compact_row(src: &[u8], g: usize, q: &mut [u8], s: &mut [u8]) -> Option<()> {
 }
 
 /// Bytes of a Q5_0 block: d, qh[4], qs[16].
-const Q5_0_BYTES: usize = 22;
+const Q5_0_BYTES: usize = std::mem::size_of::<BlockQ5_0>();
 
 /// The zero point `z` of a run of Q5_0 blocks that share one `d` and whose
 /// codes `c` all give `c − 16 + z` in 0..=15; None when they do not.
@@ -216,8 +220,7 @@ fn group_zero(blocks: &[u8]) -> Option<u8> {
         if &b[..2] != d {
             return None;
         }
-        for j in 0..32 {
-            let c = q5_0_code(b, j);
+        for c in q5_0_codes(b) {
             lo = lo.min(c);
             hi = hi.max(c);
         }
@@ -397,25 +400,21 @@ mod tests {
             let d = half::f16::from_f32(0.001 + (next() % 1000) as f32 * 1e-5).to_bits();
             let z = (next() % 16) as u8;
             for _ in 0..g {
-                let codes: Vec<u8> = (0..32).map(|_| (next() % 16) as u8 + 16 - z).collect();
-                let mut qh = 0u32;
-                let mut qs = [0u8; 16];
-                for (j, &c) in codes.iter().enumerate() {
-                    qh |= u32::from(c >> 4) << j;
-                    qs[j & 15] |= (c & 15) << (4 * (j >> 4));
-                }
-                out.extend_from_slice(&d.to_le_bytes());
-                out.extend_from_slice(&qh.to_le_bytes());
-                out.extend_from_slice(&qs);
+                let codes: [u8; 32] = std::array::from_fn(|_| (next() % 16) as u8 + 16 - z);
+                let block = BlockQ5_0::from_codes(d.to_le_bytes(), &codes);
+                out.extend_from_slice(bytemuck::bytes_of(&block));
             }
         }
         out
     }
 
-    fn q5_0_value(data: &[u8], cols: usize, r: usize, e: usize) -> f32 {
-        let b = &data[(r * cols / 32 + e / 32) * Q5_0_BYTES..];
-        let d = half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
-        d * (f32::from(q5_0_code(b, e % 32)) - 16.0)
+    /// Row `r` of `data` as the CPU dequantises Q5_0.
+    fn q5_0_row(data: &[u8], cols: usize, r: usize) -> Vec<f32> {
+        use quern_quant::BlockFormat;
+        let row = &data[r * cols / 32 * Q5_0_BYTES..(r + 1) * cols / 32 * Q5_0_BYTES];
+        let mut out = vec![0.0f32; cols];
+        quern_quant::q5_0::Q5_0::dequantize_row(bytemuck::cast_slice(row), &mut out);
+        out
     }
 
     #[test]
@@ -427,8 +426,8 @@ mod tests {
             assert_eq!(l.compact, Some(shift), "groups of {g} blocks");
             assert_eq!(bytes.len(), l.total_bytes(rows));
             for r in 0..rows {
-                for e in 0..cols {
-                    let want = q5_0_value(&data, cols, r, e);
+                let want_row = q5_0_row(&data, cols, r);
+                for (e, want) in want_row.into_iter().enumerate() {
                     let got = compact_value(&l, &bytes, r, e);
                     assert_eq!(got.to_bits(), want.to_bits(), "g {g} row {r} weight {e}");
                 }
