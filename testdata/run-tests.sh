@@ -10,6 +10,13 @@
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
+# The tests read the workplace's shared folder beside the checkout (tools that
+# build the reference model, WikiText-2, Tiny Shakespeare): say so up front
+# rather than fail half-way through.
+if [ ! -d "$REPO/../shared/tools" ] || [ ! -d "$REPO/../shared/data" ]; then
+    echo "run-tests: $REPO/../shared (with tools/ and data/) is missing: clone the project next to the shared folder" >&2
+    exit 2
+fi
 
 log() { printf '\n== %s (%s)\n' "$*" "$(date -u +%H:%M:%S)"; }
 
