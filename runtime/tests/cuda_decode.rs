@@ -96,6 +96,20 @@ fn check_on(what: &str, path: &Path, tol: f64, compact: bool) {
             be.compact_uploads() > 0,
             "{what}: no matrix took the compact layout"
         );
+        // 4-bit codes and a word per group read fewer bytes than Q5_0's
+        // repacked layout (codes, high bits and d: 24 bytes per 32 weights).
+        let Some(plain_be) = common::cuda_backend() else {
+            return;
+        };
+        plain_be.set_compact_q5_0(false);
+        let plain = Model::open(path, Box::new(plain_be)).expect("open on cuda");
+        let repacked = DeviceModel::new(&plain, 128).expect("device model");
+        assert!(
+            dm.weight_bytes_read() < repacked.weight_bytes_read(),
+            "{what}: the compact layout reads {} bytes per token, the repacked one {}",
+            dm.weight_bytes_read(),
+            repacked.weight_bytes_read()
+        );
     }
     assert!(dm.uses_graph() || std::env::var("QUERN_CUDA_GRAPH").as_deref() == Ok("0"));
     let graphed = device_logits(&mut dm, vocab, &TOKENS);

@@ -161,6 +161,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let cpu = args.device == crate::device::Device::Cpu;
     let n_ctx = args.n_prompt.max(args.n_gen).max(1);
     let mut upload_s = None;
+    // On the GPU: the bytes a decode step reads in the device's layout.
+    let mut device_bytes = None;
     let report = if cpu {
         bench(&model, args.n_prompt, args.n_gen, args.repetitions)?
     } else {
@@ -168,6 +170,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let t = std::time::Instant::now();
         let mut dm = DeviceModel::new(&model, n_ctx)?;
         upload_s = Some(t.elapsed().as_secs_f64());
+        device_bytes = Some(dm.weight_bytes_read());
         bench_with(&mut dm, args.n_prompt, args.n_gen, args.repetitions)?
     };
     let threads = rayon::current_num_threads();
@@ -191,6 +194,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Some(copy.gb_s * 1e9)
     };
     let floor = bandwidth.map(|bw| bw / size as f64);
+    // Where the device reads other bytes than the file's blocks (Q5_0 of AWQ
+    // folders in the compact layout, repacking's row padding).
+    let device_floor = bandwidth.zip(device_bytes).map(|(bw, b)| bw / b as f64);
     if args.json {
         let stat =
             |s: Option<Stats>| s.map(|s| json!({"mean": s.mean, "sd": s.sd, "samples": s.samples}));
@@ -209,6 +215,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "read_bandwidth_bytes_per_s": bandwidth,
             "tg_floor_tokens_per_s": floor,
             "tg_share_of_floor": floor.zip(report.tg).map(|(f, s)| s.mean / f),
+            "device_weight_bytes_per_token": device_bytes,
+            "tg_device_floor_tokens_per_s": device_floor,
+            "tg_share_of_device_floor": device_floor.zip(report.tg).map(|(f, s)| s.mean / f),
             "synthetic": args.synthetic.as_ref().map(|s| format!("{s} {}", args.ty)),
             "upload_s": upload_s,
         });
@@ -259,6 +268,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 bw / 1e9,
                 size as f64 / 1e6
             );
+            if let (Some(b), Some(f)) = (device_bytes, device_floor) {
+                let share = report
+                    .tg
+                    .map(|s| format!(", tg at {:.0}% of it", 100.0 * s.mean / f))
+                    .unwrap_or_default();
+                println!(
+                    "device floor: {:.1} MB read per token in the device's layout = {f:.1} tokens/s{share}",
+                    b as f64 / 1e6
+                );
+            }
         }
     }
     Ok(())

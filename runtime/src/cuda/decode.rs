@@ -640,6 +640,23 @@ impl<'m> DeviceModel<'m> {
             .collect()
     }
 
+    /// The weight bytes a single-token step reads on the device: every
+    /// matrix in its uploaded layout (repacked, compact, rows padded), where
+    /// [`Model::weight_bytes`] counts the file's blocks.
+    pub fn weight_bytes_read(&self) -> usize {
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                [&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down]
+                    .iter()
+                    .map(|m| m.w.device_bytes())
+                    .sum::<usize>()
+            })
+            .sum();
+        layers + self.output.w.device_bytes()
+    }
+
     /// How many of a single-token step's RMSNorms are folded into the
     /// products around them ([`Self::set_fold`]).
     pub fn folded_norms(&self) -> usize {
