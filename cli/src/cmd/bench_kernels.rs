@@ -70,7 +70,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             geo.rows_per_warp,
             geo.packed_kernel,
             geo.mmv_rows,
-            geo.mmv_unroll,
+            geo.mmv_unroll
+                .map_or("per format".to_string(), |u| u.to_string()),
             geo.mmw_warps,
             geo.mmw_rows
                 .map_or("per format".to_string(), |r| format!("{r:?}")),

@@ -68,10 +68,26 @@ const ROWS_PER_WARP: [usize; 5] = [1, 1, 2, 4, 4];
 
 /// Rows per thread block of the repacked formats' kernels (`packed.cu`) for each
 /// entry of [`BATCHES`], and units each thread loads before it multiplies.
-/// `QUERN_CUDA_MMV_ROWS` (one value or five), `QUERN_CUDA_MMV_UNROLL` (1, 2, 4)
-/// and `QUERN_CUDA_MMV_WARPS` (1..8; by default from the row length) override them.
+/// `QUERN_CUDA_MMV_ROWS` (one value or five), `QUERN_CUDA_MMV_UNROLL` (1, 2, 4,
+/// for every format) and `QUERN_CUDA_MMV_WARPS` (1..8; by default from the row
+/// length) override them.
 const MMV_ROWS: [usize; 5] = [2, 2, 2, 2, 2];
 const MMV_UNROLL: usize = 2;
+
+/// Units per thread per step of the block kernel for `ty` and batch entry
+/// `bi` (of [`BATCHES`]) when `QUERN_CUDA_MMV_UNROLL` does not fix it: Q4_K's
+/// batch-1 kernel takes 1 (twice the threads per row, half the registers
+/// each), which together with its bound of 3 blocks ([`mmv_min_blocks`]) no
+/// longer spills and is 3-7 % faster on the large shapes of an H200; at batch
+/// 2 one unit was up to 17 % slower, so the others keep 2 (BENCHMARKS.md,
+/// eleventh slice).
+fn default_mmv_unroll(ty: GgmlType, bi: usize) -> usize {
+    if ty == GgmlType::Q4K && bi == 0 {
+        1
+    } else {
+        MMV_UNROLL
+    }
+}
 
 /// Which kernel family multiplies the repacked formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -267,8 +283,9 @@ pub struct Geometry {
     pub rows_per_warp: [usize; 5],
     /// Repacked formats: rows per block for each batch size.
     pub mmv_rows: [usize; 5],
-    /// Repacked formats: units per thread per step.
-    pub mmv_unroll: usize,
+    /// Repacked formats: units per thread per step, when fixed for every
+    /// format (else per format, [`Geometry::mmv_unroll_for`]).
+    pub mmv_unroll: Option<usize>,
     /// Repacked formats: warps per block, when fixed.
     pub mmv_warps: Option<usize>,
     /// Repacked formats: the kernel family (`QUERN_CUDA_MMV_KERNEL=block|warp|pipe`).
@@ -332,6 +349,13 @@ fn env_list(name: &str, ok: impl Fn(&usize) -> bool) -> Option<[usize; 5]> {
 }
 
 impl Geometry {
+    /// Units per thread per step of `ty`'s block kernel for batch entry `bi`
+    /// (of [`BATCHES`]).
+    pub fn mmv_unroll_for(&self, ty: GgmlType, bi: usize) -> usize {
+        self.mmv_unroll
+            .unwrap_or_else(|| default_mmv_unroll(ty, bi))
+    }
+
     /// The warp kernels' rows per warp step and units per lane per step for
     /// each batch size of `ty`: the format's defaults, then the environment's.
     pub fn mmw_geometry(&self, ty: GgmlType) -> ([usize; 5], [usize; 5]) {
@@ -356,8 +380,7 @@ impl Geometry {
         let mmv_unroll = std::env::var("QUERN_CUDA_MMV_UNROLL")
             .ok()
             .and_then(|v| v.parse::<usize>().ok())
-            .filter(|v| [1, 2, 4].contains(v))
-            .unwrap_or(MMV_UNROLL);
+            .filter(|v| [1, 2, 4].contains(v));
         let mmv_warps = std::env::var("QUERN_CUDA_MMV_WARPS")
             .ok()
             .and_then(|v| v.parse::<usize>().ok())
@@ -522,6 +545,32 @@ pub enum ActKind {
 /// compiled and when a product is launched: set it before the backend is made.
 fn q8_act16() -> bool {
     std::env::var("QUERN_CUDA_Q8_ACT").as_deref() != Ok("8")
+}
+
+/// The minimum-blocks bound of the batch-1 block kernel (packed.cu's
+/// `MMV_MINB`) for `ty`, whose activations are 16-bit codes when `act16`;
+/// None: the thread bound alone. Given a bound, ptxas spends registers up to
+/// its cap (65536 / (n · 256)) on keeping more loads in flight: with 2 the
+/// 4- to 6-bit formats on 8-bit codes multiply 5-18 % faster at batch 1 on an
+/// H200, and Q4_K, at 1 unit per step ([`default_mmv_unroll`]), with 3
+/// (BENCHMARKS.md, eleventh slice). Q8_0 (16-bit codes) gains on one shape
+/// and loses on another, so it keeps none; batches of 2 lost with the bound,
+/// so it is the batch-1 kernel's alone. `QUERN_CUDA_MMV_MINB=n` sets n for
+/// every format (0: none), for tuning runs.
+fn mmv_min_blocks(ty: GgmlType, act16: bool) -> Option<u32> {
+    if let Ok(v) = std::env::var("QUERN_CUDA_MMV_MINB") {
+        return v.trim().parse().ok().filter(|&n| n > 0);
+    }
+    if act16 {
+        return None;
+    }
+    match ty {
+        GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q6K => {
+            Some(2)
+        }
+        GgmlType::Q4K => Some(3),
+        _ => None,
+    }
 }
 
 /// The activations the repacked kernels of `ty` read: under 16-bit
@@ -1005,8 +1054,8 @@ impl CudaBackend {
     }
 
     /// Whether later Q5_0 uploads take the compact 4-bit layout where the
-    /// matrix fits it ([`packed::compact_q5_0`]: AWQ folders); off unless
-    /// `QUERN_CUDA_Q5C=1`, until it is measured on a GPU.
+    /// matrix fits it ([`packed::compact_q5_0`]: AWQ folders); on unless
+    /// `QUERN_CUDA_Q5C=0`.
     pub fn set_compact_q5_0(&self, on: bool) {
         self.compact_q5_0.store(on, Ordering::Relaxed);
     }
@@ -1090,7 +1139,11 @@ impl CudaBackend {
         for (b, r) in BATCHES.iter().zip(g.mmv_rows) {
             src.push_str(&format!("#define MR{b} {r}\n"));
         }
-        src.push_str(&format!("#define MUN {}\n", g.mmv_unroll));
+        src.push_str(&format!(
+            "#define MUN {}\n#define MUN1 {}\n",
+            g.mmv_unroll_for(ty, 1),
+            g.mmv_unroll_for(ty, 0)
+        ));
         if !packed::use_slabs() {
             src.push_str("#define SLAB 0\n");
         }
@@ -1110,6 +1163,11 @@ impl CudaBackend {
         }
         if g.mmv_prefetch {
             src.push_str("#define MMV_PREFETCH 1\n");
+        }
+        let act16 = packed::has_packed(ty) && packed_act_kind(ty) == ActKind::Packed16;
+        if let Some(n) = mmv_min_blocks(ty, act16) {
+            // Guarded: QUERN_CUDA_DEFINES="MMV_MINB=n" (a -D option) wins.
+            src.push_str(&format!("#ifndef MMV_MINB\n#define MMV_MINB {n}\n#endif\n"));
         }
         let (wr, wu) = g.mmw_geometry(ty);
         for ((b, r), u) in BATCHES.iter().zip(wr).zip(wu) {
@@ -1569,14 +1627,16 @@ impl CudaBackend {
         if quantise {
             self.quantise_acts(quant, x_ptr, n_tokens, w.k, xq, xa)?;
         }
-        // Enough warps that each thread has about `unroll` units per row.
-        let warps = g
-            .mmv_warps
-            .unwrap_or_else(|| l.units.div_ceil(32 * g.mmv_unroll).clamp(1, 8));
         let mut t0 = 0;
         while t0 < n_tokens {
             let nt = (n_tokens - t0).min(MAX_BATCH);
             let bi = batch_variant(nt);
+            // Enough warps that each thread has about `unroll` units per row.
+            let warps = g.mmv_warps.unwrap_or_else(|| {
+                l.units
+                    .div_ceil(32 * g.mmv_unroll_for(w.ty, bi))
+                    .clamp(1, 8)
+            });
             let yp = y_ptr + (t0 * w.rows * 4) as u64;
             let xqt = xq + (cb * t0 * w.k) as u64;
             let xat = xa + (t0 * w.k / 32 * 8) as u64;
@@ -2079,6 +2139,15 @@ mod tests {
                     panic!("Q5_0 compact, groups of 2^{shift} blocks ({act}): {e}");
                 }
             }
+        }
+        // Q4_K as the default geometry compiles it: one unit per step under
+        // a bound of 3 blocks.
+        let src = format!(
+            "#define MUN 2\n#define MUN1 1\n#define MMV_MINB 3\n{}",
+            gemv_source(GgmlType::Q4K).expect("supported")
+        );
+        if let Err(e) = compile::compile_uncached("test_q4k_minb", &src, &tc) {
+            panic!("Q4_K, one unit per step, MMV_MINB 3: {e}");
         }
         // The pipelined kernels with their first copies before the wait, and
         // the block kernels prefetching their weights.

@@ -15,7 +15,7 @@
 //   D  Q6_K only: the f16 d of each super-block.
 // The weights' values are the file's, bit for bit; only where the bytes lie
 // changes. Q5_0 matrices made of 4-bit codes with a zero point per group (AWQ
-// folders, `compact_q5_0` in packed.rs; QUERN_CUDA_Q5C=1) can take a compact
+// folders, `compact_q5_0` in packed.rs; off with QUERN_CUDA_Q5C=0) take a compact
 // layout instead, compiled with Q5C = log2(blocks per group): Q4_0's code units
 // (q = c − 16 + z) and per group one word, d in the low half and z in the high.
 //
@@ -78,6 +78,10 @@
 #endif
 #ifndef MUN
 #define MUN 2
+#endif
+// Units per thread per step of the batch-1 kernel (mod.rs default_mmv_unroll).
+#ifndef MUN1
+#define MUN1 MUN
 #endif
 #define MAXWARPS 8
 #ifndef SLAB
@@ -417,7 +421,7 @@ __device__ __forceinline__ float dot_unit(const Unit& w, const Act& v, int u) {
 // Batch 1 only: nps (not null) makes this product a folded norm's consumer
 // (common.cu's fold_group): the outputs scaled by 1 / sqrt(Σ nps[0..npart] / K
 // + eps).
-template <int B, int R>
+template <int B, int R, int UN>
 __device__ __forceinline__ void mmv(const u8* __restrict__ Q, long long qs, const u8* __restrict__ S,
                                     long long ss, const u8* __restrict__ D, long long ds, int rows,
                                     int nunits, int K, const i8* __restrict__ xq,
@@ -444,18 +448,18 @@ __device__ __forceinline__ void mmv(const u8* __restrict__ Q, long long qs, cons
 #pragma unroll
         for (int t = 0; t < B; t++) acc[r][t] = 0.0f;
 
-    for (int u0 = tid; u0 < nunits; u0 += nth * MUN) {
+    for (int u0 = tid; u0 < nunits; u0 += nth * UN) {
         // Every load of the step first (units past the end re-read the last one),
         // then the arithmetic.
-        Unit w[MUN][R];
+        Unit w[UN][R];
 #pragma unroll
-        for (int i = 0; i < MUN; i++) {
+        for (int i = 0; i < UN; i++) {
             const int u = imin(u0 + i * nth, nunits - 1);
 #pragma unroll
             for (int r = 0; r < R; r++) load_unit(w[i][r], qr[r], sr[r], dr[r], u, nunits);
         }
 #pragma unroll
-        for (int i = 0; i < MUN; i++) {
+        for (int i = 0; i < UN; i++) {
             const int uu = u0 + i * nth;
             const bool ok = uu < nunits;
             const int u = ok ? uu : nunits - 1;
@@ -533,31 +537,33 @@ __device__ __forceinline__ void prefetch_rows(const u8* Q, long long qs, const u
     if (ds > 0) prefetch_l2(D + (long long)row0 * ds, n * ds);
 }
 
-// MMV_MINB (QUERN_CUDA_DEFINES="MMV_MINB=n", for tuning runs): blocks of the
-// largest size that must fit on one SM at once, which caps the registers per
-// thread (sm_90, ptxas of NVRTC 13: without it Q4_K's batch-1 kernel takes 94,
-// room for 21 one-warp blocks per SM; 4 caps it at 64 with 196 bytes of
-// spills, 3 at 80 with 72). Not the same as none when 1: ptxas then takes more
-// registers than with the thread bound alone (Q8_0 96 against 48).
+// MMV_MINB (mod.rs mmv_min_blocks, per format; QUERN_CUDA_DEFINES="MMV_MINB=n"
+// for tuning runs): for the batch-1 kernel, blocks of the largest size that
+// must fit on one SM at once, which caps the registers per thread. Given it,
+// ptxas spends registers up to the cap (Q4_0: 48 without it) on keeping loads
+// in flight; Q4_K (94 without it at 2 units per step) spills under 3 or 4.
+// Not the same as none when 1: ptxas then takes more registers than with the
+// thread bound alone (Q8_0 96 against 48).
 #ifdef MMV_MINB
-#define MMV_BOUNDS __launch_bounds__(MAXWARPS * 32, MMV_MINB)
+#define MMV_BOUNDS1 __launch_bounds__(MAXWARPS * 32, MMV_MINB)
 #else
-#define MMV_BOUNDS __launch_bounds__(MAXWARPS * 32)
+#define MMV_BOUNDS1 __launch_bounds__(MAXWARPS * 32)
 #endif
-#define MMV_ENTRY(NAME, BB, RR)                                                                    \
-    extern "C" __global__ void MMV_BOUNDS                                                          \
+#define MMV_BOUNDS __launch_bounds__(MAXWARPS * 32)
+#define MMV_ENTRY(NAME, BB, RR, UN, BOUNDS)                                                          \
+    extern "C" __global__ void BOUNDS                                                              \
         NAME(const u8* Q, long long qs, const u8* S, long long ss, const u8* D, long long ds,      \
              int rows, int nunits, int K, const i8* xq, const float2* xa, float* y, int nt,        \
              const double* nps, int npart, float eps) {                                            \
         if (MMV_PREFETCH) prefetch_rows<RR>(Q, qs, S, ss, D, ds, rows);                            \
         PDL_ENTRY(xq, xa, y, nps);                                                                 \
-        mmv<BB, RR>(Q, qs, S, ss, D, ds, rows, nunits, K, xq, xa, y, nt, nps, npart, eps);         \
+        mmv<BB, RR, UN>(Q, qs, S, ss, D, ds, rows, nunits, K, xq, xa, y, nt, nps, npart, eps);     \
     }
-MMV_ENTRY(mmv_b1, 1, MR1)
-MMV_ENTRY(mmv_b2, 2, MR2)
-MMV_ENTRY(mmv_b4, 4, MR4)
-MMV_ENTRY(mmv_b8, 8, MR8)
-MMV_ENTRY(mmv_b16, 16, MR16)
+MMV_ENTRY(mmv_b1, 1, MR1, MUN1, MMV_BOUNDS1)
+MMV_ENTRY(mmv_b2, 2, MR2, MUN, MMV_BOUNDS)
+MMV_ENTRY(mmv_b4, 4, MR4, MUN, MMV_BOUNDS)
+MMV_ENTRY(mmv_b8, 8, MR8, MUN, MMV_BOUNDS)
+MMV_ENTRY(mmv_b16, 16, MR16, MUN, MMV_BOUNDS)
 
 // ---------------------------------------------------------------------------
 // The pipelined kernels (mmp_*, sm_90 and later): weight bytes reach shared
