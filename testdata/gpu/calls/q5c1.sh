@@ -4,7 +4,9 @@
 # block kernels' register cap (QUERN_CUDA_DEFINES="MMV_MINB=n"): decode tests
 # (the compact AWQ test included) at 8 and 16 bits, memcheck over it, then
 # synthetic 8B AWQ decode with and without the compact layout, and Q4_K_M
-# decode and the 8B weight-product stack at MMV_MINB 3 and 4. About 5 minutes.
+# decode and the 8B weight-product stack at MMV_MINB 3 and 4; the batch-1
+# GEMVs of five formats at both register settings beside PyTorch's int4 and
+# bf16 products; the repacked kernel tests as time allows. About 7 minutes.
 set -u
 D=$(cd "$(dirname "$0")" && pwd)
 OUT=${OUT:-/tmp/quern-gpu-out}
@@ -35,7 +37,17 @@ echo "memcheck: $(grep -h "ERROR SUMMARY\|test result" "$OUT/memcheck.log" | tr 
     if [ "$m" = 0 ]; then env=(); else env=(QUERN_CUDA_DEFINES=MMV_MINB=$m); fi
     env "${env[@]}" timeout 40 "$B/quern" bench --device cuda --kernels --stack llama-8b --types Q4_K_M 2>&1 | tail -1 || st=1
   done
+  for m in 0 3; do
+    echo "-- kernels batch 1, MMV_MINB=$m"
+    if [ "$m" = 0 ]; then env=(); else env=(QUERN_CUDA_DEFINES=MMV_MINB=$m); fi
+    env "${env[@]}" timeout 60 "$B/quern" bench --device cuda --kernels --types Q4_K,Q4_0,Q5_0,Q6_K,Q8_0 \
+      --batches 1 2>&1 | grep -v "^\s*$" | tail -16 || st=1
+  done
 } 2>&1 | tee "$OUT/bench.txt"
 rm -f /dev/shm/quern-synthetic-*
+TORCH_BATCHES=1 timeout 90 python3 "$B/torch_gemv.py" "$OUT/torch_gemv.json" >"$OUT/torch.txt" 2>&1 || st=1
+tail -8 "$OUT/torch.txt"
+timeout 100 "$B/cuda_kernels" --test-threads=1 repacked >"$OUT/kernels.log" 2>&1 || st=1
+echo "cuda_kernels repacked: $(grep -h "test result\|panicked" "$OUT/kernels.log" | tr '\n' ' ')"
 echo "final status $st"
 exit $st
