@@ -251,11 +251,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
             s.sd
         );
     }
-    if let (Some(bw), Some(floor)) = (bandwidth, floor) {
-        let share = report
+    // ", tg at N% of it" for a floor of f tokens/s.
+    let share_of = |f: f64| {
+        report
             .tg
-            .map(|s| format!(", tg at {:.0}% of it", 100.0 * s.mean / floor))
-            .unwrap_or_default();
+            .map(|s| format!(", tg at {:.0}% of it", 100.0 * s.mean / f))
+            .unwrap_or_default()
+    };
+    if let (Some(bw), Some(floor)) = (bandwidth, floor) {
+        let share = share_of(floor);
         if cpu {
             println!(
                 "floor: {:.1} GB/s memory read with {threads} threads / {:.1} MB per token = {floor:.1} tokens/s{share}",
@@ -269,13 +273,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 size as f64 / 1e6
             );
             if let (Some(b), Some(f)) = (device_bytes, device_floor) {
-                let share = report
-                    .tg
-                    .map(|s| format!(", tg at {:.0}% of it", 100.0 * s.mean / f))
-                    .unwrap_or_default();
                 println!(
-                    "device floor: {:.1} MB read per token in the device's layout = {f:.1} tokens/s{share}",
-                    b as f64 / 1e6
+                    "device floor: {:.1} MB read per token in the device's layout = {f:.1} tokens/s{}",
+                    b as f64 / 1e6,
+                    share_of(f)
                 );
             }
         }

@@ -145,6 +145,15 @@ struct DevLayer {
     v_cache: CudaSlice<f32>,
 }
 
+impl DevLayer {
+    /// The seven weight matrices a layer multiplies (views where stacked).
+    fn matrices(&self) -> [&Mat; 7] {
+        [
+            &self.wq, &self.wk, &self.wv, &self.wo, &self.gate, &self.up, &self.down,
+        ]
+    }
+}
+
 /// Activation buffers, `prefill_batch` rows each.
 struct Buffers {
     x: CudaSlice<f32>,
@@ -459,10 +468,7 @@ impl<'m> DeviceModel<'m> {
         // inside the first step's graph capture.
         for l in &layers {
             let stacked = l.qkv.iter().map(|(m, _)| m).chain(l.gate_up.iter());
-            for m in [&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down]
-                .into_iter()
-                .chain(stacked)
-            {
+            for m in l.matrices().into_iter().chain(stacked) {
                 be.prepare_weight(&m.w).map_err(cuda_err)?;
             }
         }
@@ -648,7 +654,7 @@ impl<'m> DeviceModel<'m> {
             .layers
             .iter()
             .map(|l| {
-                [&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down]
+                l.matrices()
                     .iter()
                     .map(|m| m.w.device_bytes())
                     .sum::<usize>()

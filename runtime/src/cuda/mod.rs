@@ -1147,12 +1147,11 @@ impl CudaBackend {
         if !packed::use_slabs() {
             src.push_str("#define SLAB 0\n");
         }
+        // Whether this format's repacked kernels read 16-bit activation codes.
+        let act16 = packed::has_packed(ty) && packed_act_kind(ty) == ActKind::Packed16;
         if ty == GgmlType::Q8_0 && !q8_act16() {
             src.push_str("#define ACT_Q16 0\n");
-        } else if ty != GgmlType::Q8_0
-            && packed::has_packed(ty)
-            && packed_act_kind(ty) == ActKind::Packed16
-        {
+        } else if ty != GgmlType::Q8_0 && act16 {
             src.push_str("#define ACT_Q16 1\n");
         }
         if let Some(p) = g.mmw_stage {
@@ -1164,7 +1163,6 @@ impl CudaBackend {
         if g.mmv_prefetch {
             src.push_str("#define MMV_PREFETCH 1\n");
         }
-        let act16 = packed::has_packed(ty) && packed_act_kind(ty) == ActKind::Packed16;
         if let Some(n) = mmv_min_blocks(ty, act16) {
             // Guarded: QUERN_CUDA_DEFINES="MMV_MINB=n" (a -D option) wins.
             src.push_str(&format!("#ifndef MMV_MINB\n#define MMV_MINB {n}\n#endif\n"));

@@ -550,7 +550,7 @@ __device__ __forceinline__ void prefetch_rows(const u8* Q, long long qs, const u
 #define MMV_BOUNDS1 __launch_bounds__(MAXWARPS * 32)
 #endif
 #define MMV_BOUNDS __launch_bounds__(MAXWARPS * 32)
-#define MMV_ENTRY(NAME, BB, RR, UN, BOUNDS)                                                          \
+#define MMV_ENTRY(NAME, BB, RR, UN, BOUNDS)                                                        \
     extern "C" __global__ void BOUNDS                                                              \
         NAME(const u8* Q, long long qs, const u8* S, long long ss, const u8* D, long long ds,      \
              int rows, int nunits, int K, const i8* xq, const float2* xa, float* y, int nt,        \
