@@ -15,6 +15,7 @@ use quern_formats::testutil::TinyModel;
 use quern_quant::mix::Mix;
 use quern_quant::pipeline::{quantize, NoProgress, OutType, QuantizeOptions};
 use quern_runtime::cuda::decode::{DeviceModel, Fuse, MIN_PREFILL_BATCH};
+use quern_runtime::cuda::l2hint::L2Budget;
 use quern_runtime::sampler::argmax;
 use quern_runtime::{CpuBackend, Model};
 
@@ -177,6 +178,30 @@ fn check_on(what: &str, path: &Path, tol: f64, compact: bool) {
                 .zip(b)
                 .map(|(x, y)| (x - y).abs())
                 .fold(0.0f32, f32::max)
+        );
+    }
+    // L2 hints (cuda/l2hint.rs) change when weights leave DRAM, not a value:
+    // single-token steps with and without them agree bit for bit, and with
+    // them the kernels between the products asked L2 for bytes.
+    let mut unhinted = DeviceModel::new(&gpu, 128).expect("device model");
+    unhinted.set_l2_hints(L2Budget::OFF);
+    let without_hints = steps(&mut unhinted);
+    assert_eq!(unhinted.l2_hinted_bytes(), 0, "{what}: hints off asked L2");
+    let mut hinted = DeviceModel::new(&gpu, 128).expect("device model");
+    hinted.set_l2_hints(L2Budget::ON);
+    let with_hints = steps(&mut hinted);
+    assert!(
+        hinted.l2_hinted_bytes() > 0,
+        "{what}: no L2 hint in a single-token step"
+    );
+    assert!(
+        hinted.l2_hints_in_order(),
+        "{what}: the products ran in another order than the hints took"
+    );
+    for (pos, (a, b)) in with_hints.iter().zip(&without_hints).enumerate() {
+        assert!(
+            a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{what} position {pos}: L2 hints changed the logits"
         );
     }
     // Single-token steps fold each RMSNorm into the products that read it

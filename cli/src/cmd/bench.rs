@@ -163,6 +163,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut upload_s = None;
     // On the GPU: the bytes a decode step reads in the device's layout.
     let mut device_bytes = None;
+    // And the bytes its kernels between products ask L2 for ahead of them.
+    let mut l2_hinted = None;
     let report = if cpu {
         bench(&model, args.n_prompt, args.n_gen, args.repetitions)?
     } else {
@@ -171,7 +173,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let mut dm = DeviceModel::new(&model, n_ctx)?;
         upload_s = Some(t.elapsed().as_secs_f64());
         device_bytes = Some(dm.weight_bytes_read());
-        bench_with(&mut dm, args.n_prompt, args.n_gen, args.repetitions)?
+        let r = bench_with(&mut dm, args.n_prompt, args.n_gen, args.repetitions)?;
+        l2_hinted = Some(dm.l2_hinted_bytes());
+        r
     };
     let threads = rayon::current_num_threads();
     let size = model.weight_bytes();
@@ -218,6 +222,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "device_weight_bytes_per_token": device_bytes,
             "tg_device_floor_tokens_per_s": device_floor,
             "tg_share_of_device_floor": device_floor.zip(report.tg).map(|(f, s)| s.mean / f),
+            "l2_hinted_bytes_per_token": l2_hinted,
             "synthetic": args.synthetic.as_ref().map(|s| format!("{s} {}", args.ty)),
             "upload_s": upload_s,
         });
@@ -233,6 +238,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
     );
     if let Some(u) = upload_s {
         println!("weights uploaded and device buffers allocated in {u:.2} s");
+    }
+    if let Some(b) = l2_hinted.filter(|&b| b > 0 && report.tg.is_some()) {
+        println!(
+            "L2 hints: {:.1} MB per token asked for ahead of the products",
+            b as f64 / 1e6
+        );
     }
     println!("{:>8}  {:>20}", "test", "tokens/s");
     if let Some(s) = report.pp {

@@ -44,6 +44,49 @@ __device__ __forceinline__ void pdl_launder(T&... p) {
         pdl_trigger();               \
     } while (0)
 
+// L2 prefetch hints (decode.rs `L2Hints`). The kernels between a decode step's
+// products read a few hundred KB at most and leave DRAM idle for microseconds
+// each; they ask L2 for the first bytes the next product will read (n bytes
+// from p: 16-byte aligned, n a multiple of 16; n = 0: none), so the product
+// finds them there. The grid's blocks share the range in pieces of L2PF_PIECE
+// bytes, one bulk request each (sm_90: cp.async.bulk.prefetch, which the copy
+// engine serves; no value comes back to the thread). Weights never change, so
+// the request may go out before the wait for the previous kernel (L2PF_LATE:
+// after it). Before sm_90, none.
+#ifndef L2PF_PIECE
+#define L2PF_PIECE 32768
+#endif
+__device__ __forceinline__ void l2_hint(const unsigned char* p, long long n) {
+#if __CUDA_ARCH__ >= 900
+    if (n <= 0) return;
+    const long long pieces = (n + L2PF_PIECE - 1) / L2PF_PIECE;
+    const long long nb = (long long)gridDim.x * gridDim.y * gridDim.z;
+    const long long b = blockIdx.x + (long long)gridDim.x * (blockIdx.y + (long long)gridDim.y * blockIdx.z);
+    // Piece i to block i % nb: neighbouring pieces on different SMs.
+    for (long long i = (long long)threadIdx.x * nb + b; i < pieces; i += nb * blockDim.x) {
+        const long long off = i * L2PF_PIECE;
+        const unsigned sz = (unsigned)(n - off < L2PF_PIECE ? n - off : L2PF_PIECE);
+        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p + off), "r"(sz));
+    }
+#endif
+}
+// The trailing parameters of a kernel that takes a hint, and its entry: the
+// hint, then PDL_ENTRY's wait.
+#define L2_HINT_PARAMS const unsigned char *l2p, long long l2n
+#ifdef L2PF_LATE
+#define HINTED_ENTRY(...)           \
+    do {                            \
+        PDL_ENTRY(__VA_ARGS__);     \
+        l2_hint(l2p, l2n);          \
+    } while (0)
+#else
+#define HINTED_ENTRY(...)           \
+    do {                            \
+        l2_hint(l2p, l2n);          \
+        PDL_ENTRY(__VA_ARGS__);     \
+    } while (0)
+#endif
+
 // Warp-wide sum and maximum (every lane gets the result; the xor butterfly
 // gives every lane the same value).
 __device__ __forceinline__ double warp_sum_d(double v) {

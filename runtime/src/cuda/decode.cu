@@ -95,8 +95,8 @@ __device__ __forceinline__ float residual_inv_rms_reg(float* __restrict__ xr, co
 // written back); then out = x / sqrt(mean(x^2) + eps) * w.
 extern "C" __global__ void rms_norm(float* __restrict__ x, const float* __restrict__ d,
                                     const float* __restrict__ w, float* __restrict__ out,
-                                    int n, float eps) {
-    PDL_ENTRY(x, d, w, out);
+                                    int n, float eps, L2_HINT_PARAMS) {
+    HINTED_ENTRY(x, d, w, out);
     float* xr = x + (long long)blockIdx.x * n;
     const float* dr = d ? d + (long long)blockIdx.x * n : 0;
     float* orow = out + (long long)blockIdx.x * n;
@@ -125,8 +125,9 @@ extern "C" __global__ void qkv_post(float* __restrict__ q, const float* __restri
                                     const float* __restrict__ freq_factors,
                                     float* __restrict__ kc, float* __restrict__ vc,
                                     const int* __restrict__ params, int n_head, int n_kv, int hd,
-                                    int n_rot, int neox, float eps, float ratio, float rope_scale) {
-    PDL_ENTRY(q, k, v, bq, bk, bv, qn, kn, freq_factors, kc, vc, params);
+                                    int n_rot, int neox, float eps, float ratio, float rope_scale,
+                                    L2_HINT_PARAMS) {
+    HINTED_ENTRY(q, k, v, bq, bk, bv, qn, kn, freq_factors, kc, vc, params);
     __shared__ float s[MAXHD];
     int t = blockIdx.y, i = threadIdx.x, b = blockIdx.x;
     int pos = params[0] + t;
@@ -198,8 +199,8 @@ extern "C" __global__ void __launch_bounds__(32 * ATT_WARPS)
 attn_partial(const float* __restrict__ q, const float* __restrict__ kc,
              const float* __restrict__ vc, float* __restrict__ part,
              const int* __restrict__ params, int n_head, int n_kv, int hd, int n_chunks,
-             float scale) {
-    PDL_ENTRY(q, kc, vc, part, params);
+             float scale, L2_HINT_PARAMS) {
+    HINTED_ENTRY(q, kc, vc, part, params);
     __shared__ __align__(16) float4 qs[MAXG * MAXHD / 4];
     __shared__ __align__(16) float4 red[ATT_WARPS][MAXG * MAXHD / 4];
     __shared__ float sc[MAXG * ACH];
@@ -461,8 +462,8 @@ attn_prefill(const float* __restrict__ q, const float* __restrict__ kc, const fl
 // shared memory for the value sums, and the total sum_c l_c exp(m_c - M).
 extern "C" __global__ void attn_combine(const float* __restrict__ part, float* __restrict__ out,
                                         const int* __restrict__ params, int n_head, int hd,
-                                        int n_chunks) {
-    PDL_ENTRY(part, out, params);
+                                        int n_chunks, L2_HINT_PARAMS) {
+    HINTED_ENTRY(part, out, params);
     __shared__ float wc[MAXCH];
     __shared__ float total;
     int h = blockIdx.x, t = blockIdx.y, lane = threadIdx.x & 31;
@@ -496,8 +497,8 @@ extern "C" __global__ void attn_combine(const float* __restrict__ part, float* _
 
 // h *= silu(g), n elements.
 extern "C" __global__ void silu_mul(const float* __restrict__ g, float* __restrict__ h,
-                                    long long n) {
-    PDL_ENTRY(g, h);
+                                    long long n, L2_HINT_PARAMS) {
+    HINTED_ENTRY(g, h);
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) {
         float gv = g[i];
@@ -542,8 +543,9 @@ __device__ void block_argmax(float best, int idx, float* sv, int* si) {
 }
 
 extern "C" __global__ void __launch_bounds__(ARGB)
-argmax_part(const float* __restrict__ x, int n, float* __restrict__ sv, int* __restrict__ si) {
-    PDL_ENTRY(x, sv, si);
+argmax_part(const float* __restrict__ x, int n, float* __restrict__ sv, int* __restrict__ si,
+            L2_HINT_PARAMS) {
+    HINTED_ENTRY(x, sv, si);
     float best = NEG_INF;
     int idx = 0x7fffffff;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x)
@@ -553,8 +555,8 @@ argmax_part(const float* __restrict__ x, int n, float* __restrict__ sv, int* __r
 
 extern "C" __global__ void __launch_bounds__(ARGB)
 argmax_final(const float* __restrict__ sv, const int* __restrict__ si, int parts,
-             int* __restrict__ out) {
-    PDL_ENTRY(sv, si, out);
+             int* __restrict__ out, L2_HINT_PARAMS) {
+    HINTED_ENTRY(sv, si, out);
     float best = NEG_INF;
     int idx = 0x7fffffff;
     for (int i = threadIdx.x; i < parts; i += blockDim.x) better(best, idx, sv[i], si[i]);
@@ -581,9 +583,9 @@ argmax_final(const float* __restrict__ sv, const int* __restrict__ si, int parts
 // A folded RMSNorm's group quantiser as a launch of its own (common.cu's
 // fold_group): block g takes group g (fo->group threads, at most 256), adding
 // y (null: none) into the residual.
-extern "C" __global__ void __launch_bounds__(256) norm_fold_q(const FoldOut* __restrict__ fo,
-                                                              const float* __restrict__ y) {
-    PDL_ENTRY(fo, y);
+extern "C" __global__ void __launch_bounds__(256)
+norm_fold_q(const FoldOut* __restrict__ fo, const float* __restrict__ y, L2_HINT_PARAMS) {
+    HINTED_ENTRY(fo, y);
     fold_group(fo, y, blockIdx.x);
 }
 
@@ -615,8 +617,8 @@ __device__ __forceinline__ void block_quant256(float v, bool in, long long blk0,
 extern "C" __global__ void rms_norm_q(float* __restrict__ x, const float* __restrict__ d,
                                       const float* __restrict__ w, float* __restrict__ out,
                                       int n, float eps, int mode, signed char* __restrict__ xq,
-                                      float2* __restrict__ xa) {
-    PDL_ENTRY(x, d, w, out, xq, xa);
+                                      float2* __restrict__ xa, L2_HINT_PARAMS) {
+    HINTED_ENTRY(x, d, w, out, xq, xa);
     float* xr = x + (long long)blockIdx.x * n;
     const float* dr = d ? d + (long long)blockIdx.x * n : 0;
     float* orow = out + (long long)blockIdx.x * n;
@@ -697,8 +699,8 @@ extern "C" __global__ void rms_norm_q(float* __restrict__ x, const float* __rest
 // each.
 extern "C" __global__ void __launch_bounds__(256)
 silu_mul_q(const float* __restrict__ g, float* __restrict__ h, long long n, int mode,
-           signed char* __restrict__ xq, float2* __restrict__ xa) {
-    PDL_ENTRY(g, h, xq, xa);
+           signed char* __restrict__ xq, float2* __restrict__ xa, L2_HINT_PARAMS) {
+    HINTED_ENTRY(g, h, xq, xa);
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     bool in = i < n;
     float hv = 0.0f;
@@ -718,8 +720,8 @@ silu_mul_q(const float* __restrict__ g, float* __restrict__ h, long long n, int 
 extern "C" __global__ void __launch_bounds__(256)
 attn_combine_q(const float* __restrict__ part, float* __restrict__ out,
                const int* __restrict__ params, int n_head, int hd, int n_chunks, int mode,
-               signed char* __restrict__ xq, float2* __restrict__ xa) {
-    PDL_ENTRY(part, out, params, xq, xa);
+               signed char* __restrict__ xq, float2* __restrict__ xa, L2_HINT_PARAMS) {
+    HINTED_ENTRY(part, out, params, xq, xa);
     __shared__ float wc[8][MAXCH];
     __shared__ float total[8];
     int t = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;

@@ -21,7 +21,7 @@
 //!   kernel that makes its input (RMSNorm, the attention's combine, SwiGLU)
 //!   instead of as a launch of its own; the codes are the same bit for bit.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
@@ -31,6 +31,7 @@ use super::launch::Launch;
 
 use super::error::DriverContext;
 use super::fold::{Folds, SitePlan};
+use super::l2hint::{Cursor, L2Budget, Site};
 use super::{
     act_bytes, act_scales_offset, fused_act_mode, ActKind, CudaBackend, CudaError, DeviceWeight,
     Fold, COMMON_SRC, DECODE_SRC,
@@ -262,6 +263,12 @@ pub struct DeviceModel<'m> {
     /// read them where those take it (`QUERN_CUDA_FOLD=0` turns it off).
     fold: bool,
     folds: Folds,
+    /// Bytes each kernel between single-token products asks L2 for
+    /// (`QUERN_CUDA_L2PF`; cuda/l2hint.rs).
+    l2: L2Budget,
+    /// Bytes the last single-token pass enqueued asked L2 for, and whether
+    /// its products ran in the order the hints expected.
+    l2_hinted: Cell<(usize, bool)>,
     skip: Skip,
     model: &'m Model,
     be: &'m CudaBackend,
@@ -535,6 +542,8 @@ impl<'m> DeviceModel<'m> {
             stack: true,
             fold: std::env::var("QUERN_CUDA_FOLD").as_deref() != Ok("0"),
             folds,
+            l2: L2Budget::from_env(),
+            l2_hinted: Cell::new((0, true)),
             skip: Skip::from_env(),
             model,
             be,
@@ -661,6 +670,64 @@ impl<'m> DeviceModel<'m> {
             })
             .sum();
         layers + self.output.w.device_bytes()
+    }
+
+    /// How many bytes the kernels between single-token products ask L2 for
+    /// ([`L2Budget`]; by default `QUERN_CUDA_L2PF`'s, else none). A hint
+    /// changes no value, only when weights leave DRAM.
+    pub fn set_l2_hints(&mut self, budget: L2Budget) {
+        if budget != self.l2 {
+            self.l2 = budget;
+            self.graph = None;
+        }
+    }
+
+    /// Bytes the last single-token pass enqueued (or captured in the graph)
+    /// asks L2 for per step: 0 with the hints off.
+    pub fn l2_hinted_bytes(&self) -> usize {
+        self.l2_hinted.get().0
+    }
+
+    /// Whether the last single-token pass launched its products in the order
+    /// [`Self::decode_products`] gave the hints (with the hints on).
+    pub fn l2_hints_in_order(&self) -> bool {
+        self.l2_hinted.get().1
+    }
+
+    /// The matrices of a single-token step's products, in launch order
+    /// (`enqueue`'s choices at one token), the output's last when `logits`:
+    /// the order the L2 hints follow.
+    fn decode_products(&self, logits: bool) -> Vec<(u64, usize)> {
+        let mut order = Vec::with_capacity(self.layers.len() * 7 + 1);
+        let mut push = |m: &Mat| order.push((m.ptr, m.w.device_bytes()));
+        for l in &self.layers {
+            match &l.qkv {
+                Some((m, parts)) if self.stack => {
+                    push(m);
+                    if *parts != 3 {
+                        push(&l.wv);
+                    }
+                }
+                _ => {
+                    push(&l.wq);
+                    push(&l.wk);
+                    push(&l.wv);
+                }
+            }
+            push(&l.wo);
+            match &l.gate_up {
+                Some(m) if self.stack => push(m),
+                _ => {
+                    push(&l.gate);
+                    push(&l.up);
+                }
+            }
+            push(&l.down);
+        }
+        if logits {
+            push(&self.output);
+        }
+        order
     }
 
     /// How many of a single-token step's RMSNorms are folded into the
@@ -835,6 +902,14 @@ impl<'m> DeviceModel<'m> {
         let (d_i, eps) = (d as i32, c.rms_eps);
         // The kind of quantised activations `act` holds for the current input.
         let held: Cell<Option<ActKind>> = Cell::new(None);
+        // The L2 hints of a single-token step (cuda/l2hint.rs): each kernel
+        // between products asks L2 for the next weight bytes a product reads.
+        let hints = RefCell::new(if n == 1 && !self.l2.is_off() {
+            Cursor::new(self.l2, self.decode_products(logits.is_some()))
+        } else {
+            Cursor::none()
+        });
+        let hint = |s: Site| hints.borrow_mut().take(s);
         // The fused quantiser for the input of `m`'s product over `rows` tokens
         // (made by an RMSNorm when `norm`), when fusing and `m`'s kernels read
         // a layout decode.cu makes: (mode, codes, scale pairs). Once it ran,
@@ -868,6 +943,7 @@ impl<'m> DeviceModel<'m> {
                 block_dim: (norm_threads(d), 1, 1),
                 shared_mem_bytes: 0,
             };
+            let (hp, hn) = hint(Site::Norm);
             let Some((mode, xq, xa)) = q else {
                 return Launch::new(st, &self.k.rms_norm)
                     .arg(&x)
@@ -876,6 +952,8 @@ impl<'m> DeviceModel<'m> {
                     .arg(&out)
                     .arg(&d_i)
                     .arg(&eps)
+                    .arg(&hp)
+                    .arg(&hn)
                     .launch(cfg)
                     .ctx("launching rms_norm")
                     .map(|_| ());
@@ -890,6 +968,8 @@ impl<'m> DeviceModel<'m> {
                 .arg(&mode)
                 .arg(&xq)
                 .arg(&xa)
+                .arg(&hp)
+                .arg(&hn)
                 .launch(cfg)
                 .ctx("launching rms_norm_q")
                 .map(|_| ())
@@ -908,11 +988,13 @@ impl<'m> DeviceModel<'m> {
             }
             // x holds rows × m.w.k floats (k == cols, checked at load), y rows ×
             // m.w.rows, act act_bytes(max k, self.batch) bytes.
+            hints.borrow_mut().product(m.ptr);
             be.launch_gemv_act(&m.w, m.ptr, x, y, rows, act, quantise, Fold::NONE)
         };
         // A folded norm's consumer: its codes are in the fold's buffer already.
         let fold_act = self.folds.act_ptr(be);
         let consume = |m: &Mat, y: u64, fold: Fold| {
+            hints.borrow_mut().product(m.ptr);
             be.launch_gemv_act(&m.w, m.ptr, 0, y, 1, fold_act, false, fold)
         };
         // A product of a norm's output `xn`, or of its fold's codes (`fold`):
@@ -933,9 +1015,12 @@ impl<'m> DeviceModel<'m> {
             let Some(k) = plans[s] else {
                 return Ok(());
             };
+            let (hp, hn) = hint(Site::Norm);
             Launch::new(st, &self.k.norm_fold_q)
                 .arg(&k.out)
                 .arg(&y)
+                .arg(&hp)
+                .arg(&hn)
                 .launch(LaunchConfig {
                     grid_dim: (k.groups, 1, 1),
                     block_dim: (k.threads, 1, 1),
@@ -991,6 +1076,7 @@ impl<'m> DeviceModel<'m> {
             };
             let (kc, vc) = (p(&l.k_cache), p(&l.v_cache));
             if !sk.post {
+                let (hp, hn) = hint(Site::Post);
                 Launch::new(st, &self.k.qkv_post)
                     .arg(&q)
                     .arg(&kb)
@@ -1012,6 +1098,8 @@ impl<'m> DeviceModel<'m> {
                     .arg(&eps)
                     .arg(&ratio)
                     .arg(&rope_scale)
+                    .arg(&hp)
+                    .arg(&hn)
                     .launch(LaunchConfig {
                         grid_dim: ((nh + nkv) as u32, n as u32, 1),
                         block_dim: (post_threads, 1, 1),
@@ -1048,6 +1136,7 @@ impl<'m> DeviceModel<'m> {
                 fq(&l.wo, n, false)
             };
             if !sk.attn && !flash {
+                let (hp, hn) = hint(Site::Attn);
                 Launch::new(st, &self.k.attn_partial)
                     .arg(&q)
                     .arg(&kc)
@@ -1059,6 +1148,8 @@ impl<'m> DeviceModel<'m> {
                     .arg(&hd_i)
                     .arg(&n_chunks)
                     .arg(&scale)
+                    .arg(&hp)
+                    .arg(&hn)
                     .launch(LaunchConfig {
                         grid_dim: (nkv as u32, self.n_chunks as u32, n as u32),
                         block_dim: (128, 1, 1),
@@ -1067,6 +1158,7 @@ impl<'m> DeviceModel<'m> {
                     .ctx("launching attn_partial")?;
             }
             if let Some((mode, xq, xa)) = cf {
+                let (hp, hn) = hint(Site::Combine);
                 Launch::new(st, &self.k.attn_combine_q)
                     .arg(&part)
                     .arg(&attn)
@@ -1077,6 +1169,8 @@ impl<'m> DeviceModel<'m> {
                     .arg(&mode)
                     .arg(&xq)
                     .arg(&xa)
+                    .arg(&hp)
+                    .arg(&hn)
                     .launch(LaunchConfig {
                         grid_dim: ((nh * hd).div_ceil(256) as u32, n as u32, 1),
                         block_dim: (256, 1, 1),
@@ -1084,6 +1178,7 @@ impl<'m> DeviceModel<'m> {
                     })
                     .ctx("launching attn_combine_q")?;
             } else if !sk.attn && !flash {
+                let (hp, hn) = hint(Site::Combine);
                 Launch::new(st, &self.k.attn_combine)
                     .arg(&part)
                     .arg(&attn)
@@ -1091,6 +1186,8 @@ impl<'m> DeviceModel<'m> {
                     .arg(&nh_i)
                     .arg(&hd_i)
                     .arg(&n_chunks)
+                    .arg(&hp)
+                    .arg(&hn)
                     .launch(LaunchConfig {
                         grid_dim: (nh as u32, n as u32, 1),
                         block_dim: (post_threads.min(256), 1, 1),
@@ -1126,6 +1223,7 @@ impl<'m> DeviceModel<'m> {
             };
             let sf = if sk.silu { None } else { fq(&l.down, n, false) };
             if let Some((mode, xq, xa)) = sf {
+                let (hp, hn) = hint(Site::Silu);
                 Launch::new(st, &self.k.silu_mul_q)
                     .arg(&g)
                     .arg(&h)
@@ -1133,6 +1231,8 @@ impl<'m> DeviceModel<'m> {
                     .arg(&mode)
                     .arg(&xq)
                     .arg(&xa)
+                    .arg(&hp)
+                    .arg(&hn)
                     .launch(LaunchConfig {
                         grid_dim: ((n * ff).div_ceil(256) as u32, 1, 1),
                         block_dim: (256, 1, 1),
@@ -1140,10 +1240,13 @@ impl<'m> DeviceModel<'m> {
                     })
                     .ctx("launching silu_mul_q")?;
             } else if !sk.silu {
+                let (hp, hn) = hint(Site::Silu);
                 Launch::new(st, &self.k.silu_mul)
                     .arg(&g)
                     .arg(&h)
                     .arg(&ffn)
+                    .arg(&hp)
+                    .arg(&hn)
                     .launch(LaunchConfig {
                         grid_dim: ((n * ff).div_ceil(256) as u32, 1, 1),
                         block_dim: (256, 1, 1),
@@ -1157,6 +1260,10 @@ impl<'m> DeviceModel<'m> {
         let Some(rows) = logits else {
             // A prefill chunk whose logits nobody reads: the KV cache is all it
             // leaves behind.
+            if n == 1 {
+                self.l2_hinted
+                    .set((hints.borrow().total(), hints.borrow().in_order()));
+            }
             return Ok(());
         };
         // The output rows: the last `rows` tokens (their residual add fused in).
@@ -1181,11 +1288,14 @@ impl<'m> DeviceModel<'m> {
         let best = ptr_of(be, &b.best);
         let last = lg + ((rows - 1) * c.vocab * 4) as u64;
         let (av, ai) = (p(&b.arg_v), ptr_of(be, &b.arg_i));
+        let (hp, hn) = hint(Site::Argmax);
         Launch::new(st, &self.k.argmax_part)
             .arg(&last)
             .arg(&vocab)
             .arg(&av)
             .arg(&ai)
+            .arg(&hp)
+            .arg(&hn)
             .launch(LaunchConfig {
                 grid_dim: (ARG_PARTS as u32, 1, 1),
                 block_dim: (256, 1, 1),
@@ -1193,17 +1303,24 @@ impl<'m> DeviceModel<'m> {
             })
             .ctx("launching argmax_part")?;
         let parts = ARG_PARTS as i32;
+        let (hp, hn) = hint(Site::Argmax);
         Launch::new(st, &self.k.argmax_final)
             .arg(&av)
             .arg(&ai)
             .arg(&parts)
             .arg(&best)
+            .arg(&hp)
+            .arg(&hn)
             .launch(LaunchConfig {
                 grid_dim: (1, 1, 1),
                 block_dim: (256, 1, 1),
                 shared_mem_bytes: 0,
             })
             .ctx("launching argmax_final")?;
+        if n == 1 {
+            self.l2_hinted
+                .set((hints.borrow().total(), hints.borrow().in_order()));
+        }
         Ok(())
     }
 }

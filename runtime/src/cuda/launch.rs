@@ -179,7 +179,8 @@ mod tests {
             for (j, &s) in starts.iter().enumerate() {
                 let end = starts.get(j + 1).copied().unwrap_or(src.len());
                 let body = &src[s..end];
-                let waits = body.contains("PDL_ENTRY(");
+                // HINTED_ENTRY: an L2 hint (common.cu), then PDL_ENTRY.
+                let waits = body.contains("PDL_ENTRY(") || body.contains("HINTED_ENTRY(");
                 assert!(
                     waits,
                     "{file}: kernel at byte {s} has no pdl_wait: {}",

@@ -31,6 +31,7 @@ pub mod compile;
 pub mod decode;
 mod error;
 mod fold;
+pub mod l2hint;
 pub mod launch;
 pub mod packed;
 
@@ -2094,6 +2095,26 @@ pub fn gemv_source(ty: GgmlType) -> Option<String> {
 mod tests {
     use super::*;
 
+    /// The block kernel's batch-1 geometry by format (the defaults measured on
+    /// an H200, BENCHMARKS.md).
+    #[test]
+    fn batch_one_geometry_is_chosen_per_format() {
+        // Units per step: 1 for Q4_K at batch 1, else 2.
+        assert_eq!(default_mmv_unroll(GgmlType::Q4K, 0), 1);
+        assert_eq!(default_mmv_unroll(GgmlType::Q4K, 1), 2);
+        assert_eq!(default_mmv_unroll(GgmlType::Q8_0, 0), 2);
+        assert_eq!(default_mmv_unroll(GgmlType::Q4_0, 0), 2);
+        if std::env::var_os("QUERN_CUDA_MMV_MINB").is_none() {
+            // Register bounds: 2 for the 4- to 6-bit formats on 8-bit codes,
+            // 3 for Q4_K, none for Q8_0 or under 16-bit codes.
+            assert_eq!(mmv_min_blocks(GgmlType::Q4_0, false), Some(2));
+            assert_eq!(mmv_min_blocks(GgmlType::Q6K, false), Some(2));
+            assert_eq!(mmv_min_blocks(GgmlType::Q4K, false), Some(3));
+            assert_eq!(mmv_min_blocks(GgmlType::Q8_0, true), None);
+            assert_eq!(mmv_min_blocks(GgmlType::Q4_0, true), None);
+        }
+    }
+
     /// Compiles every format's module for sm_90 where NVRTC is installed (no GPU
     /// is needed for that); elsewhere says so and passes.
     #[test]
@@ -2138,14 +2159,21 @@ mod tests {
                 }
             }
         }
-        // Q4_K as the default geometry compiles it: one unit per step under
-        // a bound of 3 blocks.
-        let src = format!(
-            "#define MUN 2\n#define MUN1 1\n#define MMV_MINB 3\n{}",
-            gemv_source(GgmlType::Q4K).expect("supported")
-        );
-        if let Err(e) = compile::compile_uncached("test_q4k_minb", &src, &tc) {
-            panic!("Q4_K, one unit per step, MMV_MINB 3: {e}");
+        // One unit per step under a bound of 3 blocks: Q4_K's default, and
+        // Q8_0's lead (BENCHMARKS.md, eleventh slice).
+        for ty in [GgmlType::Q4K, GgmlType::Q8_0] {
+            let src = format!(
+                "#define MUN 2\n#define MUN1 1\n#define MMV_MINB 3\n{}",
+                gemv_source(ty).expect("supported")
+            );
+            if let Err(e) = compile::compile_uncached(&format!("test_minb_{ty}"), &src, &tc) {
+                panic!("{ty}, one unit per step, MMV_MINB 3: {e}");
+            }
+        }
+        // The decode module with its L2 hints after the wait (L2PF_LATE).
+        let src = format!("#define L2PF_LATE 1\n{}", decode::decode_source());
+        if let Err(e) = compile::compile_uncached("test_decode_late", &src, &tc) {
+            panic!("decode with L2PF_LATE: {e}");
         }
         // The pipelined kernels with their first copies before the wait, and
         // the block kernels prefetching their weights.
