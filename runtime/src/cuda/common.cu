@@ -66,7 +66,12 @@ __device__ __forceinline__ void l2_hint(const unsigned char* p, long long n) {
     for (long long i = (long long)threadIdx.x * nb + b; i < pieces; i += nb * blockDim.x) {
         const long long off = i * L2PF_PIECE;
         const unsigned sz = (unsigned)(n - off < L2PF_PIECE ? n - off : L2PF_PIECE);
-        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p + off), "r"(sz));
+        // The instruction takes a global-space address: converted from the
+        // generic pointer first.
+        asm volatile(
+            "{\n\t.reg .u64 g;\n\tcvta.to.global.u64 g, %0;\n\t"
+            "cp.async.bulk.prefetch.L2.global [g], %1;\n\t}" ::"l"(p + off),
+            "r"(sz));
     }
 #endif
 }
